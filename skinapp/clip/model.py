@@ -1,0 +1,184 @@
+"""Build open_clip ViT CLIP models from configs-as-data, and read/write their checkpoints safely.
+
+Profiles:
+    "full": open_clip ViT-B-16 with quick-GELU (the OpenAI weights need it): 224 px, 16 px patches
+        (14x14 grid), width 768, 12 heads, embedding 512.
+    "tiny": the same classes and token grid (224 px, 16 px patches, 12 heads) at a small width and
+        depth, random weights: for tests and demo mode.
+
+Checkpoint formats read by :func:`load_clip_checkpoint`:
+    * ``*.safetensors``: an open_clip state dict (e.g. the OpenAI ViT-B-16 weights in open_clip
+      layout, or our fine-tuned checkpoint); a ``*.json`` sidecar, when present, holds its config.
+    * ``*.pt`` / ``*.pth`` / ``*.bin``: a plain state dict read with ``weights_only=True``; OpenAI's
+      own layout is recognised and converted with
+      ``open_clip.model.build_model_from_openai_state_dict``. TorchScript archives are refused
+      (they run code when loaded).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import open_clip
+import torch
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+from safetensors.torch import load_file, save_file
+
+from skinapp.provenance import WeightsInfo, untrained
+
+log = logging.getLogger(__name__)
+
+#: open_clip CLIP configs (constructor arguments), keyed by profile.
+CLIP_CONFIGS: dict[str, dict[str, Any]] = {
+    "full": {
+        "embed_dim": 512,
+        "vision_cfg": {"image_size": 224, "layers": 12, "width": 768, "patch_size": 16},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 512, "heads": 8, "layers": 12},
+        "quick_gelu": True,
+    },
+    "tiny": {
+        "embed_dim": 64,
+        "vision_cfg": {"image_size": 224, "layers": 2, "width": 96, "head_width": 8, "patch_size": 16},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 2},
+        "quick_gelu": True,
+    },
+}
+
+
+@dataclass
+class ClipBundle:
+    """A CLIP model with what is needed to use it.
+
+    Attributes:
+        model: an ``open_clip.CLIP`` in eval mode.
+        tokenizer: open_clip's tokenizer: list[str] -> LongTensor [T, 77].
+        preprocess: PIL image -> float tensor [3, 224, 224] (resize, centre crop, normalise).
+        weights: provenance of the weights.
+        config: the constructor config (a CLIP_CONFIGS entry or one read from a checkpoint).
+        label: a short name for the UI, e.g. "pretrained (OpenAI)" or "fine-tuned (derm)".
+    """
+
+    model: open_clip.CLIP
+    tokenizer: Any
+    preprocess: Any
+    weights: WeightsInfo
+    config: dict[str, Any]
+    label: str
+
+    @property
+    def image_size(self) -> int:
+        return int(self.config["vision_cfg"]["image_size"])
+
+
+def _model_from_config(config: dict[str, Any]) -> open_clip.CLIP:
+    cfg = copy.deepcopy(config)
+    quick_gelu = bool(cfg.pop("quick_gelu", False))
+    return open_clip.CLIP(embed_dim=cfg["embed_dim"], vision_cfg=cfg["vision_cfg"], text_cfg=cfg["text_cfg"],
+                          quick_gelu=quick_gelu)
+
+
+def _bundle(model: open_clip.CLIP, config: dict[str, Any], weights: WeightsInfo, label: str,
+            device: str | torch.device) -> ClipBundle:
+    model = model.to(device).eval()
+    size = int(config["vision_cfg"]["image_size"])
+    preprocess = open_clip.image_transform(size, is_train=False, mean=OPENAI_DATASET_MEAN, std=OPENAI_DATASET_STD)
+    return ClipBundle(model=model, tokenizer=open_clip.get_tokenizer("ViT-B-16"), preprocess=preprocess,
+                      weights=weights, config=copy.deepcopy(config), label=label)
+
+
+def _is_openai_layout(state: dict[str, torch.Tensor]) -> bool:
+    """OpenAI's state dicts carry scalar entries that open_clip's own layout does not."""
+    return "input_resolution" in state and "context_length" in state and "vocab_size" in state
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        return load_file(str(path), device="cpu")
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except RuntimeError as exc:
+        raise ValueError(f"{path.name} is not a plain state dict (TorchScript archives are refused: they "
+                         "run code when loaded). Convert it to safetensors first.") from exc
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path.name} does not hold a state dict")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def build_clip(profile: str = "tiny", checkpoint: str | Path | None = None, device: str | torch.device = "cpu",
+               seed: int = 0) -> ClipBundle:
+    """Build a CLIP model.
+
+    Args:
+        profile: "full" (ViT-B-16, quick-GELU) or "tiny" (small width/depth, same token grid).
+        checkpoint: weights to load (see module docstring); None gives random weights (untrained).
+        device: torch device.
+        seed: seed for the random initialisation (reproducible tiny models).
+    """
+    if checkpoint is not None:
+        return load_clip_checkpoint(checkpoint, device=device, profile=profile)
+    if profile not in CLIP_CONFIGS:
+        raise ValueError(f"Unknown CLIP profile {profile!r}; choose from {sorted(CLIP_CONFIGS)}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = _model_from_config(CLIP_CONFIGS[profile])
+    return _bundle(model, CLIP_CONFIGS[profile], untrained(f"clip_{profile}"), f"untrained ({profile})", device)
+
+
+def load_clip_checkpoint(path: str | Path, device: str | torch.device = "cpu",
+                         profile: str = "full") -> ClipBundle:
+    """Load CLIP weights from a safetensors / state-dict file (config from a JSON sidecar or ``profile``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"CLIP checkpoint not found: {path}")
+    state = _read_state_dict(path)
+    sidecar = path.with_suffix(".json")
+    meta: dict[str, Any] = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+    if _is_openai_layout(state):
+        model = open_clip.model.build_model_from_openai_state_dict(state, quick_gelu=True)
+        config = copy.deepcopy(CLIP_CONFIGS["full"])
+        label = "pretrained (OpenAI)"
+    else:
+        config = meta.get("config") or copy.deepcopy(CLIP_CONFIGS[profile])
+        model = _model_from_config(config)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [k for k in missing if k != "attn_mask"]
+        if missing or unexpected:
+            raise ValueError(f"{path.name} does not match the CLIP config: missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]}")
+        label = meta.get("label", "fine-tuned" if meta else "pretrained")
+    if "sha256" in meta and meta["sha256"] != file_sha256(path):
+        raise ValueError(f"{path.name}: SHA-256 does not match its sidecar JSON; the file is damaged")
+    weights = WeightsInfo(name="clip", trained=True, source=str(path))
+    log.info("Loaded CLIP weights from %s (%s)", path, label)
+    return _bundle(model, config, weights, label, device)
+
+
+def save_clip_checkpoint(model: open_clip.CLIP, path: str | Path, config: dict[str, Any],
+                         meta: dict[str, Any] | None = None) -> Path:
+    """Save a CLIP model as ``path`` (safetensors) plus a JSON sidecar with its config and SHA-256.
+
+    The sidecar holds ``{"config": ..., "sha256": ..., "label": ..., **meta}``.
+    """
+    path = Path(path).with_suffix(".safetensors")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(path))
+    sidecar = {"config": config, "label": "fine-tuned", **(meta or {}), "sha256": file_sha256(path)}
+    path.with_suffix(".json").write_text(json.dumps(sidecar, indent=2))
+    return path

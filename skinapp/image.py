@@ -1,0 +1,235 @@
+"""Load and normalise a photo once, before any model sees it.
+
+Every entry point (app, training, benchmarks) goes through :func:`load_image`, which turns whatever
+the user gave us into a :class:`LoadedImage`: 8-bit RGB pixels at a bounded working size, upright
+(EXIF orientation applied), with a content hash that keys every per-image cache downstream.
+
+Bad input raises :class:`InvalidImageError` (a ``ValueError``) with a message fit to show a user.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+log = logging.getLogger(__name__)
+
+#: Refuse to decode more pixels than this (decompression-bomb guard): 100 megapixels.
+MAX_DECODED_PIXELS = 100_000_000
+#: Refuse files larger than this many bytes before decoding.
+MAX_FILE_BYTES = 60 * 1024 * 1024
+#: Images are downscaled so that their long side is at most this for all models and displays.
+MAX_WORKING_SIDE = 1024
+#: Images whose short side is below this are refused: nothing can be diagnosed on them.
+MIN_SIDE = 32
+
+
+class InvalidImageError(ValueError):
+    """The input is not a usable photo. The message is written for the end user."""
+
+
+@dataclass(frozen=True, eq=False)
+class LoadedImage:
+    """A normalised photo.
+
+    Attributes:
+        pixels: uint8 array [H, W, 3], RGB, at working resolution (long side <= MAX_WORKING_SIDE).
+        key: SHA-256 hex digest of the working pixels and their shape; keys every per-image cache.
+        original_size: (H0, W0) of the upright decoded photo before downscaling.
+        scale: working size / original size (<= 1.0); multiply original coordinates by it.
+        notes: human-readable notes about conversions applied (e.g. "converted from CMYK").
+    """
+
+    pixels: np.ndarray
+    key: str
+    original_size: tuple[int, int]
+    scale: float = 1.0
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def height(self) -> int:
+        return int(self.pixels.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.pixels.shape[1])
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(H, W) of the working pixels."""
+        return self.height, self.width
+
+    def pil(self) -> Image.Image:
+        """A PIL copy of the working pixels."""
+        return Image.fromarray(self.pixels)
+
+    def boxes_to_original(self, boxes_xyxy: np.ndarray) -> np.ndarray:
+        """Map pixel boxes [n, 4] (x0, y0, x1, y1) from working to original coordinates."""
+        return np.asarray(boxes_xyxy, dtype=np.float64) / self.scale
+
+
+def content_key(pixels: np.ndarray) -> str:
+    """SHA-256 of an image array's shape and bytes."""
+    h = hashlib.sha256()
+    h.update(repr((pixels.shape, str(pixels.dtype))).encode())
+    h.update(np.ascontiguousarray(pixels).tobytes())
+    return h.hexdigest()
+
+
+def _open(source: Any) -> Image.Image:
+    """Open ``source`` (path, bytes, file object, PIL image or array) as a PIL image, lazily."""
+    if isinstance(source, Image.Image):
+        return source
+    if isinstance(source, np.ndarray):
+        return _from_array(source)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+        if not data:
+            raise InvalidImageError("The file is empty.")
+        if len(data) > MAX_FILE_BYTES:
+            raise InvalidImageError(f"The file is too large ({len(data) / 2**20:.0f} MB; limit "
+                                    f"{MAX_FILE_BYTES / 2**20:.0f} MB).")
+        return _open_stream(io.BytesIO(data))
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.is_file():
+            raise InvalidImageError(f"No such file: {path.name}")
+        size = path.stat().st_size
+        if size == 0:
+            raise InvalidImageError("The file is empty.")
+        if size > MAX_FILE_BYTES:
+            raise InvalidImageError(f"The file is too large ({size / 2**20:.0f} MB; limit "
+                                    f"{MAX_FILE_BYTES / 2**20:.0f} MB).")
+        return _open_stream(io.BytesIO(path.read_bytes()))
+    if hasattr(source, "read"):
+        return _open(source.read())
+    raise InvalidImageError(f"Unsupported input type: {type(source).__name__}")
+
+
+def _open_stream(stream: io.BytesIO) -> Image.Image:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(stream)
+            w, h = img.size
+            if w * h > MAX_DECODED_PIXELS:
+                raise InvalidImageError(
+                    f"The image is too large to process ({w}x{h} = {w * h / 1e6:.0f} MP; limit "
+                    f"{MAX_DECODED_PIXELS / 1e6:.0f} MP).")
+            img.load()
+    except InvalidImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InvalidImageError("The image is too large to process (decompression limit).") from exc
+    except UnidentifiedImageError as exc:
+        raise InvalidImageError("This file is not an image we can read (try JPEG or PNG).") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InvalidImageError(f"The image file is damaged or truncated ({exc}).") from exc
+    return img
+
+
+def _from_array(arr: np.ndarray) -> Image.Image:
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[..., 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
+        raise InvalidImageError(f"Expected an image array [H, W], [H, W, 3] or [H, W, 4]; got {arr.shape}.")
+    if arr.size == 0:
+        raise InvalidImageError("The image is empty.")
+    if arr.shape[0] * arr.shape[1] > MAX_DECODED_PIXELS:
+        raise InvalidImageError("The image is too large to process.")
+    if arr.dtype != np.uint8:
+        arr = _to_uint8(arr.astype(np.float64))
+    return Image.fromarray(arr)
+
+
+def _to_uint8(values: np.ndarray) -> np.ndarray:
+    """Scale any numeric array to uint8 by its own range (16-bit, float, int32 images)."""
+    if not np.isfinite(values).all():
+        raise InvalidImageError("The image contains invalid (NaN or infinite) values.")
+    lo, hi = float(values.min()), float(values.max())
+    if hi <= 1.0 and lo >= 0.0:
+        scaled = values * 255.0
+    elif hi <= 255 and lo >= 0:
+        scaled = values
+    elif lo >= 0 and hi <= 65535:
+        scaled = values / 257.0
+    else:
+        scaled = (values - lo) / max(hi - lo, 1e-12) * 255.0
+    return np.clip(np.round(scaled), 0, 255).astype(np.uint8)
+
+
+def _to_rgb(img: Image.Image, notes: list[str]) -> Image.Image:
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        notes.append(f"converted from {mode} (high bit depth) to 8-bit")
+        arr = np.asarray(img, dtype=np.float64)
+        return Image.fromarray(_to_uint8(arr)).convert("RGB")
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
+        notes.append("transparent areas placed on white")
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if mode == "CMYK":
+        notes.append("converted from CMYK")
+    elif mode in ("L", "1"):
+        notes.append("grayscale photo: colour cues are unavailable")
+    elif mode != "P":
+        notes.append(f"converted from {mode}")
+    return img.convert("RGB")
+
+
+def load_image(source: Any, max_side: int = MAX_WORKING_SIDE) -> LoadedImage:
+    """Decode, orient, convert and bound a photo.
+
+    Args:
+        source: a path, bytes, a binary file object, a PIL image or a numpy array
+            ([H, W], [H, W, 3] or [H, W, 4]; uint8, uint16 or float).
+        max_side: the long side of the working image; larger photos are downscaled (area filter).
+
+    Returns:
+        A :class:`LoadedImage` with RGB uint8 pixels [H, W, 3].
+
+    Raises:
+        InvalidImageError: not an image, damaged, empty, too small, too large.
+    """
+    if isinstance(source, LoadedImage):
+        return source
+    if source is None:
+        raise InvalidImageError("No image was given.")
+    img = _open(source)
+    notes: list[str] = []
+    upright = img
+    try:
+        orientation = img.getexif().get(0x0112, 1)
+        if orientation not in (1, None):
+            upright = ImageOps.exif_transpose(img)
+            notes.append("rotated upright from EXIF orientation")
+    except Exception as exc:  # damaged EXIF must not stop the photo from loading
+        log.warning("Ignoring unreadable EXIF orientation: %s", exc)
+    rgb = _to_rgb(upright, notes)
+    w0, h0 = rgb.size
+    if min(w0, h0) < MIN_SIDE:
+        raise InvalidImageError(f"The image is too small ({w0}x{h0}); at least {MIN_SIDE} pixels per side "
+                                "are needed.")
+    if max(w0, h0) / min(w0, h0) > 20:
+        raise InvalidImageError(f"The image shape is too extreme ({w0}x{h0}) to be a photo of skin.")
+    scale = min(1.0, max_side / max(w0, h0))
+    if scale < 1.0:
+        size = (max(1, round(w0 * scale)), max(1, round(h0 * scale)))
+        rgb = rgb.resize(size, Image.Resampling.BOX if scale < 0.5 else Image.Resampling.BILINEAR)
+        notes.append(f"downscaled from {w0}x{h0} to {size[0]}x{size[1]}")
+    pixels = np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8))
+    pixels.setflags(write=False)
+    return LoadedImage(pixels=pixels, key=content_key(pixels), original_size=(h0, w0), scale=scale,
+                       notes=tuple(notes))

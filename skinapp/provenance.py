@@ -1,0 +1,35 @@
+"""Where a model's weights came from, so that no output from untrained weights passes for a diagnosis."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: The banner every output produced with untrained weights must carry.
+UNTRAINED_WARNING = "UNTRAINED WEIGHTS \u2014 NOT A DIAGNOSIS"
+
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    """Provenance of one model's weights.
+
+    Attributes:
+        name: model name, e.g. "sam_vit_b" or "fusion".
+        trained: True only when loaded from a real (official or our trained) checkpoint.
+        source: a path, a manifest name, or a phrase such as "random init (tiny profile)".
+    """
+
+    name: str
+    trained: bool
+    source: str
+
+    def describe(self) -> str:
+        state = "trained" if self.trained else "untrained"
+        return f"{self.name}: {state} ({self.source})"
+
+
+def untrained(name: str, why: str = "random init (tiny profile)") -> WeightsInfo:
+    return WeightsInfo(name=name, trained=False, source=why)
+
+
+def all_trained(infos: list[WeightsInfo] | tuple[WeightsInfo, ...]) -> bool:
+    return all(i.trained for i in infos)
