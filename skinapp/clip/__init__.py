@@ -7,5 +7,7 @@ from skinapp.clip.model import (
     load_clip_checkpoint,
     save_clip_checkpoint,
 )
+from skinapp.clip.text import TEXT_CACHE, TextEncoding, TextFeatureCache, clean_phrases, encode_texts
 
-__all__ = ["CLIP_CONFIGS", "ClipBundle", "build_clip", "load_clip_checkpoint", "save_clip_checkpoint"]
+__all__ = ["CLIP_CONFIGS", "TEXT_CACHE", "ClipBundle", "TextEncoding", "TextFeatureCache", "build_clip",
+           "clean_phrases", "encode_texts", "load_clip_checkpoint", "save_clip_checkpoint"]

@@ -1,0 +1,47 @@
+"""Errors raised by the checkpoint manager."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class ManifestError(ValueError):
+    """The checkpoint manifest is malformed, or a name is not in it."""
+
+
+class CheckpointMissing(FileNotFoundError):  # noqa: N818 (public name fixed by the API)
+    """A checkpoint could not be found (and was not, or could not be, downloaded).
+
+    The message says what is missing, where it was looked for, and how to get it.
+
+    Attributes:
+        name: the manifest name, e.g. "sam_vit_b".
+        looked_in: the places searched, in resolution order.
+    """
+
+    def __init__(self, message: str, name: str, looked_in: list[str] | tuple[str, ...] = ()):
+        super().__init__(message)
+        self.name = name
+        self.looked_in = tuple(looked_in)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class ChecksumMismatchError(ValueError):
+    """A file's SHA-256 (or size) differs from the manifest; the file was not accepted."""
+
+    def __init__(self, path: Path | str, expected: str, actual: str, what: str = "SHA-256"):
+        super().__init__(f"{what} mismatch for {path}: expected {expected}, got {actual}. "
+                         "The file was refused (deleted if it was a download); fetch it again.")
+        self.path = Path(path)
+        self.expected = expected
+        self.actual = actual
+
+
+class DownloadError(OSError):
+    """A download failed after its retries; any partial data is kept in a ``.part`` file for resuming."""
+
+
+class UnsafeCheckpointError(ValueError):
+    """A checkpoint file could not be loaded safely (it needs code execution, or is not a state dict)."""

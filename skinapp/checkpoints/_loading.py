@@ -1,0 +1,85 @@
+"""Safe loading of checkpoint files: safetensors, or ``torch.load(weights_only=True)``; never arbitrary pickle."""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from skinapp.checkpoints._errors import CheckpointMissing, ChecksumMismatchError, ManifestError, UnsafeCheckpointError
+from skinapp.checkpoints._hashing import sha256_file
+from skinapp.checkpoints._manifest import FileSpec, get_entry, manifest
+
+log = logging.getLogger(__name__)
+
+_SAFETENSORS_SUFFIXES = (".safetensors",)
+
+
+def load_state_dict(path: str | os.PathLike, verify: bool = False, name: str | None = None) -> dict[str, Any]:
+    """Load a checkpoint file into a dict on the CPU, without running code from the file.
+
+    ``*.safetensors`` is read with safetensors; anything else with ``torch.load(weights_only=True)``,
+    which only rebuilds tensors and plain containers (a pickle that would call a function, or a
+    TorchScript archive, is refused). The mapping is returned as stored: some official files nest
+    the weights (Grounding DINO keeps them under ``"model"``).
+
+    Args:
+        path: the file.
+        verify: first check its SHA-256 against the manifest (the entry is ``name``, or the one
+            whose file name matches ``path``).
+        name: manifest entry to verify against.
+
+    Raises:
+        CheckpointMissing: ``path`` does not exist.
+        ChecksumMismatchError: ``verify=True`` and the digest differs from the manifest.
+        ManifestError: ``verify=True`` but no pinned hash can be found for ``path``.
+        UnsafeCheckpointError: the file needs code execution to load, or does not hold a mapping.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CheckpointMissing(f"checkpoint file not found: {path}", name or path.name, [str(path)])
+    if verify:
+        spec = _pinned_spec(path, name)
+        digest = sha256_file(path)
+        if digest != spec.sha256:
+            raise ChecksumMismatchError(path, spec.sha256, digest)
+        log.info("%s: SHA-256 verified", path)
+    if path.suffix in _SAFETENSORS_SUFFIXES:
+        from safetensors.torch import load_file
+
+        return dict(load_file(str(path), device="cpu"))
+    return _torch_load(path)
+
+
+def _torch_load(path: Path) -> dict[str, Any]:
+    import torch
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError) as err:
+        raise UnsafeCheckpointError(
+            f"{path} could not be loaded with torch.load(weights_only=True): {err}. If it holds pickled "
+            "objects or TorchScript it would run code when loaded, so it is refused; convert it to a state "
+            "dict or safetensors from a trusted source.") from err
+    if not isinstance(obj, Mapping):
+        raise UnsafeCheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict (mapping)")
+    return dict(obj)
+
+
+def _pinned_spec(path: Path, name: str | None) -> FileSpec:
+    """The manifest file spec (with a pinned SHA-256) that ``path`` should match."""
+    if name is not None:
+        files = get_entry(name).files
+        candidates = list(files) if len(files) == 1 else [s for s in files if s.filename == path.name]
+        where = f"checkpoint {name!r}"
+    else:
+        candidates = [spec for entry in manifest().values() for spec in entry.files if spec.filename == path.name]
+        where = f"the manifest (file name {path.name!r})"
+    if len(candidates) != 1:
+        raise ManifestError(f"cannot verify {path}: {len(candidates)} matching files in {where}; pass name=")
+    if candidates[0].sha256 is None:
+        raise ManifestError(f"cannot verify {path}: {where} pins no SHA-256 for it")
+    return candidates[0]

@@ -1,0 +1,232 @@
+"""Find, download and verify checkpoints named in the manifest.
+
+Resolution order for :func:`resolve`:
+    1. an explicit path: the ``path`` argument, else the ``SKINAPP_<NAME>`` environment variable
+       (an explicit path that does not hold the checkpoint is an error, never silently skipped);
+    2. the checkpoint directory (:func:`checkpoint_dir`);
+    3. a download into that directory, only with ``download=True`` and without ``SKINAPP_OFFLINE=1``;
+    4. otherwise :class:`CheckpointMissing`, saying what is missing, where it was looked for and how to get it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from skinapp.checkpoints._errors import CheckpointMissing, DownloadError
+from skinapp.checkpoints._hashing import FileState, file_state, read_stamp, sha256_file, write_stamp
+from skinapp.checkpoints._http import fetch
+from skinapp.checkpoints._manifest import Entry, FileSpec, checkpoint_dir, get_entry, offline
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FileStatus:
+    spec: FileSpec
+    path: Path
+    state: FileState
+    sha256: str | None  # the digest computed or remembered, None when not computed
+
+
+@dataclass(frozen=True)
+class EntryStatus:
+    """Where an entry was looked for and the state of each of its files."""
+
+    entry: Entry
+    location: Path
+    source: str  # "argument", "$SKINAPP_<NAME>" or "checkpoint dir"
+    files: tuple[FileStatus, ...]
+
+    @property
+    def present(self) -> bool:
+        return all(f.state is not FileState.MISSING for f in self.files)
+
+    @property
+    def verified(self) -> bool:
+        return all(f.state is FileState.VERIFIED for f in self.files)
+
+    @property
+    def mismatched(self) -> bool:
+        return any(f.state is FileState.MISMATCH for f in self.files)
+
+    @property
+    def missing_files(self) -> list[str]:
+        return [f.spec.filename for f in self.files if f.state is FileState.MISSING]
+
+
+def resolve(name: str, path: str | os.PathLike | None = None, download: bool = False) -> Path:
+    """Path of checkpoint ``name`` (the directory for multi-file entries); see the module docstring.
+
+    Raises:
+        CheckpointMissing: not found and not downloaded, or the download failed (the message says why
+            and how to get it; a failed download keeps its ``.part`` file for resuming).
+        ManifestError: ``name`` is not in the manifest.
+        ChecksumMismatchError: the downloaded file failed its SHA-256 check (it was deleted).
+    """
+    entry = get_entry(name)
+    source, location = _candidate(entry, path)
+    missing = _missing(entry, location)
+    if not missing:
+        return location
+    looked = [f"{source}: {location} ({_describe_missing(entry, missing)})"]
+    if source != "checkpoint dir":
+        raise CheckpointMissing(_missing_message(entry, looked, "The explicit path was used, so nothing else "
+                                                 "was tried."), entry.name, looked)
+    looked.insert(0, f"${entry.env_var}: not set")
+    if download and entry.downloadable and not offline():
+        try:
+            return _download(entry, checkpoint_dir())
+        except DownloadError as err:
+            raise CheckpointMissing(_missing_message(entry, looked, f"Downloading failed: {err}"), entry.name,
+                                    looked) from err
+    raise CheckpointMissing(_missing_message(entry, looked, _download_note(entry, download)), entry.name, looked)
+
+
+def download(name: str, dest_dir: str | os.PathLike | None = None, *, retries: int = 3, retry_wait_s: float = 1.0,
+             progress: bool = True) -> Path:
+    """Download checkpoint ``name`` into ``dest_dir`` (default :func:`checkpoint_dir`); return its path.
+
+    Files already present with the pinned SHA-256 are kept. Every downloaded file is SHA-256 checked
+    against the manifest; a file with no pinned hash is downloaded, its hash logged, and it stays
+    unverified.
+
+    Raises:
+        CheckpointMissing: the entry has no URL (one of ours: train it) or ``SKINAPP_OFFLINE=1``.
+        ChecksumMismatchError: a downloaded file failed its check (it is deleted).
+        DownloadError: the transfer failed; a ``.part`` file is kept for resuming.
+    """
+    entry = get_entry(name)
+    base = Path(dest_dir).expanduser() if dest_dir is not None else checkpoint_dir()
+    if not entry.downloadable or offline():
+        looked = [f"download into {entry.location(base)}"]
+        raise CheckpointMissing(_missing_message(entry, looked, _download_note(entry, True)), entry.name, looked)
+    return _download(entry, base, retries=retries, retry_wait_s=retry_wait_s, progress=progress)
+
+
+def verify(name: str, path: str | os.PathLike | None = None) -> bool:
+    """Recompute the SHA-256 of checkpoint ``name``'s files; True only when every file matches a pinned hash.
+
+    Mismatches are logged as errors; files with no pinned hash are logged with their digest and make the
+    result False (they cannot be verified).
+
+    Raises:
+        CheckpointMissing: a file is not present (at ``path``, ``$SKINAPP_<NAME>`` or the checkpoint dir).
+    """
+    st = status(name, path=path, recompute=True)
+    if not st.present:
+        looked = [f"{st.source}: {st.location} ({_describe_missing(st.entry, st.missing_files)})"]
+        raise CheckpointMissing(_missing_message(st.entry, looked, None), name, looked)
+    for f in st.files:
+        if f.state is FileState.MISMATCH:
+            log.error("%s: SHA-256 mismatch: expected %s, got %s", f.path, f.spec.sha256, f.sha256)
+        elif f.state is FileState.UNPINNED:
+            log.warning("%s: SHA-256 %s; the manifest pins no hash, so it is NOT verified", f.path, f.sha256)
+    return st.verified
+
+
+def status(name: str, path: str | os.PathLike | None = None, recompute: bool = False) -> EntryStatus:
+    """State of each file of ``name`` where :func:`resolve` would look first (no download).
+
+    With ``recompute=False`` no file is hashed: a file is "verified" only through a still-valid stamp
+    left by a download or :func:`verify`.
+    """
+    entry = get_entry(name)
+    source, location = _candidate(entry, path)
+    files = []
+    for spec, file_path in _files_at(entry, location):
+        state, digest = file_state(file_path, spec.sha256, recompute)
+        files.append(FileStatus(spec, file_path, state, digest))
+    return EntryStatus(entry, location, source, tuple(files))
+
+
+def _download(entry: Entry, base: Path, *, retries: int = 3, retry_wait_s: float = 1.0,
+              progress: bool = True) -> Path:
+    location = entry.location(base)
+    for spec, file_path in _files_at(entry, location):
+        if file_path.is_file() and _already_good(spec, file_path):
+            log.info("%s already present%s", file_path, " and verified" if spec.sha256 else "")
+            continue
+        log.info("downloading %s -> %s", spec.url, file_path)
+        digest = fetch(spec.urls, file_path, size=spec.size, sha256=spec.sha256, retries=retries,
+                       retry_wait_s=retry_wait_s, progress=progress)
+        if spec.sha256 is None:
+            log.warning("%s downloaded with SHA-256 %s; the manifest pins no hash, so it is NOT verified",
+                        file_path, digest)
+    return location
+
+
+def _already_good(spec: FileSpec, path: Path) -> bool:
+    """True for a present file matching its pinned hash (or any present file when none is pinned)."""
+    if spec.sha256 is None:
+        return True
+    if read_stamp(path) == spec.sha256:
+        return True
+    digest = sha256_file(path)
+    if digest == spec.sha256:
+        write_stamp(path, digest)
+        return True
+    log.warning("%s does not match its pinned SHA-256 (got %s); downloading it again", path, digest)
+    return False
+
+
+def _candidate(entry: Entry, path: str | os.PathLike | None) -> tuple[str, Path]:
+    """Where to look first: the explicit path (argument, else env var) or the checkpoint directory."""
+    if path is not None:
+        source, explicit = "argument", Path(path)
+    elif os.environ.get(entry.env_var):
+        source, explicit = f"${entry.env_var}", Path(os.environ[entry.env_var])
+    else:
+        return "checkpoint dir", entry.location(checkpoint_dir())
+    explicit = explicit.expanduser()
+    if not entry.is_directory and explicit.is_dir():
+        explicit = explicit / entry.files[0].filename
+    return source, explicit
+
+
+def _files_at(entry: Entry, location: Path) -> list[tuple[FileSpec, Path]]:
+    if entry.is_directory:
+        return [(spec, location / spec.filename) for spec in entry.files]
+    return [(entry.files[0], location)]
+
+
+def _missing(entry: Entry, location: Path) -> list[str]:
+    return [spec.filename for spec, p in _files_at(entry, location) if not p.is_file()]
+
+
+def _describe_missing(entry: Entry, missing: list[str]) -> str:
+    if not entry.is_directory:
+        return "not found"
+    return f"missing {', '.join(missing)}"
+
+
+def _download_note(entry: Entry, download_requested: bool) -> str:
+    if not entry.downloadable:
+        return "It has no download URL: it is one of our own trained checkpoints."
+    if offline():
+        return "Downloading is disabled by SKINAPP_OFFLINE=1."
+    if not download_requested:
+        return "Downloading was not requested (download=False)."
+    return ""
+
+
+def _missing_message(entry: Entry, looked: list[str], note: str | None) -> str:
+    what = entry.directory + "/" if entry.is_directory else entry.files[0].filename
+    lines = [f"Checkpoint {entry.name!r} ({what}) is missing: {entry.description}", "Looked in:"]
+    lines += [f"  - {item}" for item in looked]
+    if note:
+        lines.append(note)
+    lines.append("How to get it:")
+    if entry.downloadable:
+        target = entry.location(checkpoint_dir())
+        lines.append(f"  - python -m skinapp.checkpoints download {entry.name}")
+        lines.append(f"  - or skinapp.checkpoints.resolve({entry.name!r}, download=True)")
+        for spec in entry.files:
+            dest = target / spec.filename if entry.is_directory else target
+            lines.append(f"  - or fetch {spec.url} to {dest} (SHA-256 {spec.sha256 or 'not pinned'})")
+    elif entry.how_to_get:
+        lines.append(f"  - {entry.how_to_get}")
+    lines.append(f"  - or set {entry.env_var}=/path/to/{what}")
+    return "\n".join(lines)

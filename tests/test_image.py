@@ -1,0 +1,149 @@
+"""Bad and unusual photos: each gives a correct result or a clear InvalidImageError, never a deep crash."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from skinapp.image import MAX_WORKING_SIDE, InvalidImageError, LoadedImage, load_image
+
+
+def _png_bytes(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def test_rgb_array_roundtrip(skin_photo):
+    li = load_image(skin_photo.pixels)
+    assert isinstance(li, LoadedImage)
+    assert li.pixels.dtype == np.uint8 and li.pixels.shape == skin_photo.pixels.shape
+    assert np.array_equal(li.pixels, skin_photo.pixels)
+    assert li.scale == 1.0 and li.notes == ()
+    assert load_image(skin_photo.pixels.copy()).key == li.key
+    other = skin_photo.pixels.copy()
+    other[0, 0, 0] ^= 1
+    assert load_image(other).key != li.key
+
+
+def test_path_and_bytes_agree(tmp_path, skin_photo):
+    path = tmp_path / "photo.png"
+    Image.fromarray(skin_photo.pixels).save(path)
+    assert load_image(path).key == load_image(path.read_bytes()).key == load_image(str(path)).key
+    with open(path, "rb") as f:
+        assert load_image(f).key == load_image(skin_photo.pixels).key
+
+
+@pytest.mark.parametrize("payload, message", [
+    (b"", "empty"),
+    (b"this is a text file, not a photo", "not an image"),
+    (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "not an image|damaged"),
+])
+def test_not_an_image(payload, message):
+    with pytest.raises(InvalidImageError, match=message):
+        load_image(payload)
+
+
+def test_truncated_jpeg(skin_photo):
+    data = _png_bytes(Image.fromarray(skin_photo.pixels), "JPEG")
+    with pytest.raises(InvalidImageError, match="damaged|truncated"):
+        load_image(data[: len(data) // 2])
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(InvalidImageError, match="No such file"):
+        load_image(tmp_path / "nope.jpg")
+
+
+def test_none_and_wrong_type():
+    with pytest.raises(InvalidImageError):
+        load_image(None)
+    with pytest.raises(InvalidImageError, match="Unsupported"):
+        load_image(3.5)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (10, 500), (31, 31)])
+def test_tiny_images_refused(size):
+    with pytest.raises(InvalidImageError, match="too small"):
+        load_image(np.zeros((*size, 3), np.uint8))
+
+
+def test_absurd_aspect_refused():
+    with pytest.raises(InvalidImageError, match="extreme"):
+        load_image(np.zeros((40, 2000, 3), np.uint8))
+
+
+def test_huge_image_is_downscaled_and_keeps_original_coordinates():
+    big = np.zeros((3000, 4000, 3), np.uint8)
+    big[1000:2000, 2000:3000] = 200
+    li = load_image(_png_bytes(Image.fromarray(big)))
+    assert max(li.size) == MAX_WORKING_SIDE
+    assert li.original_size == (3000, 4000)
+    assert li.scale == pytest.approx(MAX_WORKING_SIDE / 4000)
+    box = np.array([[2000, 1000, 3000, 2000]]) * li.scale
+    assert np.allclose(li.boxes_to_original(box), [[2000, 1000, 3000, 2000]])
+    assert any("downscaled" in n for n in li.notes)
+
+
+def test_decompression_bomb_refused():
+    # A 12000x12000 PNG header is cheap to write as a 1-bit image; decoding it would be 144 MP.
+    bomb = Image.new("1", (12000, 12000))
+    with pytest.raises(InvalidImageError, match="too large"):
+        load_image(_png_bytes(bomb))
+
+
+def test_grayscale_rgba_16bit_cmyk_palette(skin_photo):
+    rgb = Image.fromarray(skin_photo.pixels)
+    gray = load_image(_png_bytes(rgb.convert("L")))
+    assert gray.pixels.shape[2] == 3 and np.array_equal(gray.pixels[..., 0], gray.pixels[..., 1])
+    assert any("grayscale" in n for n in gray.notes)
+
+    rgba = rgb.convert("RGBA")
+    alpha = np.array(rgba)
+    alpha[:50, :50, 3] = 0
+    li = load_image(_png_bytes(Image.fromarray(alpha)))
+    assert (li.pixels[:50, :50] == 255).all(), "transparent pixels go on white"
+    assert np.array_equal(li.pixels[100:, 100:], skin_photo.pixels[100:, 100:])
+
+    sixteen = (np.asarray(rgb.convert("L"), np.uint16) * 257)
+    li16 = load_image(_png_bytes(Image.fromarray(sixteen)))
+    assert li16.pixels.dtype == np.uint8
+    assert np.abs(li16.pixels[..., 0].astype(int) - np.asarray(rgb.convert("L"), int)).max() <= 1
+
+    cmyk = load_image(_png_bytes(rgb.convert("CMYK"), "JPEG", quality=95))
+    assert cmyk.pixels.shape == skin_photo.pixels.shape
+    assert np.abs(cmyk.pixels.astype(int) - skin_photo.pixels.astype(int)).mean() < 12
+    assert any("CMYK" in n for n in cmyk.notes)
+
+    pal = load_image(_png_bytes(rgb.convert("P")))
+    assert pal.pixels.shape == skin_photo.pixels.shape
+
+    floats = load_image(skin_photo.pixels.astype(np.float32) / 255.0)
+    assert np.abs(floats.pixels.astype(int) - skin_photo.pixels.astype(int)).max() <= 1
+
+
+def test_nan_array_refused():
+    arr = np.full((64, 64, 3), np.nan, np.float32)
+    with pytest.raises(InvalidImageError, match="NaN"):
+        load_image(arr)
+
+
+@pytest.mark.parametrize("orientation, transform", [
+    (3, lambda a: a[::-1, ::-1]),          # rotated 180
+    (6, lambda a: np.rot90(a, k=-1)),      # rotate 90 CW to display
+    (8, lambda a: np.rot90(a, k=1)),       # rotate 90 CCW to display
+])
+def test_exif_rotation_applied(orientation, transform):
+    arr = np.zeros((60, 100, 3), np.uint8)
+    arr[:20, :30] = (255, 0, 0)  # a red marker in the stored top-left corner
+    img = Image.fromarray(arr)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    li = load_image(_png_bytes(img, "PNG", exif=exif.tobytes()))
+    expected = np.ascontiguousarray(transform(arr))
+    assert li.pixels.shape == expected.shape
+    assert np.array_equal(li.pixels, expected)
+    assert any("EXIF" in n for n in li.notes)

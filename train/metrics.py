@@ -1,0 +1,100 @@
+"""Classification metrics, the paper-style results table (mean +- std over seeds), and plots."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+METRICS = ("precision", "recall", "f1", "accuracy")
+
+
+def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], n_classes: int) -> np.ndarray:
+    """Counts [C, C]: rows are true classes, columns predicted classes."""
+    cm = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(cm, (np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)), 1)
+    return cm
+
+
+def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], n_classes: int) -> dict[str, float]:
+    """Macro precision, recall and F1 (classes absent from both truth and prediction are ignored) and accuracy."""
+    cm = confusion_matrix(y_true, y_pred, n_classes).astype(np.float64)
+    tp = np.diag(cm)
+    support, predicted = cm.sum(axis=1), cm.sum(axis=0)
+    present = (support + predicted) > 0
+    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(tp), where=precision + recall > 0)
+    total = cm.sum()
+    return {"precision": float(precision[present].mean()) if present.any() else 0.0,
+            "recall": float(recall[present].mean()) if present.any() else 0.0,
+            "f1": float(f1[present].mean()) if present.any() else 0.0,
+            "accuracy": float(tp.sum() / total) if total else 0.0}
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """Group per-seed rows by (train_ratio, variant) -> one row with mean and std (population) of each metric."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["train_ratio"], r["variant"]), []).append(r)
+    out = []
+    for (ratio, variant), rs in sorted(groups.items(), key=lambda kv: kv[0][0]):  # variants in run order
+        row = {"train_ratio": ratio, "variant": variant, "seeds": len(rs)}
+        for m in METRICS:
+            vals = np.array([r[m] for r in rs], dtype=np.float64)
+            row[f"{m}_mean"], row[f"{m}_std"] = float(vals.mean()), float(vals.std())
+        out.append(row)
+    return out
+
+
+def write_table(summary: list[dict], csv_path: Path, md_path: Path) -> None:
+    """Write the summary as CSV and as a Markdown table shaped like the paper's Table 2."""
+    import pandas as pd
+
+    pd.DataFrame(summary).to_csv(csv_path, index=False)
+    lines = ["| train/total | variant | seeds | precision | recall | F1 | accuracy |",
+             "|---|---|---|---|---|---|---|"]
+    for r in summary:
+        cells = [f"{r[f'{m}_mean']:.3f} ± {r[f'{m}_std']:.3f}" for m in METRICS]
+        lines.append(f"| {r['train_ratio']} | {r['variant']} | {r['seeds']} | " + " | ".join(cells) + " |")
+    md_path.write_text("\n".join(lines) + "\n")
+
+
+def plot_confusion(cm: np.ndarray, class_names: Sequence[str], path: Path, title: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(1.2 * len(class_names) + 2, 1.2 * len(class_names) + 1.5))
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(len(class_names)), class_names)
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", color="black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_curves(history: dict[str, list[float]], path: Path, title: str = "") -> None:
+    """Learning curves: one line per history key (e.g. train_loss, val_loss, val_f1) against epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, values in history.items():
+        ax.plot(range(1, len(values) + 1), values, label=name)
+    ax.set_xlabel("epoch")
+    ax.legend()
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
