@@ -16,6 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from skinapp.cache import LRUCache
+from skinapp.concepts.prompts import check_threshold, normalise_prompts
 from skinapp.concepts.segmenter import SamEmbedding, SamSegmenter
 from skinapp.concepts.types import DEFAULT_PROMPTS, Concepts, Detections
 from skinapp.image import LoadedImage, load_image
@@ -36,34 +37,6 @@ class Detector(Protocol):
                text_threshold: float | None = None) -> Detections:
         """Boxes for all prompts in one pass over uint8 RGB ``pixels`` [H, W, 3]."""
         ...
-
-
-def normalise_prompts(prompts: str | Iterable[str]) -> tuple[str, ...]:
-    """Clean prompt phrases: split a "leg . arm, lesion" string, strip, lower-case, drop blanks and repeats.
-
-    Raises:
-        ValueError: no phrase is left.
-    """
-    items = prompts.replace(",", ".").split(".") if isinstance(prompts, str) else list(prompts)
-    seen: dict[str, None] = {}
-    for item in items:
-        if not isinstance(item, str):
-            raise ValueError(f"prompts must be strings; got {type(item).__name__}")
-        phrase = " ".join(item.strip().strip(".").lower().split())
-        if phrase:
-            seen.setdefault(phrase, None)
-    if not seen:
-        raise ValueError("No prompt phrases were given (e.g. 'lesion', 'leg').")
-    return tuple(seen)
-
-
-def _check_threshold(name: str, value: float | None) -> float | None:
-    if value is None:
-        return None
-    value = float(value)
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must be in [0, 1]; got {value}")
-    return value
 
 
 def _readonly(array: np.ndarray) -> np.ndarray:
@@ -116,8 +89,8 @@ class GroundedSamExtractor:
         """
         image = load_image(image)
         phrases = normalise_prompts(prompts)
-        box_threshold = _check_threshold("box_threshold", box_threshold)
-        text_threshold = _check_threshold("text_threshold", text_threshold)
+        box_threshold = check_threshold("box_threshold", box_threshold)
+        text_threshold = check_threshold("text_threshold", text_threshold)
         key = (image.key, phrases, box_threshold, text_threshold, self.max_concepts)
         return self.results.get_or_compute(key, lambda: self._extract(image, phrases, box_threshold, text_threshold))
 

@@ -1,0 +1,34 @@
+"""Prompt and threshold validation shared by every concept extractor."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+def normalise_prompts(prompts: str | Iterable[str]) -> tuple[str, ...]:
+    """Clean prompt phrases: split a "leg . arm, lesion" string, strip, lower-case, drop blanks and repeats.
+
+    Raises:
+        ValueError: a prompt is not a string, or no phrase is left.
+    """
+    items = prompts.replace(",", ".").split(".") if isinstance(prompts, str) else list(prompts)
+    seen: dict[str, None] = {}
+    for item in items:
+        if not isinstance(item, str):
+            raise ValueError(f"prompts must be strings; got {type(item).__name__}")
+        phrase = " ".join(item.strip().strip(".").lower().split())
+        if phrase:
+            seen.setdefault(phrase, None)
+    if not seen:
+        raise ValueError("No prompt phrases were given (e.g. 'lesion', 'leg').")
+    return tuple(seen)
+
+
+def check_threshold(name: str, value: float | None) -> float | None:
+    """``value`` as a float in [0, 1] (None passes through); anything else is a ValueError."""
+    if value is None:
+        return None
+    value = float(value)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1]; got {value}")
+    return value
