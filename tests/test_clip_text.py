@@ -101,3 +101,14 @@ def test_cache_hits_are_per_model_and_bounded(bundle):
     assert cache.misses == 3 and not torch.allclose(c.features[0], a.features[1])
     encode_texts(model, tok, ["dots", "globules"], cache=cache)
     assert len(cache) == 3
+
+
+def test_checkpoint_from_random_init_is_not_called_trained(tmp_path):
+    from skinapp.clip import build_clip, load_clip_checkpoint, save_clip_checkpoint
+
+    bundle = build_clip("tiny")
+    scratch = save_clip_checkpoint(bundle.model, tmp_path / "scratch", bundle.config, {"base_checkpoint": None})
+    assert not load_clip_checkpoint(scratch, profile="tiny").weights.trained
+    tuned = save_clip_checkpoint(bundle.model, tmp_path / "tuned", bundle.config,
+                                 {"base_checkpoint": "checkpoints/clip_vit_b16_openai.safetensors"})
+    assert load_clip_checkpoint(tuned, profile="tiny").weights.trained

@@ -98,3 +98,44 @@ def plot_curves(history: dict[str, list[float]], path: Path, title: str = "") ->
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def macro_specificity(y_true: Sequence[int], y_pred: Sequence[int], n_classes: int) -> float:
+    """Macro specificity TN / (TN + FP), one-vs-rest, over the classes :func:`classification_metrics` averages."""
+    cm = confusion_matrix(y_true, y_pred, n_classes).astype(np.float64)
+    support, predicted, total = cm.sum(axis=1), cm.sum(axis=0), cm.sum()
+    present = (support + predicted) > 0
+    negatives = total - support
+    true_negatives = negatives - (predicted - np.diag(cm))
+    specificity = np.divide(true_negatives, negatives, out=np.zeros_like(negatives), where=negatives > 0)
+    return float(specificity[present].mean()) if present.any() else 0.0
+
+
+def plot_curve_panels(history: dict[str, list[float]], path: Path, title: str = "", first_epoch: int = 0) -> None:
+    """Learning curves, one panel per name prefix: "loss/train" and "loss/test" share the "loss" panel.
+
+    Value ``i`` of each series is plotted at epoch ``first_epoch + i`` (0 = before training).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels: dict[str, list[str]] = {}
+    for name in history:
+        panels.setdefault(name.split("/")[0], []).append(name)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+    for ax, (panel, names) in zip(axes[0], panels.items()):
+        for name in names:
+            values = history[name]
+            ax.plot(range(first_epoch, first_epoch + len(values)), values, marker="o", label=name)
+        ax.set_xlabel("epoch" + (" (0 = before training)" if first_epoch == 0 else ""))
+        ax.set_ylabel(panel)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

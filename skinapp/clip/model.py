@@ -164,7 +164,11 @@ def load_clip_checkpoint(path: str | Path, device: str | torch.device = "cpu",
         label = meta.get("label", "fine-tuned" if meta else "pretrained")
     if "sha256" in meta and meta["sha256"] != file_sha256(path):
         raise ValueError(f"{path.name}: SHA-256 does not match its sidecar JSON; the file is damaged")
-    weights = WeightsInfo(name="clip", trained=True, source=str(path))
+    # A fine-tuned checkpoint whose sidecar says it started from random weights (no base checkpoint) is
+    # only as good as its training data allows: call it trained only when it started from real weights.
+    from_scratch = "base_checkpoint" in meta and not meta["base_checkpoint"]
+    weights = WeightsInfo(name="clip", trained=not from_scratch,
+                          source=f"{path} (fine-tuned from random init)" if from_scratch else str(path))
     log.info("Loaded CLIP weights from %s (%s)", path, label)
     return _bundle(model, config, weights, label, device)
 

@@ -1,0 +1,403 @@
+"""Fine-tune CLIP on Derm7pt + PH2 image-text pairs (the MedGrad paper's recipe).
+
+    python -m train.clip --derm7pt DERM7PT_ROOT --ph2 PH2_ROOT --out runs/clip \\
+        --profile full --checkpoint checkpoints/clip_vit_b16_openai.safetensors [--device cuda]
+    torchrun --nproc_per_node 4 -m train.clip ... --device cuda      # data-parallel (DDP)
+
+Recipe (paper defaults are the CLI defaults): one text per image built from the class and the
+dermoscopic criteria (:mod:`train.data.text`); text augmentation reorders the criteria phrases,
+image augmentation flips, rotates by multiples of 90 degrees and by a small random angle; a
+stratified 75/25 split BY CASE (seeded); Adam, lr 1e-5, batch 64, 30 epochs; the loss is the mean of
+the image->text and text->image cross-entropies over the batch scaled by the model's logit_scale
+(``open_clip.ClipLoss``, which also gathers features across ranks under DDP).
+
+Reported before and after fine-tuning, on the held-out 25 %: zero-shot accuracy with class prompts
+("a dermoscopic image of {class}"), macro precision / recall / F1 / sensitivity / specificity, the
+mean CLIP score of matched image-text pairs (100 * cosine, floored at 0, as torchmetrics' CLIPScore)
+and the contrastive loss. Outputs in ``--out``: ``clip_finetuned.safetensors`` + ``.json`` sidecar
+(config, class names, prompts, metrics, data hash, split seed), ``metrics.json``, ``report.md``,
+``curves.png``, ``split.json``. The app finds the model as the manifest entry ``clip_finetuned``: copy
+``clip_finetuned.safetensors`` and ``clip_finetuned.json`` from ``--out`` into ``checkpoints/`` (or pass
+``--out checkpoints``); it is read back with ``skinapp.clip.load_clip_checkpoint``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import open_clip
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from skinapp.clip import build_clip, save_clip_checkpoint
+from skinapp.image import load_image
+from train.common import DistInfo, cleanup_distributed, init_distributed, seed_everything
+from train.data.derm7pt import read_derm7pt
+from train.data.ph2 import read_ph2
+from train.data.text import LesionRecord, build_text
+from train.metrics import classification_metrics, confusion_matrix, macro_specificity, plot_curve_panels
+from train.splits import split_by_case
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PROMPT = "a dermoscopic image of {}"
+CHECKPOINT_NAME = "clip_finetuned.safetensors"
+
+
+@dataclass
+class ClipFinetuneConfig:
+    """Settings of one fine-tuning run (paper defaults)."""
+
+    derm7pt: str | None = None
+    ph2: str | None = None
+    out: str = "runs/clip"
+    profile: str = "full"
+    checkpoint: str | None = None
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 1e-5
+    seed: int = 0
+    device: str = "cpu"
+    labels: str = "merged"
+    derm7pt_images: tuple[str, ...] = ("derm",)
+    train_fraction: float = 0.75
+    prompt: str = DEFAULT_PROMPT
+    rotation_degrees: float = 15.0
+    workers: int = 2
+
+
+@dataclass
+class FinetuneResult:
+    """What a run produced."""
+
+    checkpoint: Path
+    model: open_clip.CLIP
+    before: dict[str, Any]
+    after: dict[str, Any]
+    history: dict[str, list[float]]
+    epoch_seconds: list[float] = field(default_factory=list)
+
+
+def augment_image(image: Image.Image, rng: random.Random, degrees: float = 15.0) -> Image.Image:
+    """Random horizontal/vertical flips, a multiple of 90 degrees, then a small rotation in [-degrees, degrees]."""
+    if rng.random() < 0.5:
+        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    if rng.random() < 0.5:
+        image = image.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
+    quarter = rng.randrange(4)
+    if quarter:
+        image = image.transpose((Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180,
+                                 Image.Transpose.ROTATE_270)[quarter - 1])
+    if degrees > 0:
+        image = image.rotate(rng.uniform(-degrees, degrees), resample=Image.Resampling.BILINEAR)
+    return image
+
+
+class PairDataset(Dataset):
+    """Records -> (image [3, S, S] float, text str, class index int).
+
+    With ``augment`` the image is flipped/rotated and the criteria phrases are shuffled; without,
+    the image is only preprocessed and the text is the record's canonical one.
+    """
+
+    def __init__(self, records: Sequence[LesionRecord], class_names: Sequence[str], preprocess: Any,
+                 augment: bool = False, rotation_degrees: float = 15.0):
+        self.records = list(records)
+        self.index = {name: i for i, name in enumerate(class_names)}
+        self.preprocess = preprocess
+        self.augment = augment
+        self.rotation_degrees = rotation_degrees
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, str, int]:
+        record = self.records[i]
+        image = load_image(record.image_path).pil()
+        text = record.text
+        if self.augment:
+            rng = random.Random(int(torch.randint(0, 2**31 - 1, (1,))))  # torch RNG: seeded per worker
+            image = augment_image(image, rng, self.rotation_degrees)
+            text = build_text(record.label, record.criteria, rng)
+        return self.preprocess(image), text, self.index[record.label]
+
+
+def collate(batch: list[tuple[torch.Tensor, str, int]]) -> tuple[torch.Tensor, list[str], torch.Tensor]:
+    images, texts, labels = zip(*batch)
+    return torch.stack(images), list(texts), torch.tensor(labels)
+
+
+def records_hash(records: Sequence[LesionRecord]) -> str:
+    """SHA-256 over (case, image file name and size, label, text) of every record: identifies the data."""
+    rows = sorted((r.case_id, r.image_path.name, r.image_path.stat().st_size, r.label, r.text) for r in records)
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
+
+
+def read_records(derm7pt: str | None, ph2: str | None, labels: str = "merged",
+                 derm7pt_images: tuple[str, ...] = ("derm",)) -> list[LesionRecord]:
+    """Read whichever data sets are given; at least one is required."""
+    if not derm7pt and not ph2:
+        raise ValueError("Give at least one data set (--derm7pt and/or --ph2)")
+    records: list[LesionRecord] = []
+    if derm7pt:
+        records += read_derm7pt(derm7pt, labels=labels, images=derm7pt_images).records
+    if ph2:
+        records += read_ph2(ph2, labels=labels).records
+    if not records:
+        raise ValueError("No usable records were read (see the warnings above)")
+    return records
+
+
+def split_records(records: Sequence[LesionRecord], class_names: Sequence[str], train_fraction: float = 0.75,
+                  seed: int = 0) -> tuple[list[LesionRecord], list[LesionRecord]]:
+    """(train, test) records, stratified by class and split BY CASE with :func:`train.splits.split_by_case`.
+
+    The paper's split has no validation part: the validation cases that function carves out of the
+    ``train_fraction`` join the training records.
+    """
+    index = {name: i for i, name in enumerate(class_names)}
+    split = split_by_case([r.case_id for r in records], [index[r.label] for r in records], train_fraction, seed)
+    train_ids = set(split.train.tolist()) | set(split.val.tolist())
+    return ([r for i, r in enumerate(records) if i in train_ids],
+            [r for i, r in enumerate(records) if i not in train_ids])
+
+
+def _unwrap(model: torch.nn.Module) -> open_clip.CLIP:
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+@torch.no_grad()
+def evaluate(model: open_clip.CLIP, tokenizer: Any, dataset: PairDataset, class_names: Sequence[str],
+             prompt: str = DEFAULT_PROMPT, device: str | torch.device = "cpu", batch_size: int = 64) -> dict[str, Any]:
+    """Zero-shot classification, matched-pair CLIP score and contrastive loss on ``dataset``.
+
+    Returns accuracy and macro precision / recall / F1 (:func:`train.metrics.classification_metrics`),
+    ``sensitivity`` (= macro recall), ``specificity`` (macro, one-vs-rest), the ``confusion_matrix``,
+    ``clip_score`` (mean of 100 * max(cos, 0) over matched pairs) and ``loss`` (batch-wise CLIP loss).
+    """
+    was_training = model.training
+    model.eval()
+    prompts = tokenizer([prompt.format(name) for name in class_names]).to(device)
+    class_features = model.encode_text(prompts, normalize=True)  # [C, D]
+    loss_fn = open_clip.ClipLoss()
+    scale = model.logit_scale.exp()
+    preds, labels, scores, losses, sizes = [], [], [], [], []
+    for images, texts, y in DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate):
+        image_features = model.encode_image(images.to(device), normalize=True)  # [B, D]
+        text_features = model.encode_text(tokenizer(texts).to(device), normalize=True)  # [B, D]
+        preds.append((image_features @ class_features.T).argmax(1).cpu())
+        labels.append(y)
+        scores.append((100 * (image_features * text_features).sum(1)).clamp(min=0).cpu())
+        if len(texts) > 1:
+            losses.append(float(loss_fn(image_features, text_features, scale)) * len(texts))
+            sizes.append(len(texts))
+    model.train(was_training)
+    y_true, y_pred = torch.cat(labels).tolist(), torch.cat(preds).tolist()
+    metrics: dict[str, Any] = classification_metrics(y_true, y_pred, len(class_names))
+    metrics["sensitivity"] = metrics["recall"]
+    metrics["specificity"] = macro_specificity(y_true, y_pred, len(class_names))
+    metrics["n"] = len(y_true)
+    metrics["confusion_matrix"] = confusion_matrix(y_true, y_pred, len(class_names)).tolist()
+    metrics["clip_score"] = float(torch.cat(scores).mean())
+    metrics["loss"] = float(sum(losses) / sum(sizes)) if sizes else float("nan")
+    return metrics
+
+
+def train_one_epoch(model: torch.nn.Module, tokenizer: Any, loader: DataLoader, optimizer: torch.optim.Optimizer,
+                    loss_fn: open_clip.ClipLoss, device: torch.device, dist: DistInfo, desc: str = "") -> float:
+    """One pass over ``loader``; returns the mean training loss (averaged over ranks)."""
+    model.train()
+    total, count = torch.zeros((), device=device), torch.zeros((), device=device)
+    for images, texts, _ in tqdm(loader, desc=desc, leave=False, disable=not dist.is_main):
+        if len(texts) < 2:
+            continue  # a one-pair batch has no negatives
+        image_features, text_features, scale = model(images.to(device), tokenizer(texts).to(device))[:3]
+        loss = loss_fn(image_features, text_features, scale)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            _unwrap(model).logit_scale.clamp_(0, math.log(100))
+        total += loss.detach() * len(texts)
+        count += len(texts)
+    if dist.enabled:
+        torch.distributed.all_reduce(total)
+        torch.distributed.all_reduce(count)
+    return float(total / count.clamp(min=1))
+
+
+def finetune(config: ClipFinetuneConfig, records: Sequence[LesionRecord] | None = None) -> FinetuneResult | None:
+    """Run one fine-tuning job; returns the result on the main rank (None on the others)."""
+    dist, device = init_distributed(config.device)
+    try:
+        return _finetune(config, records, dist, device)
+    finally:
+        cleanup_distributed(dist)
+
+
+def _finetune(config: ClipFinetuneConfig, records: Sequence[LesionRecord] | None, dist: DistInfo,
+              device: torch.device) -> FinetuneResult | None:
+    seed_everything(config.seed + dist.rank)
+    if records is None:
+        records = read_records(config.derm7pt, config.ph2, config.labels, config.derm7pt_images)
+    class_names = sorted({r.label for r in records})
+    train_records, test_records = split_records(records, class_names, config.train_fraction, config.seed)
+    log.info("%d records, %d classes; train %d / test %d images", len(records), len(class_names),
+             len(train_records), len(test_records))
+    bundle = build_clip(config.profile, config.checkpoint, device=device, seed=config.seed)
+    model, tokenizer = bundle.model, bundle.tokenizer
+    train_set = PairDataset(train_records, class_names, bundle.preprocess, augment=True,
+                            rotation_degrees=config.rotation_degrees)
+    test_set = PairDataset(test_records, class_names, bundle.preprocess)
+    sampler = (torch.utils.data.distributed.DistributedSampler(train_set, dist.world_size, dist.rank, shuffle=True,
+                                                               seed=config.seed) if dist.enabled else None)
+    loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=sampler is None, sampler=sampler,
+                        num_workers=config.workers, collate_fn=collate, drop_last=False,
+                        generator=torch.Generator().manual_seed(config.seed), pin_memory=device.type == "cuda")
+    wrapped: torch.nn.Module = model
+    if dist.enabled:
+        wrapped = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda"
+                                                            else None)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    loss_fn = open_clip.ClipLoss(gather_with_grad=True, rank=dist.rank, world_size=dist.world_size)
+
+    def eval_now() -> dict[str, Any] | None:
+        return evaluate(model, tokenizer, test_set, class_names, config.prompt, device, config.batch_size) \
+            if dist.is_main else None
+
+    before = eval_now()
+    history: dict[str, list[float]] = {"loss/train": [float("nan")]}
+    if dist.is_main:
+        history.update({"loss/test": [before["loss"]], "zero-shot accuracy/test": [before["accuracy"]]})
+    epoch_seconds: list[float] = []
+    after = before
+    for epoch in range(config.epochs):
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        start = time.perf_counter()
+        train_loss = train_one_epoch(wrapped, tokenizer, loader, optimizer, loss_fn, device, dist,
+                                     desc=f"epoch {epoch + 1}/{config.epochs}")
+        epoch_seconds.append(time.perf_counter() - start)
+        history["loss/train"].append(train_loss)
+        if dist.is_main:
+            after = eval_now()
+            history["loss/test"].append(after["loss"])
+            history["zero-shot accuracy/test"].append(after["accuracy"])
+            log.info("epoch %d: train loss %.4f, test loss %.4f, zero-shot acc %.3f (%.1f s)", epoch + 1,
+                     train_loss, after["loss"], after["accuracy"], epoch_seconds[-1])
+        if dist.enabled:
+            torch.distributed.barrier()
+    if not dist.is_main:
+        return None
+    return _write_outputs(config, model, bundle.config, records, train_records, test_records, class_names,
+                          before, after, history, epoch_seconds)
+
+
+def _write_outputs(config: ClipFinetuneConfig, model: open_clip.CLIP, model_config: dict[str, Any],
+                   records: Sequence[LesionRecord], train_records: Sequence[LesionRecord],
+                   test_records: Sequence[LesionRecord], class_names: list[str], before: dict[str, Any],
+                   after: dict[str, Any], history: dict[str, list[float]], epoch_seconds: list[float]
+                   ) -> FinetuneResult:
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()}
+    meta = _json_safe({
+        "label": "fine-tuned (Derm7pt + PH2)", "class_names": class_names,
+        "prompts": [config.prompt.format(c) for c in class_names], "prompt_template": config.prompt,
+        "metrics_before": before, "metrics_after": after, "data_hash": records_hash(records),
+        "split_seed": config.seed, "epochs": config.epochs, "label_scheme": config.labels,
+        "base_checkpoint": config.checkpoint, "profile": config.profile, "settings": settings,
+        "n_train": len(train_records), "n_test": len(test_records),
+    })
+    checkpoint = save_clip_checkpoint(model, out / CHECKPOINT_NAME, model_config, meta)
+    split = {"seed": config.seed, "train_cases": sorted({r.case_id for r in train_records}),
+             "test_cases": sorted({r.case_id for r in test_records})}
+    (out / "split.json").write_text(json.dumps(split, indent=1))
+    summary = {"before": before, "after": after, "history": history, "epoch_seconds": epoch_seconds,
+               "class_names": class_names, "data_hash": meta["data_hash"], "settings": settings,
+               "checkpoint": str(checkpoint)}
+    (out / "metrics.json").write_text(json.dumps(_json_safe(summary), indent=1, allow_nan=False))
+    (out / "report.md").write_text(markdown_report(before, after, class_names, config, epoch_seconds,
+                                                   len(train_records), len(test_records)))
+    plot_curve_panels(history, out / "curves.png", title=f"CLIP fine-tuning ({config.profile})")
+    log.info("saved %s; zero-shot accuracy %.3f -> %.3f", checkpoint, before["accuracy"], after["accuracy"])
+    return FinetuneResult(checkpoint=checkpoint, model=model, before=before, after=after, history=history,
+                          epoch_seconds=epoch_seconds)
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN / inf (e.g. the train loss before training) -> None, so the JSON files stay standard JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def markdown_report(before: dict[str, Any], after: dict[str, Any], class_names: Sequence[str],
+                    config: ClipFinetuneConfig, epoch_seconds: Sequence[float], n_train: int, n_test: int) -> str:
+    """A Markdown table of the metrics before and after fine-tuning."""
+    rows = [("zero-shot accuracy", "accuracy"), ("macro precision", "precision"), ("macro recall", "recall"),
+            ("macro F1", "f1"), ("macro sensitivity", "sensitivity"), ("macro specificity", "specificity"),
+            ("CLIP score (matched pairs)", "clip_score"), ("contrastive loss", "loss")]
+    lines = ["# CLIP fine-tuning report", "",
+             f"Profile `{config.profile}`, base `{config.checkpoint or 'random init'}`, {config.epochs} epochs, "
+             f"batch {config.batch_size}, Adam lr {config.lr}, split seed {config.seed}; train {n_train} / "
+             f"test {n_test} images; {len(class_names)} classes (`{config.labels}`).", "",
+             "| metric (test split) | before | after |", "|---|---|---|"]
+    lines += [f"| {name} | {before[key]:.4f} | {after[key]:.4f} |" for name, key in rows]
+    if epoch_seconds:
+        lines += ["", f"Mean time per epoch: {np.mean(epoch_seconds):.2f} s."]
+    lines += ["", "Classes: " + ", ".join(class_names), ""]
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> ClipFinetuneConfig:
+    p = argparse.ArgumentParser(prog="python -m train.clip", description=__doc__.split("\n")[0])
+    p.add_argument("--derm7pt", help="folder holding release_v0 (or release_v0 itself)")
+    p.add_argument("--ph2", help="folder holding PH2Dataset (or PH2Dataset itself)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--profile", choices=("tiny", "full"), default="full")
+    p.add_argument("--checkpoint", help="pretrained CLIP weights (e.g. OpenAI ViT-B-16); random init when absent")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--seed", type=int, default=0, help="seeds the split, the init and the augmentation")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--labels", choices=("merged", "subtypes"), default="merged",
+                   help="merged: melanoma subtypes -> melanoma (17 classes); subtypes: keep them (22)")
+    p.add_argument("--derm7pt-images", nargs="+", choices=("derm", "clinic"), default=["derm"])
+    p.add_argument("--train-fraction", type=float, default=0.75)
+    p.add_argument("--prompt", default=DEFAULT_PROMPT, help="zero-shot prompt template with one {}")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    a = p.parse_args(argv)
+    if a.profile == "full" and not a.checkpoint:
+        log.warning("--profile full without --checkpoint trains from random weights (the paper starts from OpenAI's)")
+    return ClipFinetuneConfig(derm7pt=a.derm7pt, ph2=a.ph2, out=a.out, profile=a.profile, checkpoint=a.checkpoint,
+                              epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed, device=a.device,
+                              labels=a.labels, derm7pt_images=tuple(a.derm7pt_images),
+                              train_fraction=a.train_fraction, prompt=a.prompt, workers=a.workers)
+
+
+def main(argv: Sequence[str] | None = None) -> FinetuneResult | None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return finetune(parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
