@@ -1,0 +1,118 @@
+"""skinapp web app: ``python app.py [--host 127.0.0.1] [--port 7860] [--profile auto|tiny|full] [--data-dir D]``.
+
+Binds 127.0.0.1 unless ``--host`` says otherwise. Optional login: set SKINAPP_USER and SKINAPP_PASSWORD.
+Reviews go to ``--data-dir`` (or $SKINAPP_DATA_DIR, default ./data/reviews). Without checkpoints the app
+starts in demo mode (tiny untrained models, weight-free concepts) and says so on every result.
+
+``demo`` (what ``gradio app.py`` looks for) is built on first access, from environment settings:
+SKINAPP_PROFILE, SKINAPP_DATA_DIR, SKINAPP_SAM_VARIANT, SKINAPP_DEVICE. Importing this module loads no model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import gradio as gr  # noqa: E402
+
+from skinapp.pipeline import Analyzer  # noqa: E402
+from skinapp.review import DATA_DIR_ENV, ReviewStore, default_data_dir  # noqa: E402
+from skinapp.ui import build_demo  # noqa: E402
+from skinapp.ui.blocks import CSS  # noqa: E402
+
+log = logging.getLogger("skinapp.app")
+
+#: Queue bounds: events waiting at most, and model events running at once.
+QUEUE_MAX_SIZE = 32
+MODEL_CONCURRENCY = 1
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (0.0.0.0 to serve the network)")
+    p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
+    p.add_argument("--profile", choices=["auto", "tiny", "full"], default=os.environ.get("SKINAPP_PROFILE", "auto"))
+    p.add_argument("--data-dir", default=os.environ.get(DATA_DIR_ENV) or str(default_data_dir()),
+                   help="where reviews (SQLite, photos, masks, exports) are kept")
+    p.add_argument("--sam-variant", default=os.environ.get("SKINAPP_SAM_VARIANT", "vit_b"),
+                   choices=["vit_b", "vit_l", "vit_h"])
+    p.add_argument("--device", default=os.environ.get("SKINAPP_DEVICE") or None, help="cuda / cpu (default: auto)")
+    p.add_argument("--concurrency", type=int, default=MODEL_CONCURRENCY, help="model events running at once")
+    p.add_argument("--share", action="store_true", help="create a public Gradio share link")
+    p.add_argument("--no-warmup", action="store_true", help="skip the warm-up pass at start-up")
+    return p.parse_args(argv)
+
+
+def gpu_decorator():
+    """``spaces.GPU`` on Hugging Face Spaces (ZeroGPU), else None."""
+    try:
+        import spaces  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    return spaces.GPU
+
+
+def login() -> tuple[str, str] | None:
+    """(user, password) from SKINAPP_USER / SKINAPP_PASSWORD, or None when neither is set."""
+    user, password = os.environ.get("SKINAPP_USER"), os.environ.get("SKINAPP_PASSWORD")
+    if bool(user) != bool(password):
+        raise SystemExit("Set both SKINAPP_USER and SKINAPP_PASSWORD for login, or neither.")
+    return (user, password) if user else None
+
+
+def quiet_request_logs() -> None:
+    """Uploads and their URLs are never logged: silence per-request access and HTTP-client logs."""
+    for name in ("uvicorn.access", "httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("uvicorn.access").disabled = True
+
+
+def build_app(args: argparse.Namespace) -> tuple[gr.Blocks, ReviewStore]:
+    analyzer = Analyzer.create(profile=args.profile, device=args.device, sam_variant=args.sam_variant,
+                               warmup=not args.no_warmup)
+    store = ReviewStore(args.data_dir)
+    demo = build_demo(analyzer, store, gpu=gpu_decorator(), model_concurrency=args.concurrency)
+    demo.queue(max_size=QUEUE_MAX_SIZE)
+    log.info("Reviews are stored in %s", store.data_dir.resolve())
+    return demo, store
+
+
+def launch(demo: gr.Blocks, store: ReviewStore, args: argparse.Namespace) -> None:
+    quiet_request_logs()
+    auth = login()
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, auth=auth,
+                auth_message="skinapp: clinic login" if auth else None, max_file_size="60mb",
+                allowed_paths=[str(store.data_dir / "exports")], show_error=False, ssr_mode=False,
+                css=CSS, footer_links=["api"])
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    app, store = build_app(args)
+    launch(app, store, args)
+
+
+_DEMO: gr.Blocks | None = None
+
+
+def __getattr__(name: str) -> gr.Blocks:
+    """``app.demo``, built on first access from environment settings (``gradio app.py`` looks for it).
+
+    Lazy on purpose: importing this module (tests, tools) loads no model; ``python app.py`` (what
+    Hugging Face Spaces runs) goes through :func:`main`.
+    """
+    global _DEMO
+    if name != "demo":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if _DEMO is None:
+        _DEMO, _ = build_app(parse_args([]))
+    return _DEMO
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

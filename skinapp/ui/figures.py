@@ -1,0 +1,54 @@
+"""Matplotlib figures for the app.
+
+Figures are built with ``matplotlib.figure.Figure`` directly (not pyplot): no global figure registry,
+so nothing leaks across requests and no display backend is needed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+from skinapp.provenance import UNTRAINED_WARNING
+
+#: At most this many CAM rows are drawn (the highest scoring for the predicted class).
+MAX_ROWS = 30
+
+
+def cam_figure(cam: np.ndarray, rows: list[str], class_names: list[str], predicted_index: int,
+               highlight_row: int | None = None, untrained: bool = False) -> Figure:
+    """A concept x class heatmap of the CAM.
+
+    Args:
+        cam: float [R, C] class activation per concept (row) and class (column).
+        rows: R row labels ("#i phrase", or ViT patches when no concept was used).
+        class_names: C class names; ``predicted_index`` is outlined.
+        highlight_row: the decisive concept's row (marked with an arrow), or None.
+        untrained: put UNTRAINED_WARNING in the title.
+    """
+    cam = np.asarray(cam, dtype=np.float32)
+    order = np.arange(len(rows))
+    if len(rows) > MAX_ROWS:
+        order = np.argsort(-cam[:, predicted_index], kind="stable")[:MAX_ROWS]
+    shown = cam[order]
+    labels = [rows[i] for i in order]
+    height = 1.6 + 0.32 * max(len(order), 1)
+    fig = Figure(figsize=(1.6 + 1.1 * len(class_names), height), dpi=100)
+    ax = fig.subplots()
+    image = ax.imshow(shown if len(order) else np.zeros((1, len(class_names))), aspect="auto", cmap="viridis")
+    ax.set_xticks(range(len(class_names)), class_names, rotation=30, ha="right", fontsize=8)
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    ax.add_patch(Rectangle((predicted_index - 0.5, -0.5), 1, max(len(order), 1), fill=False, ec="red", lw=2))
+    if highlight_row is not None and highlight_row in set(order.tolist()):
+        y = int(np.flatnonzero(order == highlight_row)[0])
+        ax.annotate("decisive", xy=(predicted_index, y), xytext=(len(class_names) - 0.4, y), fontsize=8,
+                    color="red", va="center", arrowprops={"arrowstyle": "->", "color": "red"},
+                    annotation_clip=False)
+    fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02, label="CAM score")
+    title = "Concept x class activation (CAM)"
+    if untrained:
+        title = f"{UNTRAINED_WARNING}\n{title}"
+    ax.set_title(title, fontsize=9, color="red" if untrained else "black")
+    fig.tight_layout()
+    return fig
