@@ -218,3 +218,21 @@ def test_two_users_at_once_get_their_own_results(segmenter, photo_pixels):
         np.testing.assert_array_equal(results[i][0], serial[i][0])
         np.testing.assert_allclose(results[i][1], serial[i][1], atol=1e-6)
     assert not np.array_equal(serial[0][0], serial[1][0])
+
+
+def test_chunked_decode_equals_one_batch():
+    """CPU decoding in chunks (a memory-bound speed choice) gives the same masks as one batch."""
+    from skinapp.concepts.segmenter import build_segmenter
+
+    one = build_segmenter("tiny", decode_chunk=1000)
+    chunked = build_segmenter("tiny", decode_chunk=3)
+    chunked.sam.load_state_dict(one.sam.state_dict())
+    pixels = np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8)
+    emb = one.embed(pixels)
+    boxes = np.array([[0, 0, 40, 40], [10, 20, 100, 90], [50, 5, 120, 60], [5, 50, 60, 95], [30, 30, 70, 70]],
+                     np.float32)
+    (l1, s1), (l2, s2) = one.decode_logits(emb, boxes), chunked.decode_logits(emb, boxes)
+    assert torch.allclose(l1, l2, atol=1e-4) and np.allclose(s1, s2, atol=1e-5)
+    assert chunked.n_decode == 1  # one decode request, however it is batched inside
+    with pytest.raises(ValueError, match="decode_chunk"):
+        build_segmenter("tiny", decode_chunk=0)
