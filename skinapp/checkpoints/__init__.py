@@ -21,7 +21,7 @@ from skinapp.checkpoints._errors import (
     UnsafeCheckpointError,
 )
 from skinapp.checkpoints._hashing import FileState, sha256_file
-from skinapp.checkpoints._loading import load_state_dict
+from skinapp.checkpoints._loading import load_state_dict, load_tensors
 from skinapp.checkpoints._manifest import (
     Entry,
     FileSpec,
@@ -49,6 +49,7 @@ __all__ = [
     "download",
     "get_entry",
     "load_state_dict",
+    "load_tensors",
     "manifest",
     "offline",
     "resolve",

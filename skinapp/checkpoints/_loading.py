@@ -83,3 +83,30 @@ def _pinned_spec(path: Path, name: str | None) -> FileSpec:
     if candidates[0].sha256 is None:
         raise ManifestError(f"cannot verify {path}: {where} pins no SHA-256 for it")
     return candidates[0]
+
+
+def load_tensors(path: str | os.PathLike, nested: tuple[str, ...] = ("state_dict", "model"),
+                 keep_non_tensors: bool = False) -> dict[str, Any]:
+    """A flat ``{name: tensor}`` state dict from a checkpoint file, loaded safely (see :func:`load_state_dict`).
+
+    Unwraps one level of nesting under the first of ``nested`` that holds a mapping (official SAM files
+    are flat, Grounding DINO nests under ``"model"``, Lightning-style files under ``"state_dict"``) and
+    strips DDP's ``module.`` prefixes.
+
+    Raises:
+        CheckpointMissing: no such file.
+        UnsafeCheckpointError (a ValueError): the file needs code execution to load, is not a mapping,
+            or (unless ``keep_non_tensors``) holds non-tensor values.
+    """
+    import torch
+
+    state: Mapping[str, Any] = load_state_dict(path)
+    for key in nested:
+        if isinstance(state.get(key), Mapping):
+            state = state[key]
+            break
+    if not keep_non_tensors:
+        odd = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+        if odd:
+            raise UnsafeCheckpointError(f"{Path(path).name} is not a state dict of tensors (e.g. {odd[:3]})")
+    return {str(k).removeprefix("module."): v for k, v in state.items()}

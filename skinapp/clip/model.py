@@ -18,7 +18,6 @@ Checkpoint formats read by :func:`load_clip_checkpoint`:
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -28,8 +27,9 @@ from typing import Any
 import open_clip
 import torch
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
+from skinapp.checkpoints import load_tensors, sha256_file
 from skinapp.provenance import WeightsInfo, untrained
 
 log = logging.getLogger(__name__)
@@ -97,29 +97,6 @@ def _is_openai_layout(state: dict[str, torch.Tensor]) -> bool:
     return "input_resolution" in state and "context_length" in state and "vocab_size" in state
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        return load_file(str(path), device="cpu")
-    try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except RuntimeError as exc:
-        raise ValueError(f"{path.name} is not a plain state dict (TorchScript archives are refused: they "
-                         "run code when loaded). Convert it to safetensors first.") from exc
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise ValueError(f"{path.name} does not hold a state dict")
-    return {k.removeprefix("module."): v for k, v in state.items()}
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def build_clip(profile: str = "tiny", checkpoint: str | Path | None = None, device: str | torch.device = "cpu",
                seed: int = 0) -> ClipBundle:
     """Build a CLIP model.
@@ -146,7 +123,7 @@ def load_clip_checkpoint(path: str | Path, device: str | torch.device = "cpu",
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"CLIP checkpoint not found: {path}")
-    state = _read_state_dict(path)
+    state = load_tensors(path, keep_non_tensors=True)  # OpenAI files hold scalar entries
     sidecar = path.with_suffix(".json")
     meta: dict[str, Any] = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
     if _is_openai_layout(state):
@@ -162,7 +139,7 @@ def load_clip_checkpoint(path: str | Path, device: str | torch.device = "cpu",
             raise ValueError(f"{path.name} does not match the CLIP config: missing {missing[:5]}, "
                              f"unexpected {unexpected[:5]}")
         label = meta.get("label", "fine-tuned" if meta else "pretrained")
-    if "sha256" in meta and meta["sha256"] != file_sha256(path):
+    if "sha256" in meta and meta["sha256"] != sha256_file(path):
         raise ValueError(f"{path.name}: SHA-256 does not match its sidecar JSON; the file is damaged")
     # A fine-tuned checkpoint whose sidecar says it started from random weights (no base checkpoint) is
     # only as good as its training data allows: call it trained only when it started from real weights.
@@ -183,6 +160,6 @@ def save_clip_checkpoint(model: open_clip.CLIP, path: str | Path, config: dict[s
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(path))
-    sidecar = {"config": config, "label": "fine-tuned", **(meta or {}), "sha256": file_sha256(path)}
+    sidecar = {"config": config, "label": "fine-tuned", **(meta or {}), "sha256": sha256_file(path)}
     path.with_suffix(".json").write_text(json.dumps(sidecar, indent=2))
     return path

@@ -37,6 +37,7 @@ from PIL import Image
 from torch import nn
 from torchvision.ops import batched_nms, box_convert
 
+from skinapp.checkpoints import load_state_dict, load_tensors
 from skinapp.concepts import gdino_compat
 from skinapp.concepts.text_encoder import write_tiny_text_encoder
 from skinapp.concepts.types import Detections
@@ -133,10 +134,10 @@ def load_gdino_checkpoint(model: nn.Module, path: str | Path) -> list[str]:
         The checkpoint keys the model does not use (logged; the official file has two, see
         :data:`KNOWN_EXTRA_KEYS`).
     """
-    checkpoint = torch.load(Path(path), map_location="cpu", weights_only=True)
-    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model"), dict):
+    checkpoint = load_state_dict(path)
+    if not isinstance(checkpoint.get("model"), dict):
         raise ValueError(f"{path}: not a Grounding DINO checkpoint (expected a dict with a 'model' state dict)")
-    state = {k.removeprefix("module."): v for k, v in checkpoint["model"].items()}
+    state = load_tensors(path, nested=("model",))
     own = model.state_dict()
     wrong = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
              for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]

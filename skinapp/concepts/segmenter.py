@@ -31,6 +31,7 @@ import torch
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 from segment_anything.utils.transforms import ResizeLongestSide
 
+from skinapp.checkpoints import load_tensors
 from skinapp.provenance import WeightsInfo, untrained
 
 log = logging.getLogger(__name__)
@@ -111,20 +112,7 @@ class SamEmbedding:
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"SAM checkpoint not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path), device="cpu")
-    try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickles with code, TorchScript, damaged files
-        raise ValueError(f"{path.name} is not a plain SAM state dict readable with weights_only=True "
-                         f"({type(exc).__name__}: {exc})") from exc
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path.name} does not hold a state dict of tensors")
-    return {k.removeprefix("module."): v for k, v in state.items()}
+    return load_tensors(path)
 
 
 def _describe_state(state: dict[str, torch.Tensor]) -> str:

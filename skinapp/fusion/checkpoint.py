@@ -7,23 +7,15 @@ hash, metrics, and the SHA-256 of the weights file, checked on load.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 from safetensors.torch import load_file, save_file
 
+from skinapp.checkpoints import sha256_file
 from skinapp.fusion.variants import FusionBase, build_fusion
 from skinapp.provenance import WeightsInfo
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def sidecar_path(path: str | Path) -> Path:
@@ -40,7 +32,7 @@ def save_fusion_checkpoint(model: FusionBase, path: str | Path, meta: dict[str, 
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(path))
     full = {**meta, "class_names": class_names, "variant": model.variant, "config": model.config,
-            "n_concepts": model.config["n_concepts"], "top_k": model.k, "sha256": _sha256(path)}
+            "n_concepts": model.config["n_concepts"], "top_k": model.k, "sha256": sha256_file(path)}
     sidecar_path(path).write_text(json.dumps(full, indent=2, sort_keys=True, default=str))
     return path
 
@@ -57,7 +49,7 @@ def load_fusion_checkpoint(path: str | Path) -> tuple[FusionBase, dict[str, Any]
     for key in ("class_names", "variant", "config", "sha256"):
         if key not in meta:
             raise ValueError(f"{side.name} lacks {key!r}.")
-    digest = _sha256(path)
+    digest = sha256_file(path)
     if digest != meta["sha256"]:
         raise ValueError(f"{path.name} does not match the SHA-256 in {side.name} (file changed or damaged).")
     model = build_fusion(meta["variant"], len(meta["class_names"]), meta["config"])

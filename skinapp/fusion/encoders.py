@@ -16,9 +16,9 @@ import timm
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from safetensors.torch import load_file
 from torch import nn
 
+from skinapp.checkpoints import load_tensors
 from skinapp.image import LoadedImage, load_image
 from skinapp.provenance import WeightsInfo, untrained
 
@@ -75,17 +75,6 @@ class GlobalEncoder(nn.Module):
         return ((x - mean) / std).unsqueeze(0)
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        return load_file(str(path))
-    state = torch.load(str(path), map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise ValueError(f"{path.name} does not hold a state dict.")
-    return state
-
-
 def build_global_encoder(profile: str = "tiny", checkpoint: str | Path | None = None,
                          seed: int = 0) -> GlobalEncoder:
     """Build the global ViT; random weights unless ``checkpoint`` (timm layout, .safetensors or .pth) is given.
@@ -108,7 +97,7 @@ def build_global_encoder(profile: str = "tiny", checkpoint: str | Path | None = 
         path = Path(checkpoint)
         if not path.is_file():
             raise FileNotFoundError(f"ViT checkpoint not found: {path}")
-        state = {k: v for k, v in _read_state_dict(path).items() if not k.startswith("head.")}
+        state = {k: v for k, v in load_tensors(path).items() if not k.startswith("head.")}
         missing, unexpected = vit.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise ValueError(f"{path.name} does not match the {profile} ViT: missing {missing[:5]}, "
