@@ -34,7 +34,7 @@ import torch
 
 from skinapp import checkpoints as ckpt
 from skinapp.cache import LRUCache
-from skinapp.clip.model import ClipBundle, build_clip
+from skinapp.clip.model import ClipBundle, build_clip, letterbox, whole_photo_preprocess
 from skinapp.concepts.detector import build_detector
 from skinapp.concepts.extractor import GroundedSamExtractor, normalise_prompts
 from skinapp.concepts.fallback import ColourConceptExtractor
@@ -282,15 +282,12 @@ _PALETTE = np.array([(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200)
 
 
 def clip_view(pixels: np.ndarray, display_size: int) -> np.ndarray:
-    """The part of the photo CLIP sees (open_clip eval: short side resized, centre crop), at ``display_size``.
+    """The whole photo as the explainers see it (letterboxed to a square), at ``display_size``.
 
     Returns uint8 [display_size, display_size, 3], aligned with the explainers' heatmaps.
     """
-    h, w = pixels.shape[:2]
-    side = min(h, w)
-    y0, x0 = (h - side) // 2, (w - side) // 2
-    crop = pixels[y0:y0 + side, x0:x0 + side]
-    return cv2.resize(np.ascontiguousarray(crop), (display_size, display_size), interpolation=cv2.INTER_AREA)
+    square = letterbox(np.ascontiguousarray(pixels))
+    return cv2.resize(square, (display_size, display_size), interpolation=cv2.INTER_AREA)
 
 
 def stamp_banner(image: np.ndarray, text: str = UNTRAINED_WARNING) -> np.ndarray:
@@ -546,13 +543,19 @@ class Analyzer:
                     state.global_tokens = self.global_encoder.tokens(batch)[0].float()
             return state.global_tokens
 
+    @staticmethod
+    def _explain_preprocess(bundle: ClipBundle):
+        """The whole-photo (letterboxed) CLIP input, so no lesion falls outside the heatmaps."""
+        return whole_photo_preprocess(bundle.image_size)
+
     def _clip_pass(self, state: ImageState, choice: str) -> ImagePass:
         with state.lock:
             if choice not in state.clip_passes:
                 bundle = self.clips[choice]
                 with self._clip_lock:
                     state.clip_passes[choice] = encode_image_for_explain(
-                        bundle.model, state.image, preprocess=bundle.preprocess, weights=bundle.weights)
+                        bundle.model, state.image, preprocess=self._explain_preprocess(bundle),
+                        weights=bundle.weights)
             return state.clip_passes[choice]
 
     # -- analyse ------------------------------------------------------------------------------
@@ -686,7 +689,7 @@ class Analyzer:
         t = time.perf_counter()
         progress(0.8, desc="Drawing heatmaps")
         banner = banner_text((bundle.weights,), self.reasons.get("clip", []))
-        # Heatmaps cover CLIP's input view (short side resized, centre crop): show that view, larger.
+        # Heatmaps cover the whole photo, letterboxed to CLIP's square input: show that view, larger.
         view = clip_view(state.image.pixels, EXPLAIN_DISPLAY_SIZE)
         rows = []
         for ti in range(len(cleaned)):

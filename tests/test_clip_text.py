@@ -112,3 +112,22 @@ def test_checkpoint_from_random_init_is_not_called_trained(tmp_path):
     tuned = save_clip_checkpoint(bundle.model, tmp_path / "tuned", bundle.config,
                                  {"base_checkpoint": "checkpoints/clip_vit_b16_openai.safetensors"})
     assert load_clip_checkpoint(tuned, profile="tiny").weights.trained
+
+
+def test_whole_photo_preprocess_keeps_the_edges():
+    """The app's explain view letterboxes: a marker at a landscape photo's edge stays in the model input."""
+    import numpy as np
+    from PIL import Image
+
+    from skinapp.clip import letterbox, whole_photo_preprocess
+    from skinapp.clip.model import LETTERBOX_FILL
+
+    photo = np.full((300, 600, 3), 128, np.uint8)
+    photo[140:160, :20] = (255, 0, 0)  # red marker at the left edge
+    square = letterbox(photo)
+    assert square.shape == (600, 600, 3) and (square[:150] == LETTERBOX_FILL).all()
+    assert (square[150:450] == photo).all()
+    x = whole_photo_preprocess(224)(Image.fromarray(photo))
+    assert x.shape == (3, 224, 224)
+    assert x[0, 110:115, 0:5].mean() > 1.0  # the red marker survived (a centre crop would cut it)
+    assert x[:, :50].abs().max() < 0.05     # the bands normalise to ~0

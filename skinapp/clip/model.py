@@ -24,10 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import open_clip
 import torch
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+from PIL import Image
 from safetensors.torch import save_file
+from torchvision import transforms
 
 from skinapp.checkpoints import load_tensors, sha256_file
 from skinapp.provenance import WeightsInfo, untrained
@@ -74,6 +77,36 @@ class ClipBundle:
     @property
     def image_size(self) -> int:
         return int(self.config["vision_cfg"]["image_size"])
+
+
+#: Padding colour of the whole-photo view: CLIP's mean colour, which normalises to zero.
+LETTERBOX_FILL: tuple[int, int, int] = tuple(int(round(255 * m)) for m in OPENAI_DATASET_MEAN)
+
+
+def letterbox(pixels: np.ndarray, fill: tuple[int, int, int] = LETTERBOX_FILL) -> np.ndarray:
+    """Pad uint8 RGB [H, W, 3] to a square [S, S, 3] (S = max(H, W)), the photo centred, bands in ``fill``."""
+    h, w = pixels.shape[:2]
+    side = max(h, w)
+    out = np.empty((side, side, 3), np.uint8)
+    out[:] = fill
+    y0, x0 = (side - h) // 2, (side - w) // 2
+    out[y0:y0 + h, x0:x0 + w] = pixels
+    return out
+
+
+def whole_photo_preprocess(size: int = 224) -> transforms.Compose:
+    """PIL image -> float tensor [3, size, size] showing the WHOLE photo (letterboxed, not centre-cropped).
+
+    open_clip's eval transform crops the long side, so a lesion near the edge of a landscape phone photo
+    would fall outside every heatmap; the app explains this letterboxed view instead. The bands are CLIP's
+    mean colour (zero after normalisation) and flat, so MedGrad's entropy weight there is zero.
+    """
+    return transforms.Compose([
+        transforms.Lambda(lambda im: Image.fromarray(letterbox(np.asarray(im.convert("RGB"))))),
+        transforms.Resize((size, size), interpolation=transforms.InterpolationMode.BICUBIC, antialias=True),
+        transforms.ToTensor(),
+        transforms.Normalize(OPENAI_DATASET_MEAN, OPENAI_DATASET_STD),
+    ])
 
 
 def _model_from_config(config: dict[str, Any]) -> open_clip.CLIP:
