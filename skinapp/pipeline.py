@@ -408,13 +408,13 @@ class Analyzer:
         paths = dict(checkpoints or {})
         reasons: dict[str, list[str]] = {"analysis": [], "clip": []}
 
-        def find(name: str, stage: str) -> Path | None:
+        def find(name: str, stage: str, optional: bool = False) -> Path | None:
             if profile == "tiny":
                 return None
             try:
                 return ckpt.resolve(name, path=paths.get(name), download=False)
             except ckpt.CheckpointMissing as exc:
-                if profile == "full":
+                if profile == "full" and not optional:
                     raise
                 reasons[stage].append(_missing_reason(name, exc))
                 return None
@@ -449,7 +449,8 @@ class Analyzer:
         # CPU: skinapp.explain runs the last block on CPU weights (one ViT-B/16 image pass is ~0.5 s there).
         clips: dict[str, ClipBundle] = {}
         for choice, name in CLIP_CHECKPOINTS.items():
-            path = find(name, "clip")
+            # The fine-tuned CLIP is an extra choice, never a requirement.
+            path = find(name, "clip", optional=(choice == "fine-tuned"))
             if path is not None:
                 bundle = build_clip("full", checkpoint=path, device="cpu")
                 clips[f"{choice}: {bundle.label}"] = bundle
