@@ -44,7 +44,7 @@ from tqdm import tqdm
 
 from skinapp.clip import build_clip, save_clip_checkpoint
 from skinapp.image import load_image
-from train.common import DistInfo, cleanup_distributed, init_distributed, seed_everything
+from train.common import DistInfo, cleanup_distributed, init_distributed, seed_everything, unwrap
 from train.data.derm7pt import read_derm7pt
 from train.data.ph2 import read_ph2
 from train.data.text import LesionRecord, build_text
@@ -175,10 +175,6 @@ def split_records(records: Sequence[LesionRecord], class_names: Sequence[str], t
             [r for i, r in enumerate(records) if i not in train_ids])
 
 
-def _unwrap(model: torch.nn.Module) -> open_clip.CLIP:
-    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
-
-
 @torch.no_grad()
 def evaluate(model: open_clip.CLIP, tokenizer: Any, dataset: PairDataset, class_names: Sequence[str],
              prompt: str = DEFAULT_PROMPT, device: str | torch.device = "cpu", batch_size: int = 64) -> dict[str, Any]:
@@ -230,7 +226,7 @@ def train_one_epoch(model: torch.nn.Module, tokenizer: Any, loader: DataLoader, 
         loss.backward()
         optimizer.step()
         with torch.no_grad():
-            _unwrap(model).logit_scale.clamp_(0, math.log(100))
+            unwrap(model).logit_scale.clamp_(0, math.log(100))
         total += loss.detach() * len(texts)
         count += len(texts)
     if dist.enabled:

@@ -37,8 +37,12 @@ class DistInfo:
         return self.world_size > 1
 
 
-def init_distributed(device: str) -> tuple[DistInfo, torch.device]:
-    """Join the torchrun process group when ``WORLD_SIZE > 1``; return placement and this rank's device."""
+def init_distributed(device: str | None = None) -> tuple[DistInfo, torch.device]:
+    """Join the torchrun process group when ``WORLD_SIZE > 1``; return placement and this rank's device.
+
+    ``device`` None means CUDA when available, else the CPU (gloo).
+    """
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo(), torch.device(device)
@@ -47,8 +51,14 @@ def init_distributed(device: str) -> tuple[DistInfo, torch.device]:
     if cuda:
         torch.cuda.set_device(local)
     torch.distributed.init_process_group(backend="nccl" if cuda else "gloo")
-    log.info("distributed: rank %d/%d (local %d)", rank, world, local)
+    log.info("distributed training: rank %d of %d, backend %s (local rank %d)", rank, world,
+             torch.distributed.get_backend(), local)
     return DistInfo(rank, local, world), torch.device(f"cuda:{local}" if cuda else "cpu")
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside a DistributedDataParallel wrapper (or the model itself)."""
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
 
 
 def cleanup_distributed(info: DistInfo) -> None:

@@ -20,7 +20,6 @@ import copy
 import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from tqdm import tqdm
 
+from skinapp.checkpoints import sha256_file
 from skinapp.concepts.types import DEFAULT_PROMPTS
 from skinapp.fusion import (
     BASELINES,
@@ -49,6 +49,7 @@ from skinapp.fusion import (
     save_fusion_checkpoint,
 )
 from skinapp.image import InvalidImageError, load_image
+from train.common import DistInfo, cleanup_distributed, init_distributed, unwrap
 from train.data.folder import load_folder
 from train.data.manifest import LabelledImages, SkipLog, load_manifest
 from train.data.scin import load_scin
@@ -140,10 +141,6 @@ def _is_dist() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module, forward: Callable, batches: Callable, indices: np.ndarray, labels: torch.Tensor,
              batch_size: int, device: torch.device) -> tuple[float, np.ndarray]:
@@ -202,16 +199,16 @@ def train_run(model: nn.Module, forward: Callable, batches: Callable, labels: to
             optimizer.step()
             total, count = total + loss.item() * len(chunk), count + len(chunk)
         epoch_times.append(time.perf_counter() - t0)
-        val_loss, val_pred = evaluate(_unwrap(model), forward, batches, split.val, labels, batch_size, device)
+        val_loss, val_pred = evaluate(unwrap(model), forward, batches, split.val, labels, batch_size, device)
         val_f1 = classification_metrics(labels[split.val].numpy(), val_pred, n_classes)["f1"]
         history["train_loss"].append(total / max(count, 1))
         history["val_loss"].append(val_loss)
         history["val_f1"].append(val_f1)
         if (val_f1, -val_loss) > (best[0], -best[1]):
             best, best_epoch = (val_f1, val_loss), epoch
-            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()})
+            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()})
         bar.set_postfix(loss=f"{history['train_loss'][-1]:.3f}", val_f1=f"{val_f1:.3f}", best=best_epoch)
-    core = _unwrap(model)
+    core = unwrap(model)
     core.load_state_dict(best_state)
     _, test_pred = evaluate(core, forward, batches, split.test, labels, batch_size, device)
     y_test = labels[split.test].numpy()
@@ -279,24 +276,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _setup_distributed(requested: str | None) -> tuple[torch.device, int, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not _is_dist():
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        use_cuda = torch.cuda.is_available() and (requested is None or requested.startswith("cuda"))
-        if use_cuda:
-            torch.cuda.set_device(local)
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-        log.info("distributed training: rank %d of %d, backend %s", dist.get_rank(), world, dist.get_backend())
-        return torch.device(f"cuda:{local}" if use_cuda else "cpu"), dist.get_rank(), world
-    device = torch.device(requested or ("cuda" if torch.cuda.is_available() else "cpu"))
-    return device, 0, 1
-
-
 def _save_baseline(model: nn.Module, path: Path, meta: dict[str, Any]) -> None:
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    path.with_suffix(".json").write_text(json.dumps({**meta, "sha256": digest}, indent=2, default=str))
+    path.with_suffix(".json").write_text(json.dumps({**meta, "sha256": sha256_file(path)}, indent=2, default=str))
 
 
 def image_tensors(data: LabelledImages, encoder: Any, skips: SkipLog) -> tuple[torch.Tensor, list[int]]:
@@ -316,7 +298,15 @@ def image_tensors(data: LabelledImages, encoder: Any, skips: SkipLog) -> tuple[t
 def main(argv: Sequence[str] | None = None) -> list[dict]:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    device, rank, world = _setup_distributed(args.device)
+    dist_info, device = init_distributed(args.device)
+    try:
+        return _main(args, dist_info, device)
+    finally:
+        cleanup_distributed(dist_info)
+
+
+def _main(args: argparse.Namespace, dist_info: DistInfo, device: torch.device) -> list[dict]:
+    rank, world = dist_info.rank, dist_info.world_size
     variants = [v.strip() for v in args.variant.split(",") if v.strip()]
     for v in variants:
         if v not in FUSION_VARIANTS and v not in BASELINES:
@@ -360,8 +350,6 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         write_table(summary, out / "metrics.csv", out / "metrics.md")
         log.info("results:\n%s", (out / "metrics.md").read_text())
         log.info("skipped: %s", skips.summary())
-    if _is_dist():
-        dist.destroy_process_group()
     return rows
 
 
