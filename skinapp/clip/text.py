@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import itertools
 import logging
-import threading
 import weakref
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from skinapp.cache import LRUCache
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ def encode_tokens_fast(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     return x
 
 
-class TextFeatureCache:
+class TextFeatureCache(LRUCache[torch.Tensor]):
     """Bounded LRU of normalised text features keyed by (model identity, phrase); thread-safe.
 
     Model identity is a per-object token held in a weak map, so a collected model can never hand its
@@ -138,44 +138,15 @@ class TextFeatureCache:
     """
 
     def __init__(self, maxsize: int = TEXT_CACHE_SIZE):
-        self.maxsize = maxsize
-        self._data: OrderedDict[tuple[int, str], torch.Tensor] = OrderedDict()
+        super().__init__(maxsize)
         self._tokens: weakref.WeakKeyDictionary[nn.Module, int] = weakref.WeakKeyDictionary()
         self._counter = itertools.count()
-        self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
 
     def model_token(self, model: nn.Module) -> int:
         with self._lock:
             if model not in self._tokens:
                 self._tokens[model] = next(self._counter)
             return self._tokens[model]
-
-    def get(self, key: tuple[int, str]) -> torch.Tensor | None:
-        with self._lock:
-            value = self._data.get(key)
-            if value is None:
-                self.misses += 1
-                return None
-            self._data.move_to_end(key)
-            self.hits += 1
-            return value
-
-    def put(self, key: tuple[int, str], value: torch.Tensor) -> None:
-        with self._lock:
-            self._data[key] = value
-            self._data.move_to_end(key)
-            while len(self._data) > self.maxsize:
-                self._data.popitem(last=False)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._data.clear()
-            self.hits = self.misses = 0
-
-    def __len__(self) -> int:
-        return len(self._data)
 
 
 #: The process-wide cache used by :func:`encode_texts` unless told otherwise.
