@@ -36,35 +36,21 @@ from skinapp.provenance import WeightsInfo, untrained
 
 log = logging.getLogger(__name__)
 
+#: Prompt encoder / mask decoder settings, the same for every official variant.
+_SAM_DECODER = {"prompt_embed_dim": 256, "decoder_depth": 2, "decoder_mlp_dim": 2048, "decoder_num_heads": 8}
+_SAM_OFFICIAL = {"img_size": 1024, "patch_size": 16, "window_size": 14, **_SAM_DECODER}
+
 #: Build settings per variant (segment_anything's ``build_sam.py`` for vit_b/l/h).
 SAM_CONFIGS: dict[str, dict[str, Any]] = {
-    "vit_b": {
-        "encoder_embed_dim": 768, "encoder_depth": 12, "encoder_num_heads": 12,
-        "encoder_global_attn_indexes": (2, 5, 8, 11), "img_size": 1024, "patch_size": 16, "window_size": 14,
-        "prompt_embed_dim": 256, "decoder_depth": 2, "decoder_mlp_dim": 2048, "decoder_num_heads": 8,
-    },
-    "vit_l": {
-        "encoder_embed_dim": 1024, "encoder_depth": 24, "encoder_num_heads": 16,
-        "encoder_global_attn_indexes": (5, 11, 17, 23), "img_size": 1024, "patch_size": 16, "window_size": 14,
-        "prompt_embed_dim": 256, "decoder_depth": 2, "decoder_mlp_dim": 2048, "decoder_num_heads": 8,
-    },
-    "vit_h": {
-        "encoder_embed_dim": 1280, "encoder_depth": 32, "encoder_num_heads": 16,
-        "encoder_global_attn_indexes": (7, 15, 23, 31), "img_size": 1024, "patch_size": 16, "window_size": 14,
-        "prompt_embed_dim": 256, "decoder_depth": 2, "decoder_mlp_dim": 2048, "decoder_num_heads": 8,
-    },
-    "tiny": {
-        "encoder_embed_dim": 64, "encoder_depth": 2, "encoder_num_heads": 2,
-        "encoder_global_attn_indexes": (1,), "img_size": 256, "patch_size": 16, "window_size": 8,
-        "prompt_embed_dim": 256, "decoder_depth": 2, "decoder_mlp_dim": 256, "decoder_num_heads": 8,
-    },
-}
-
-#: The official checkpoint files (Meta's release), for a download manager or a local path.
-SAM_CHECKPOINTS: dict[str, str] = {
-    "vit_b": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
-    "vit_l": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth",
-    "vit_h": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
+    "vit_b": {"encoder_embed_dim": 768, "encoder_depth": 12, "encoder_num_heads": 12,
+              "encoder_global_attn_indexes": (2, 5, 8, 11), **_SAM_OFFICIAL},
+    "vit_l": {"encoder_embed_dim": 1024, "encoder_depth": 24, "encoder_num_heads": 16,
+              "encoder_global_attn_indexes": (5, 11, 17, 23), **_SAM_OFFICIAL},
+    "vit_h": {"encoder_embed_dim": 1280, "encoder_depth": 32, "encoder_num_heads": 16,
+              "encoder_global_attn_indexes": (7, 15, 23, 31), **_SAM_OFFICIAL},
+    # Same classes, small encoder and 256 px input (16x16 embedding grid); features stay 256-d.
+    "tiny": {"encoder_embed_dim": 64, "encoder_depth": 2, "encoder_num_heads": 2, "encoder_global_attn_indexes": (1,),
+             "img_size": 256, "patch_size": 16, "window_size": 8, **_SAM_DECODER, "decoder_mlp_dim": 256},
 }
 
 
