@@ -36,8 +36,9 @@ from skinapp import checkpoints as ckpt
 from skinapp.cache import LRUCache
 from skinapp.clip.model import ClipBundle, build_clip, letterbox, whole_photo_preprocess
 from skinapp.concepts.detector import build_detector
-from skinapp.concepts.extractor import GroundedSamExtractor, normalise_prompts
+from skinapp.concepts.extractor import GroundedSamExtractor
 from skinapp.concepts.fallback import ColourConceptExtractor
+from skinapp.concepts.prompts import check_threshold, normalise_prompts
 from skinapp.concepts.segmenter import build_segmenter
 from skinapp.concepts.types import DEFAULT_PROMPTS, Concepts
 from skinapp.explain import ImagePass, encode_image_for_explain, explain_from_pass
@@ -245,16 +246,6 @@ def check_prompts(prompts: str | Iterable[str]) -> tuple[str, ...]:
         if not any(ch.isalpha() for ch in phrase):
             raise ValueError(f"'{phrase}' is not a prompt: use words, e.g. 'lesion' or 'leg'.")
     return phrases
-
-
-def _check_threshold(name: str, value: Any) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name} must be a number between 0 and 1.") from exc
-    if not (0.0 <= v <= 1.0) or not np.isfinite(v):
-        raise ValueError(f"{name} must be between 0 and 1; got {value}.")
-    return v
 
 
 def _missing_reason(name: str, exc: Exception) -> str:
@@ -578,8 +569,8 @@ class Analyzer:
         image = state.image
         timings["load"] = time.perf_counter() - t0
         phrases = check_prompts(prompts if prompts not in (None, "") else self.default_prompts)
-        box_t = _check_threshold("Box threshold", self.box_threshold if box_threshold is None else box_threshold)
-        text_t = _check_threshold("Text threshold", self.text_threshold if text_threshold is None else text_threshold)
+        box_t = check_threshold("Box threshold", self.box_threshold if box_threshold is None else box_threshold)
+        text_t = check_threshold("Text threshold", self.text_threshold if text_threshold is None else text_threshold)
         ref = f"{image.key}:{_params_digest(phrases, box_t, text_t)}"
         with state.analysis_lock:  # concurrent requests for the same photo: the second one waits and reuses
             cached = state.analyses.get(ref)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 
 def normalise_prompts(prompts: str | Iterable[str]) -> tuple[str, ...]:
@@ -24,11 +25,14 @@ def normalise_prompts(prompts: str | Iterable[str]) -> tuple[str, ...]:
     return tuple(seen)
 
 
-def check_threshold(name: str, value: float | None) -> float | None:
-    """``value`` as a float in [0, 1] (None passes through); anything else is a ValueError."""
+def check_threshold(name: str, value: Any) -> float | None:
+    """``value`` as a float in [0, 1] (None passes through); anything else (text, NaN, out of range) is a ValueError."""
     if value is None:
         return None
-    value = float(value)
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must be in [0, 1]; got {value}")
-    return value
+    try:
+        v = float(value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} must be a number between 0 and 1.") from exc
+    if not 0.0 <= v <= 1.0:  # also false for NaN
+        raise ValueError(f"{name} must be between 0 and 1; got {value}.")
+    return v
