@@ -311,20 +311,6 @@ def draw_concept(image: np.ndarray, mask: np.ndarray, box: Sequence[float], labe
     return out
 
 
-def cam_concept_indices(concepts: Concepts, n_rows: int, n_concepts: int) -> list[int | None]:
-    """The concept index of each CAM row (None for ViT-patch rows).
-
-    Mirrors skinapp.fusion.padding.pad_concepts: with more than ``n_concepts`` concepts the highest
-    detector scores are kept (stable order), else the real concepts come first in their own order.
-    """
-    m = len(concepts)
-    if m == 0 or n_rows > min(m, n_concepts):
-        return [None] * n_rows
-    order = np.argsort(-np.asarray(concepts.scores, np.float64), kind="stable")[:n_concepts] if m > n_concepts \
-        else np.arange(m)
-    return [int(i) for i in order[:n_rows]]
-
-
 def banner_text(weights: Iterable[WeightsInfo], reasons: Sequence[str] = ()) -> str:
     """"" when every model is trained; else the warning, the untrained models, and why."""
     weights = tuple(weights)
@@ -615,7 +601,7 @@ class Analyzer:
         banner = banner_text(weights, self.reasons.get("analysis", []))
         annotations = [(concepts.masks[i].astype(np.float32), f"#{i} {concepts.phrases[i]} {concepts.scores[i]:.2f}")
                        for i in range(len(concepts))]
-        cam_concepts = cam_concept_indices(concepts, len(prediction.cam_rows), int(self.fusion.config["n_concepts"]))
+        cam_concepts = prediction.cam_concepts
         cam_rows = [f"#{i} {concepts.phrases[i]}" if i is not None else label
                     for i, label in zip(cam_concepts, prediction.cam_rows)]
         decisive_index = prediction.top_concept

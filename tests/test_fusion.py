@@ -136,6 +136,8 @@ def test_predict_reports_a_real_top_concept_and_provenance():
     pred = predict(model, tokens, concepts, ["a", "b", "c"])
     assert pred.probs.shape == (C,) and pred.probs.sum() == pytest.approx(1.0, abs=1e-5)
     assert pred.cam.shape == (3, C) and pred.cam_rows == concepts.phrases
+    assert [concepts.phrases[i] for i in pred.cam_concepts] == pred.cam_rows
+    assert pred.top_concept in pred.cam_concepts
     assert pred.top_concept == int(np.argmax(pred.cam[:, pred.predicted_index]))
     assert pred.top_concept_phrase == concepts.phrases[pred.top_concept]
     assert not pred.trained and UNTRAINED_WARNING in pred.notes
@@ -174,6 +176,7 @@ def test_more_concepts_than_n_are_truncated_by_score():
     pred = predict(model, torch.randn(196, CFG["global_dim"]), concepts, ["a", "b", "c"])
     assert pred.cam.shape[0] == N
     assert set(pred.cam_rows) == {f"concept{i}" for i in range(4, N + 4)}
+    assert [concepts.phrases[i] for i in pred.cam_concepts] == pred.cam_rows
     assert pred.top_concept >= 4 and any("highest detector scores" in n for n in pred.notes)
 
 

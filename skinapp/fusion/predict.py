@@ -27,6 +27,7 @@ class FusionPrediction:
         cam: float [R, C]; rows are the image's real concepts (R <= n_concepts) for concept variants,
             the 196 ViT patches for the global variant or the zero-concept fallback.
         cam_rows: R row labels (concept phrases, or "patch r,c").
+        cam_concepts: R indices into the input Concepts, one per CAM row (None for ViT-patch rows).
         top_concept: index into the input Concepts of the real concept with the highest CAM score for
             the predicted class (None when no concept was used).
         notes: human-readable notes (fallbacks, truncation, untrained weights).
@@ -43,6 +44,7 @@ class FusionPrediction:
     cam: np.ndarray
     cam_rows: list[str]
     top_concept: int | None
+    cam_concepts: list[int | None] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     weights: tuple[WeightsInfo, ...] = ()
     trained: bool = False
@@ -92,13 +94,16 @@ def predict(model: FusionBase, global_tokens: torch.Tensor, concepts: Concepts, 
     if bool(out.fallback[0]):
         notes.append("No concepts were found in this photo: the diagnosis uses global image features only.")
         cam, rows = out.fallback_cam[0].cpu().numpy(), _patch_labels()
+        row_concepts: list[int | None] = [None] * len(rows)
     elif out.n_concept_rows == 0:
         notes.append(f"The '{model.variant}' variant uses global image features only; CAM rows are ViT patches.")
         cam, rows = out.cam[0].cpu().numpy(), _patch_labels()
+        row_concepts = [None] * len(rows)
     else:
         n_real = int(mask.sum())
         cam = out.cam[0, :n_real].cpu().numpy()
-        rows = [concepts.phrases[int(i)] for i in source[:n_real]]
+        row_concepts = [int(i) for i in source[:n_real]]
+        rows = [concepts.phrases[i] for i in row_concepts]
         top_row = int(top_real_instance(out.cam[:, :n_real], out.mask[:, :n_real])[0, pred])
         top_concept = int(source[top_row])
         if len(concepts) > n:
@@ -108,6 +113,6 @@ def predict(model: FusionBase, global_tokens: torch.Tensor, concepts: Concepts, 
     if not trained:
         notes.append(UNTRAINED_WARNING)
     return FusionPrediction(probs=probs, class_names=names, predicted=names[pred], predicted_index=pred, cam=cam,
-                              cam_rows=rows, top_concept=top_concept, notes=notes, weights=provenance,
-                              trained=trained, variant=model.variant,
+                              cam_rows=rows, top_concept=top_concept, cam_concepts=row_concepts, notes=notes,
+                              weights=provenance, trained=trained, variant=model.variant,
                               top_concept_phrase=rows[top_row] if top_concept is not None else None)
