@@ -1,8 +1,9 @@
 """The upload path two ways, instrumented stage by stage: ours (one pass per model) and the naive style.
 
-Ours: ONE Grounding DINO pass for all prompts, ONE SAM embedding, ALL boxes decoded in one call,
-concept features pooled from that same embedding, then the ViT, the fusion head and the CLIP image
-pass (kept for the explainers).
+Ours: the app's own :class:`~skinapp.concepts.extractor.GroundedSamExtractor` (ONE Grounding DINO pass
+for all prompts, ONE SAM embedding, all boxes in one decode request, features pooled from that same
+embedding), its models timed through :class:`Timed` proxies, then the ViT, the fusion head and the CLIP
+image pass (kept for the explainers).
 
 Naive (the common pipeline style): one Grounding DINO call per prompt, one SAM decode call per box,
 and a second SAM encoder pass to get the concept features.
@@ -21,6 +22,7 @@ import torch
 
 from skinapp.bench.models import BenchModels
 from skinapp.bench.timing import synchronize
+from skinapp.concepts.extractor import GroundedSamExtractor
 from skinapp.concepts.types import Concepts, Detections
 from skinapp.explain import encode_image_for_explain
 from skinapp.fusion import predict
@@ -48,6 +50,18 @@ class StageClock:
 
     def total(self) -> float:
         return sum(self.seconds.values())
+
+
+class Timed:
+    """A proxy that times some methods of ``target`` on ``clock`` (method name -> stage) and forwards the rest."""
+
+    def __init__(self, target: Any, clock: StageClock, **stages: str) -> None:
+        self._target, self._clock, self._stages = target, clock, stages
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._target, name)
+        stage = self._stages.get(name)
+        return attr if stage is None else (lambda *a, **kw: self._clock.run(stage, attr, *a, **kw))
 
 
 @dataclass
@@ -83,15 +97,16 @@ def _finish(models: BenchModels, clock: StageClock, image: LoadedImage, dets: De
 
 def upload_ours(models: BenchModels, source: Any, prompts: Sequence[str], max_concepts: int, clock: StageClock,
                 max_side: int = 1024, box_threshold: float = 0.0) -> UploadOutputs:
-    """Our upload path, each model once."""
+    """Our upload path: the app's concept extractor (each model once), then ViT, fusion, CLIP image pass."""
     image = clock.run("load", load_image, source, max_side=max_side)
-    dets = clock.run("grounding_dino", models.detector.detect, image.pixels, prompts, box_threshold=box_threshold,
-                     text_threshold=0.0)
-    dets = _cap(dets, max_concepts)
-    emb = clock.run("sam_embedding", models.segmenter.embed, image.pixels)
-    masks, mask_scores = clock.run("sam_decode", models.segmenter.decode, emb, dets.boxes)
-    features = clock.run("concept_features", models.segmenter.pool_features, emb, masks, dets.boxes)
-    return _finish(models, clock, image, dets, masks, mask_scores, features)
+    extractor = GroundedSamExtractor(
+        Timed(models.detector, clock, detect="grounding_dino"),
+        Timed(models.segmenter, clock, embed="sam_embedding", decode="sam_decode", pool_features="concept_features"),
+        max_concepts=max_concepts, cache_size=1)
+    concepts = extractor.extract(image, prompts, box_threshold=box_threshold, text_threshold=0.0)
+    dets = Detections(np.asarray(concepts.boxes), list(concepts.phrases), np.asarray(concepts.scores))
+    return _finish(models, clock, image, dets, np.asarray(concepts.masks), np.asarray(concepts.mask_scores),
+                   concepts.features)
 
 
 def upload_naive(models: BenchModels, source: Any, prompts: Sequence[str], max_concepts: int, clock: StageClock,
@@ -118,21 +133,3 @@ def upload_naive(models: BenchModels, source: Any, prompts: Sequence[str], max_c
     emb_again = clock.run("concept_features", models.segmenter.embed, image.pixels)
     features = clock.run("concept_features", models.segmenter.pool_features, emb_again, masks, dets.boxes)
     return _finish(models, clock, image, dets, masks, scores, features)
-
-
-def single_passes(models: BenchModels, source: Any, prompts: Sequence[str], max_concepts: int,
-                  clock: StageClock) -> None:
-    """The unavoidable model passes alone (no loading, pooling or fusion): the floor of the upload path.
-
-    One Grounding DINO forward, one SAM embedding + one batched decode, one ViT pass, one CLIP image pass.
-    """
-    image = load_image(source)
-    dets = _cap(clock.run("grounding_dino", models.detector.detect, image.pixels, prompts, box_threshold=0.0,
-                          text_threshold=0.0), max_concepts)
-    emb = clock.run("sam_embedding", models.segmenter.embed, image.pixels)
-    clock.run("sam_decode", models.segmenter.decode, emb, dets.boxes)
-    batch = models.vit.preprocess(image).to(models.device)
-    clock.run("vit", models.vit.tokens, batch)
-    x = models.clip.preprocess(image.pil())[None].to(models.device)
-    with torch.no_grad():
-        clock.run("clip_image_pass", models.clip.model.encode_image, x)
