@@ -74,7 +74,6 @@ EXPLAIN_DISPLAY_SIZE = 320
 #: Limits on the Explain input.
 MAX_PHRASES = 12
 MAX_PHRASE_CHARS = 200
-MAX_PROMPTS = 32
 
 #: Analyses (prompt / threshold sets) kept per cached photo.
 MAX_ANALYSES_PER_PHOTO = 8
@@ -232,20 +231,12 @@ def parse_phrases(phrases: str | Iterable[str]) -> list[str]:
 
 
 def check_prompts(prompts: str | Iterable[str]) -> tuple[str, ...]:
-    """Concept prompts, cleaned by the extractors' own rules and bounded for the UI.
+    """Concept prompts, cleaned and bounded by the extractors' one rule (:func:`normalise_prompts`).
 
     Raises:
         ValueError: no prompt, too many, too long, or a prompt without any letter.
     """
-    phrases = normalise_prompts(prompts)
-    if len(phrases) > MAX_PROMPTS:
-        raise ValueError(f"Too many prompts ({len(phrases)}); at most {MAX_PROMPTS}.")
-    for phrase in phrases:
-        if len(phrase) > MAX_PHRASE_CHARS:
-            raise ValueError(f"A prompt is too long ({len(phrase)} characters; limit {MAX_PHRASE_CHARS}).")
-        if not any(ch.isalpha() for ch in phrase):
-            raise ValueError(f"'{phrase}' is not a prompt: use words, e.g. 'lesion' or 'leg'.")
-    return phrases
+    return normalise_prompts(prompts)
 
 
 def _missing_reason(name: str, exc: Exception) -> str:

@@ -92,16 +92,6 @@ def test_builder_matches_groundingdino_build_without_overrides(bert_dir):
 # ------------------------------------------------------------------------------------------ caption & boxes
 
 
-def test_build_caption_normalises_prompts():
-    caption, phrases, spans = build_caption(["Lesion", " left  LEG ", "lesion", "", "arm.", "  "])
-    assert caption == "lesion . left leg . arm ."
-    assert phrases == ["lesion", "left leg", "arm"]
-    assert [caption[s:e] for s, e in spans] == phrases
-    assert build_caption([]) == ("", [], [])
-    with pytest.raises(ValueError, match="separate"):
-        build_caption(["lesion. leg"])
-
-
 def test_boxes_to_pixels_converts_and_clips():
     boxes = torch.tensor([[0.5, 0.5, 0.5, 0.5], [0.95, 0.1, 0.2, 0.4]])
     pixels = boxes_to_pixels(boxes, width=200, height=100)
@@ -141,7 +131,8 @@ def test_phrase_map_follows_token_spans(detector):
 
 
 def test_too_long_caption_is_refused_before_the_model(detector, skin_photo):
-    prompts = [a + b for a in string.ascii_lowercase for b in string.ascii_lowercase][:120]  # ~3 tokens each
+    pairs = [a + b for a in string.ascii_lowercase for b in string.ascii_lowercase]
+    prompts = [" ".join(pairs[5 * i:5 * i + 5]) for i in range(30)]  # 30 prompts of ~11 tokens each
     before = detector.n_forward
     with pytest.raises(ValueError, match="256"):
         detector.detect(skin_photo.pixels, prompts)
@@ -176,7 +167,9 @@ def test_one_forward_per_detect_whatever_the_number_of_prompts(detector, skin_ph
     assert detector.n_forward == start + 1
     detector.detect(skin_photo.pixels, list(DEFAULT_PROMPTS))
     assert detector.n_forward == start + 2
-    empty = detector.detect(skin_photo.pixels, ["", "  ", "."])
+    with pytest.raises(ValueError, match="No prompt phrases"):
+        detector.detect(skin_photo.pixels, ["", "  ", "."])
+    empty = detector.detect(skin_photo.pixels, [])
     assert len(empty) == 0 and empty.boxes.shape == (0, 4)
     assert detector.n_forward == start + 2
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from skinapp.cache import LRUCache
-from skinapp.concepts.extractor import Detector, GroundedSamExtractor, normalise_prompts
+from skinapp.concepts.extractor import Detector, GroundedSamExtractor
 from skinapp.concepts.segmenter import SamSegmenter, build_segmenter
 from skinapp.concepts.types import FEATURE_DIM, Detections
 from skinapp.image import load_image
@@ -156,11 +156,6 @@ def test_bad_arguments(segmenter, image):
         GroundedSamExtractor(ScriptedDetector(SCRIPT), segmenter, max_concepts=0)
     with pytest.raises(ValueError):
         extractor.extract(np.zeros((4, 4, 3), np.uint8), ["lesion"])  # too small to be a photo
-
-
-def test_normalise_prompts():
-    assert normalise_prompts("Leg . arm, lesion.") == ("leg", "arm", "lesion")
-    assert normalise_prompts(["  Upper  Arm ", "upper arm", "lesion"]) == ("upper arm", "lesion")
 
 
 def test_lru_cache_bounds_counts_and_threads():

@@ -109,3 +109,62 @@ def test_groundingdino_builds_only_with_the_adapter(bert_dir, monkeypatch):
     model = build_gdino_model(config, bert_dir)
     assert type(model).__name__ == "GroundingDINO"
     assert hasattr(model.bert, "get_extended_attention_mask")
+
+
+def test_installed_bert_fits_the_adapter_and_misfits_are_named():
+    gdino_compat.check_signatures()
+
+    class RequiresCache:
+        def forward(self, input_ids=None, token_type_ids=None, position_ids=None, inputs_embeds=None, *,
+                    cache_length):
+            raise AssertionError("never called")
+
+    class NoEmbeds:
+        def forward(self, input_ids=None, token_type_ids=None, position_ids=None):
+            raise AssertionError("never called")
+
+    class EncoderWithoutMask:
+        def forward(self, hidden_states, **kwargs):
+            raise AssertionError("never called")
+
+    from transformers.models.bert.modeling_bert import BertEmbeddings, BertEncoder
+
+    with pytest.raises(RuntimeError, match=r"RequiresCache.*required \['cache_length'\]"):
+        gdino_compat.check_signatures(RequiresCache, BertEncoder)
+    with pytest.raises(RuntimeError, match=r"NoEmbeds.*missing \['inputs_embeds'\]"):
+        gdino_compat.check_signatures(NoEmbeds, BertEncoder)
+    with pytest.raises(RuntimeError, match="EncoderWithoutMask.*attention_mask"):
+        gdino_compat.check_signatures(BertEmbeddings, EncoderWithoutMask)
+
+
+def test_adapter_never_passes_a_cache_keyword(bert, tokenizer, monkeypatch):
+    """Whatever the cache keywords are called (past_key_values_length / cache_length, past_key_values / cache),
+    an encoder without a cache must not pass them: their defaults mean "no cache"."""
+    gdino_compat.apply()
+    warper = bertwarper.BertModelWarper(bert)
+    seen = {}
+    for name in ("embeddings", "encoder"):
+        module = getattr(warper, name)
+        original = module.forward
+
+        def spy(*args, _name=name, _original=original, **kwargs):
+            seen[_name] = set(kwargs)
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(module, "forward", spy)
+    batch = tokenizer(["lesion on the leg"], return_tensors="pt")
+    with torch.inference_mode():
+        warper(**batch)
+    assert seen["embeddings"] == {"input_ids", "position_ids", "token_type_ids", "inputs_embeds"}
+    assert seen["encoder"] == {"attention_mask"}
+
+
+@pytest.mark.parametrize("keyword", ["head_mask", "past_key_values", "encoder_hidden_states", "use_cache",
+                                     "output_attentions"])
+def test_features_transformers5_bert_cannot_honour_are_refused(bert, tokenizer, keyword):
+    gdino_compat.apply()
+    warper = bertwarper.BertModelWarper(bert)
+    batch = tokenizer(["lesion"], return_tensors="pt")
+    value = True if keyword in ("use_cache", "output_attentions") else torch.ones(1)
+    with pytest.raises(ValueError, match=f"does not support {keyword}"):
+        warper(**batch, **{keyword: value})

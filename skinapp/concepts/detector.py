@@ -39,6 +39,7 @@ from torchvision.ops import batched_nms, box_convert
 
 from skinapp.checkpoints import load_state_dict, load_tensors
 from skinapp.concepts import gdino_compat
+from skinapp.concepts.prompts import normalise_prompts
 from skinapp.concepts.text_encoder import write_tiny_text_encoder
 from skinapp.concepts.types import Detections
 from skinapp.provenance import WeightsInfo, untrained
@@ -206,24 +207,16 @@ def build_detector(
 
 
 def build_caption(prompts: Sequence[str]) -> tuple[str, list[str], list[tuple[int, int]]]:
-    """Join prompts into one caption.
-
-    Prompts are lower-cased, whitespace-collapsed, stripped of leading/trailing "." and "?",
-    de-duplicated (first kept) and empty ones dropped. A "." or "?" inside a prompt is refused: the
-    model splits captions there.
+    """Join prompts into one caption, cleaned by the one prompt rule (``prompts.normalise_prompts``).
 
     Returns:
-        caption ("lesion . leg ."), the phrases, and each phrase's (start, end) character span.
+        caption ("lesion . leg ."), the phrases, and each phrase's (start, end) character span; all empty for
+        no prompts.
+
+    Raises:
+        ValueError: a prompt the rule refuses.
     """
-    phrases: list[str] = []
-    for prompt in prompts:
-        if not isinstance(prompt, str):
-            raise ValueError(f"prompts must be strings, got {type(prompt).__name__}")
-        phrase = " ".join(prompt.lower().split()).strip(" .?")
-        if "." in phrase or "?" in phrase:
-            raise ValueError(f"prompt {prompt!r} contains '.' or '?', which separate prompts in the caption")
-        if phrase and phrase not in phrases:
-            phrases.append(phrase)
+    phrases = list(normalise_prompts(prompts)) if prompts else []
     caption, spans = "", []
     for phrase in phrases:
         start = len(caption)

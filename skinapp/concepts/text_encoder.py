@@ -56,7 +56,7 @@ def _config(vocab_size: int, shape: str) -> dict:
 
 def _is_written(directory: Path, vocab_text: str, config: dict) -> bool:
     try:
-        same_vocab = (directory / "vocab.txt").read_text() == vocab_text
+        same_vocab = (directory / "vocab.txt").read_text(encoding="utf-8") == vocab_text
         on_disk = json.loads((directory / "config.json").read_text())
     except (OSError, json.JSONDecodeError):
         return False
@@ -64,7 +64,8 @@ def _is_written(directory: Path, vocab_text: str, config: dict) -> bool:
     return same_vocab and same_shape and (directory / "model.safetensors").is_file()
 
 
-def write_tiny_text_encoder(directory: str | Path, shape: str = "tiny", seed: int = 0) -> Path:
+def write_tiny_text_encoder(directory: str | Path, shape: str = "tiny", seed: int = 0,
+                            vocab_file: str | Path | None = None) -> Path:
     """Write an offline BERT directory that ``from_pretrained`` loads; idempotent.
 
     Args:
@@ -72,6 +73,8 @@ def write_tiny_text_encoder(directory: str | Path, shape: str = "tiny", seed: in
             ``model.safetensors`` (created if missing).
         shape: a key of TEXT_ENCODER_SHAPES.
         seed: seed of the random weights (the same seed writes the same weights).
+        vocab_file: a WordPiece ``vocab.txt`` to use (e.g. the real bert-base-uncased one, 30,522 tokens);
+            default :func:`tiny_vocabulary`.
 
     Returns:
         The directory. If it already holds the same vocabulary, config and a weights file, nothing is
@@ -82,8 +85,11 @@ def write_tiny_text_encoder(directory: str | Path, shape: str = "tiny", seed: in
     from transformers import BertConfig, BertModel
 
     directory = Path(directory)
-    vocab = tiny_vocabulary()
-    vocab_text = "\n".join(vocab) + "\n"
+    if vocab_file is None:
+        vocab_text = "\n".join(tiny_vocabulary()) + "\n"
+    else:
+        vocab_text = Path(vocab_file).read_text(encoding="utf-8")
+    vocab = vocab_text.rstrip("\n").split("\n")
     config = _config(len(vocab), shape)
     if _is_written(directory, vocab_text, config):
         return directory
@@ -93,7 +99,7 @@ def write_tiny_text_encoder(directory: str | Path, shape: str = "tiny", seed: in
         torch.manual_seed(seed)
         model = BertModel(BertConfig(**config))
     model.save_pretrained(directory)  # config.json + model.safetensors
-    (directory / "vocab.txt").write_text(vocab_text)
+    (directory / "vocab.txt").write_text(vocab_text, encoding="utf-8")
     tokenizer_config = dict(tokenizer_class="BertTokenizer", do_lower_case=True, model_max_length=512)
     (directory / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
     logger.info("wrote %s BERT text encoder (%d tokens) to %s", shape, len(vocab), directory)
