@@ -67,7 +67,7 @@ def export_coco(store: ReviewStore, out_dir: str | Path, image_keys: list[str] |
             if not label:
                 continue
             category_id = categories.setdefault(label, len(categories) + 1)
-            mask = store.load_mask(review.image_key, concept.index)
+            mask = store.load_mask(review.image_key, concept.index, review.version)
             rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
             ann_id = len(annotations) + 1
             mask_file = f"masks/{review.image_key}/{ann_id}_{_safe(label)}.png"

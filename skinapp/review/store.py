@@ -2,15 +2,18 @@
 
 Layout of the data directory::
 
-    reviews.sqlite3            the database (WAL journal, synchronous=FULL)
-    photos/<image_key>.png     a photo, written only when a review of it is saved
-    masks/<image_key>/<i>.png  concept i's mask (8-bit, 0/255), written with the review
+    reviews.sqlite3                       the database (WAL journal, synchronous=FULL)
+    photos/<image_key>.png                a photo, written only when a review of it is saved
+    masks/<image_key>/<version>/<i>.png   concept i's mask (8-bit, 0/255) as written by one save
 
 A review belongs to one photo (its content key) and is amended in place when it is saved again
-(``revision`` counts the saves). Files are written atomically (temporary file, fsync, rename)
-BEFORE the database transaction that refers to them commits, so a committed review never points at
-a missing or half-written file; a kill between the two leaves only an unreferenced file behind,
-which the next save of that photo overwrites.
+(``revision`` counts the saves). Each save writes its masks into a directory of its own (``version``, a
+random id) atomically (temporary file, fsync, rename) BEFORE the one database transaction that points the
+review at that directory commits. So concurrent saves of one photo, from threads or processes sharing the
+data directory, never mix: a committed row always names files its own writer wrote, whole. A save that
+fails or is killed leaves only an unreferenced directory, removed by a later save of that photo once it is
+older than :data:`STALE_VERSION_S` (so a slower concurrent writer's files are never taken from under it).
+Reviews saved before versions existed (``version`` "") keep their masks at ``masks/<image_key>/<i>.png``.
 """
 
 from __future__ import annotations
@@ -18,10 +21,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sqlite3
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -38,6 +43,10 @@ DECISIONS: tuple[str, ...] = ("pending", "accept", "reject", "relabel")
 #: Environment variable naming the data directory (the app's --data-dir wins over it).
 DATA_DIR_ENV = "SKINAPP_DATA_DIR"
 
+#: Age (seconds) after which a mask directory that no committed review names is removed. Longer than any
+#: save takes between writing its files and committing (the database lock waits at most 30 s).
+STALE_VERSION_S = 300.0
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS reviews (
     image_key   TEXT PRIMARY KEY,
@@ -48,7 +57,8 @@ CREATE TABLE IF NOT EXISTS reviews (
     prompts     TEXT NOT NULL DEFAULT '[]',
     revision    INTEGER NOT NULL DEFAULT 1,
     created_at  REAL NOT NULL,
-    updated_at  REAL NOT NULL
+    updated_at  REAL NOT NULL,
+    version     TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS review_concepts (
     image_key   TEXT NOT NULL REFERENCES reviews(image_key) ON DELETE CASCADE,
@@ -115,6 +125,7 @@ class Review:
     revision: int = 0
     created_at: float = 0.0
     updated_at: float = 0.0
+    version: str = ""
 
 
 def validate_concept_review(c: ConceptReview) -> ConceptReview:
@@ -160,7 +171,11 @@ class ReviewStore:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.db_path = self.data_dir / "reviews.sqlite3"
         self._local = threading.local()
-        self._connection().executescript(_SCHEMA)  # idempotent; executescript manages its own commit
+        db = self._connection()
+        db.executescript(_SCHEMA)  # idempotent; executescript manages its own commit
+        columns = {row[1] for row in db.execute("PRAGMA table_info(reviews)")}
+        if "version" not in columns:  # a store written before versioned mask directories
+            db.execute("ALTER TABLE reviews ADD COLUMN version TEXT NOT NULL DEFAULT ''")
 
     # -- connection ---------------------------------------------------------------------------
     def _connection(self) -> sqlite3.Connection:
@@ -187,8 +202,33 @@ class ReviewStore:
     def photo_path(self, image_key: str) -> Path:
         return self.data_dir / "photos" / f"{image_key}.png"
 
-    def mask_path(self, image_key: str, index: int) -> Path:
-        return self.data_dir / "masks" / image_key / f"{index}.png"
+    def version_dir(self, image_key: str, version: str = "") -> Path:
+        """The folder of one save's masks ("" = the pre-version layout)."""
+        folder = self.data_dir / "masks" / image_key
+        return folder / version if version else folder
+
+    def mask_path(self, image_key: str, index: int, version: str = "") -> Path:
+        """Where concept ``index``'s mask of one saved ``version`` lives."""
+        return self.version_dir(image_key, version) / f"{index}.png"
+
+    def _remove_stale_versions(self, image_key: str, keep: str) -> None:
+        """Delete this photo's mask directories (and legacy files) other than ``keep`` that are stale."""
+        folder = self.version_dir(image_key)
+        if not folder.is_dir():
+            return
+        cutoff = time.time() - STALE_VERSION_S
+        for entry in folder.iterdir():
+            if entry.name == keep or entry.name.startswith(".tmp-"):
+                continue
+            try:
+                if entry.stat().st_mtime > cutoff:
+                    continue
+                if entry.is_dir():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+            except FileNotFoundError:  # another process removed it first
+                continue
 
     # -- writes -------------------------------------------------------------------------------
     def save(self, image_key: str, pixels: np.ndarray, masks: np.ndarray, concepts: list[ConceptReview],
@@ -219,25 +259,37 @@ class ReviewStore:
             raise ValueError("Each concept can be reviewed only once per save.")
         if any(i < 0 or i >= len(masks) for i in indices):
             raise ValueError(f"Concept indices must be in 0..{len(masks) - 1}.")
-        # Files first (atomic), then the one transaction that makes them part of a review.
-        _atomic_write_png(self.photo_path(image_key), pixels)
-        for c in checked:
-            _atomic_write_png(self.mask_path(image_key, c.index), masks[c.index].astype(np.uint8) * 255)
-        now = time.time()
-        with self._transaction() as db:
-            row = db.execute("SELECT revision, created_at FROM reviews WHERE image_key = ?", (image_key,)).fetchone()
-            revision, created = (row[0] + 1, row[1]) if row else (1, now)
-            db.execute(
-                "INSERT OR REPLACE INTO reviews (image_key, width, height, reviewer, note, prompts, revision, "
-                "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (image_key, w, h, reviewer.strip(), note.strip(), json.dumps(list(prompts or [])), revision,
-                 created, now))
-            db.execute("DELETE FROM review_concepts WHERE image_key = ?", (image_key,))
-            db.executemany(
-                "INSERT INTO review_concepts (image_key, idx, phrase, score, box, decision, label, comment) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [(image_key, c.index, c.phrase, c.score, json.dumps(list(c.box)), c.decision, c.label, c.comment)
-                 for c in checked])
+        # Files first (atomic, in this save's own directory), then the one transaction that points the review
+        # at them.
+        version = uuid.uuid4().hex
+        try:
+            _atomic_write_png(self.photo_path(image_key), pixels)  # same key -> same pixels: safe to share
+            for c in checked:
+                _atomic_write_png(self.mask_path(image_key, c.index, version),
+                                  masks[c.index].astype(np.uint8) * 255)
+            now = time.time()
+            with self._transaction() as db:
+                row = db.execute("SELECT revision, created_at FROM reviews WHERE image_key = ?",
+                                 (image_key,)).fetchone()
+                revision, created = (row[0] + 1, row[1]) if row else (1, now)
+                db.execute(
+                    "INSERT INTO reviews (image_key, width, height, reviewer, note, prompts, revision, created_at, "
+                    "updated_at, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (image_key) DO UPDATE "
+                    "SET width = excluded.width, height = excluded.height, reviewer = excluded.reviewer, "
+                    "note = excluded.note, prompts = excluded.prompts, revision = excluded.revision, "
+                    "updated_at = excluded.updated_at, version = excluded.version",
+                    (image_key, w, h, reviewer.strip(), note.strip(), json.dumps(list(prompts or [])), revision,
+                     created, now, version))
+                db.execute("DELETE FROM review_concepts WHERE image_key = ?", (image_key,))
+                db.executemany(
+                    "INSERT INTO review_concepts (image_key, idx, phrase, score, box, decision, label, comment) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(image_key, c.index, c.phrase, c.score, json.dumps(list(c.box)), c.decision, c.label,
+                      c.comment) for c in checked])
+        except BaseException:
+            shutil.rmtree(self.version_dir(image_key, version), ignore_errors=True)
+            raise
+        self._remove_stale_versions(image_key, keep=version)
         log.info("Saved review of %s (revision %d, %d concepts)", image_key[:12], revision, len(checked))
         return self.load(image_key)  # type: ignore[return-value]
 
@@ -267,26 +319,41 @@ class ReviewStore:
     def load(self, image_key: str) -> Review | None:
         """The stored review of a photo, or None."""
         db = self._connection()
-        row = db.execute("SELECT image_key, width, height, reviewer, note, prompts, revision, created_at, "
-                         "updated_at FROM reviews WHERE image_key = ?", (image_key,)).fetchone()
+        db.execute("BEGIN")  # one read snapshot for the review row and its concepts
+        try:
+            row = db.execute("SELECT image_key, width, height, reviewer, note, prompts, revision, created_at, "
+                             "updated_at, version FROM reviews WHERE image_key = ?", (image_key,)).fetchone()
+            rows = [] if row is None else db.execute(
+                "SELECT idx, phrase, score, box, decision, label, comment FROM review_concepts "
+                "WHERE image_key = ? ORDER BY idx", (image_key,)).fetchall()
+        finally:
+            db.execute("COMMIT")
         if row is None:
             return None
-        rows = db.execute("SELECT idx, phrase, score, box, decision, label, comment FROM review_concepts "
-                          "WHERE image_key = ? ORDER BY idx", (image_key,)).fetchall()
         concepts = [ConceptReview(index=r[0], phrase=r[1], score=r[2], box=tuple(json.loads(r[3])), decision=r[4],
                                   label=r[5], comment=r[6]) for r in rows]
         return Review(image_key=row[0], width=row[1], height=row[2], concepts=concepts, reviewer=row[3],
                       note=row[4], prompts=json.loads(row[5]), revision=row[6], created_at=row[7],
-                      updated_at=row[8])
+                      updated_at=row[8], version=row[9])
 
     def list_reviews(self) -> list[Review]:
         """Every stored review, most recently updated first."""
         keys = [r[0] for r in self._connection().execute("SELECT image_key FROM reviews ORDER BY updated_at DESC")]
         return [r for r in (self.load(k) for k in keys) if r is not None]
 
-    def load_mask(self, image_key: str, index: int) -> np.ndarray:
-        """A saved concept mask as bool [H, W]."""
-        return np.asarray(Image.open(self.mask_path(image_key, index))) > 127
+    def load_mask(self, image_key: str, index: int, version: str | None = None) -> np.ndarray:
+        """A saved concept mask as bool [H, W]: of ``version`` (``Review.version``), default the latest save.
+
+        Raises:
+            ValueError: no review of this photo (when ``version`` is None).
+            FileNotFoundError: no such mask in that version.
+        """
+        if version is None:
+            review = self.load(image_key)
+            if review is None:
+                raise ValueError("There is no saved review of this photo.")
+            version = review.version
+        return np.asarray(Image.open(self.mask_path(image_key, index, version))) > 127
 
     def load_photo(self, image_key: str) -> np.ndarray:
         return np.asarray(Image.open(self.photo_path(image_key)).convert("RGB"))

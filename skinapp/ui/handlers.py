@@ -240,7 +240,7 @@ class Handlers:
             if review is None:
                 raise ValueError("That review no longer exists.")
             photo = self.store.load_photo(image_key)
-            annotations = [(self.store.load_mask(image_key, c.index).astype(np.float32),
+            annotations = [(self.store.load_mask(image_key, c.index, review.version).astype(np.float32),
                             f"#{c.index} {c.final_label or c.phrase} ({c.decision})") for c in review.concepts]
         except (ValueError, OSError) as exc:
             raise _error(exc) from exc
