@@ -33,6 +33,7 @@ from safetensors.torch import save_file
 from torchvision import transforms
 
 from skinapp.checkpoints import load_tensors, sha256_file
+from skinapp.clip.architecture import resolve_config
 from skinapp.provenance import WeightsInfo, untrained
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 CLIP_CONFIGS: dict[str, dict[str, Any]] = {
     "full": {
         "embed_dim": 512,
-        "vision_cfg": {"image_size": 224, "layers": 12, "width": 768, "patch_size": 16},
+        "vision_cfg": {"image_size": 224, "layers": 12, "width": 768, "head_width": 64, "patch_size": 16},
         "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 512, "heads": 8, "layers": 12},
         "quick_gelu": True,
     },
@@ -152,19 +153,36 @@ def build_clip(profile: str = "tiny", checkpoint: str | Path | None = None, devi
 
 def load_clip_checkpoint(path: str | Path, device: str | torch.device = "cpu",
                          profile: str = "full") -> ClipBundle:
-    """Load CLIP weights from a safetensors / state-dict file (config from a JSON sidecar or ``profile``)."""
+    """Load CLIP weights from a safetensors / state-dict file.
+
+    The architecture comes from the JSON sidecar's ``config`` (completed from the weights' shapes by
+    :func:`skinapp.clip.architecture.resolve_config`), or, without a sidecar, from ``profile``'s config
+    checked against the weights; OpenAI's own layout is read as OpenAI's ViT-B/16 (QuickGELU).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the config leaves out what the weights cannot tell (e.g. ``quick_gelu``), contradicts
+            them, the weights do not fit, or the SHA-256 differs from the sidecar's.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"CLIP checkpoint not found: {path}")
     state = load_tensors(path, keep_non_tensors=True)  # OpenAI files hold scalar entries
     sidecar = path.with_suffix(".json")
     meta: dict[str, Any] = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+    notes: list[str] = []
     if _is_openai_layout(state):
         model = open_clip.model.build_model_from_openai_state_dict(state, quick_gelu=True)
         config = copy.deepcopy(CLIP_CONFIGS["full"])
         label = "pretrained (OpenAI)"
     else:
-        config = meta.get("config") or copy.deepcopy(CLIP_CONFIGS[profile])
+        if meta.get("config"):
+            config, notes = resolve_config(meta["config"], state, path.name)
+        else:
+            config, _ = resolve_config(CLIP_CONFIGS[profile], state, f"{path.name} (read as profile {profile!r})")
+            log.info("%s has no JSON config: read with the %r profile's architecture", path.name, profile)
+        for note in notes:
+            (log.warning if "not stated" in note else log.info)("%s: %s", path.name, note)
         model = _model_from_config(config)
         missing, unexpected = model.load_state_dict(state, strict=False)
         missing = [k for k in missing if k != "attn_mask"]
@@ -177,8 +195,11 @@ def load_clip_checkpoint(path: str | Path, device: str | torch.device = "cpu",
     # A fine-tuned checkpoint whose sidecar says it started from random weights (no base checkpoint) is
     # only as good as its training data allows: call it trained only when it started from real weights.
     from_scratch = "base_checkpoint" in meta and not meta["base_checkpoint"]
-    weights = WeightsInfo(name="clip", trained=not from_scratch,
-                          source=f"{path} (fine-tuned from random init)" if from_scratch else str(path))
+    source = f"{path} (fine-tuned from random init)" if from_scratch else str(path)
+    defaulted = [n.split(" ")[0] for n in notes if "not stated" in n]
+    if defaulted:
+        source += f"; assumed open_clip defaults {', '.join(defaulted)}"
+    weights = WeightsInfo(name="clip", trained=not from_scratch, source=source)
     log.info("Loaded CLIP weights from %s (%s)", path, label)
     return _bundle(model, config, weights, label, device)
 
