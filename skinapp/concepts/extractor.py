@@ -15,6 +15,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from skinapp.boxes import sanitize_boxes
 from skinapp.cache import LRUCache
 from skinapp.concepts.prompts import check_threshold, normalise_prompts
 from skinapp.concepts.segmenter import SamEmbedding, SamSegmenter
@@ -103,9 +104,16 @@ class GroundedSamExtractor:
         if len(dets) == 0:
             log.info("No concepts found for %d prompts (detect %.2fs)", len(phrases), t_detect)
             return Concepts.empty(image.height, image.width, SOURCE, weights=self.weights, image_key=image.key)
+        boxes, valid = sanitize_boxes(dets.boxes, image.width, image.height)
+        if not valid.all():
+            log.info("Dropped %d degenerate detector boxes (outside the image, empty or not finite)",
+                     int((~valid).sum()))
         scores = np.asarray(dets.scores, np.float32)
-        keep = np.argsort(-scores, kind="stable")[: self.max_concepts]
-        boxes = np.asarray(dets.boxes, np.float32)[keep]
+        order = np.argsort(-scores, kind="stable")
+        keep = order[valid[order]][: self.max_concepts]
+        boxes = boxes[keep]
+        if len(keep) == 0:
+            return Concepts.empty(image.height, image.width, SOURCE, weights=self.weights, image_key=image.key)
         t1 = time.perf_counter()
         emb = self.embedding(image)
         masks, mask_scores = self.segmenter.decode(emb, boxes)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from skinapp.boxes import check_boxes
 from skinapp.provenance import WeightsInfo
 
 #: Default prompts: "lesion" plus body-part words (editable in the app).
@@ -67,6 +68,14 @@ class Concepts:
     source: str
     weights: tuple[WeightsInfo, ...] = field(default_factory=tuple)
     image_key: str = ""
+
+    def __post_init__(self) -> None:
+        n, (H, W) = len(self.phrases), self.masks.shape[1:]
+        shapes = (self.boxes.shape, self.scores.shape, self.masks.shape[0], self.mask_scores.shape,
+                  tuple(self.features.shape[:1]))
+        if shapes != ((n, 4), (n,), n, (n,), (n,)):
+            raise ValueError(f"Concepts of {n} phrases have mismatched arrays {shapes}")
+        check_boxes(self.boxes, W, H)  # every extractor must hand over valid boxes (boxes.sanitize_boxes)
 
     def __len__(self) -> int:
         return len(self.phrases)

@@ -35,6 +35,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from skinapp.boxes import sanitize_boxes
+
 log = logging.getLogger(__name__)
 
 #: What a reviewer can decide about one concept.
@@ -259,6 +261,12 @@ class ReviewStore:
             raise ValueError("Each concept can be reviewed only once per save.")
         if any(i < 0 or i >= len(masks) for i in indices):
             raise ValueError(f"Concept indices must be in 0..{len(masks) - 1}.")
+        for c in checked:  # boxes are stored clipped to the photo; one with nothing inside is refused
+            box, valid = sanitize_boxes(np.array([c.box]), w, h)
+            if not valid[0]:
+                raise ValueError(f"Concept {c.index} ({c.phrase}): its box {list(c.box)} has no area inside the "
+                                 f"{w}x{h} photo.")
+            c.box = tuple(float(v) for v in box[0])
         # Files first (atomic, in this save's own directory), then the one transaction that points the review
         # at them.
         version = uuid.uuid4().hex
