@@ -78,7 +78,8 @@ def test_explain_grid_and_similarities(handlers, photo_path):
     (None, "lesion", 0.3, 0.25, "Upload a photo"),
     ("missing.png", "lesion", 0.3, 0.25, "No such file"),
     ("PHOTO", "", 0.3, 0.25, ""),  # empty prompts fall back to the defaults: no error
-    ("PHOTO", "?? . !!", 0.3, 0.25, "not a prompt"),
+    ("PHOTO", "?? . !!", 0.3, 0.25, "No prompt phrases"),
+    ("PHOTO", "lesion . 42", 0.3, 0.25, "not a prompt"),
     ("PHOTO", "lesion", 3.0, 0.25, "between 0 and 1"),
 ])
 def test_analyze_bad_input_is_a_readable_gr_error(handlers, photo_path, image, prompts, box, text, match):

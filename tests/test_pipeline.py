@@ -136,7 +136,8 @@ def test_text_file_is_rejected(analyzer, tmp_path):
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"prompts": " . , "}, "prompt"),
-    ({"prompts": "!!! . ???"}, "not a prompt"),
+    ({"prompts": "!!! . ???"}, "No prompt phrases"),
+    ({"prompts": "lesion . 42"}, "not a prompt"),
     ({"prompts": " . ".join(f"p{i}x" for i in range(40))}, "Too many prompts"),
     ({"box_threshold": 1.5}, "between 0 and 1"),
     ({"text_threshold": "abc"}, "number"),
