@@ -1,0 +1,80 @@
+"""``python -m skinapp.analyze PATHS... --out DIR``: the app's analysis over many photos (see :mod:`skinapp.batch`).
+
+PATHS are photos, folders (searched recursively), globs or CSV lists. The run resumes where it stopped (photos
+with a record in DIR are skipped), keeps going past unreadable photos (listed in ``errors.csv``), and under
+``torchrun --nproc_per_node N -m skinapp.analyze ...`` (one or several nodes) each rank analyses every N-th
+photo; rank 0 waits for the others and writes the summaries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from skinapp.batch import analyse_photos, collect_photos, shard, write_summaries
+from skinapp.pipeline import Analyzer, parse_phrases
+
+log = logging.getLogger("skinapp.analyze")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m skinapp.analyze", description=__doc__.split("\n\n")[0])
+    parser.add_argument("paths", nargs="+", help="photos, folders, globs or CSV lists (column image/path/...)")
+    parser.add_argument("--out", required=True, type=Path, help="output folder (resumed when it exists)")
+    parser.add_argument("--profile", default="auto", choices=("auto", "tiny", "full"),
+                        help="models, as the app's --profile (default auto: full where checkpoints resolve)")
+    parser.add_argument("--prompts", default=None, help='concept prompts, e.g. "lesion . arm . leg" (app default)')
+    parser.add_argument("--phrases", type=Path, default=None,
+                        help="a text file of diagnostic phrases, one per line: adds heatmaps/ and phrases.csv")
+    parser.add_argument("--no-overlays", action="store_true", help="skip overlays/ (faster, less disk)")
+    parser.add_argument("--device", default=None, help="cuda / cpu (default: cuda when present)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    distributed = world > 1
+    if distributed:
+        torch.distributed.init_process_group(backend="gloo")  # only for the final barrier
+    try:
+        photos = collect_photos(args.paths)
+        phrases = parse_phrases(args.phrases.read_text()) if args.phrases else None
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    device = args.device
+    if device is None and distributed and torch.cuda.is_available():
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    analyzer = Analyzer.create(args.profile, device=device)
+    if rank == 0:
+        log.info("%d photos; models: %s", len(photos), analyzer.describe())
+    mine = shard(photos, rank, world)
+    t0 = time.perf_counter()
+    analysed, failed, skipped = analyse_photos(
+        analyzer, mine, args.out, rank=rank, prompts=args.prompts, phrases=phrases,
+        overlays=not args.no_overlays,
+        progress=lambda it: tqdm(it, desc=f"rank {rank}" if distributed else "photos", unit="photo"))
+    seconds = time.perf_counter() - t0
+    log.info("rank %d: %d analysed, %d failed, %d already done (%.2f photos/s)", rank, analysed, failed, skipped,
+             analysed / seconds if seconds > 0 and analysed else 0.0)
+    if distributed:
+        torch.distributed.barrier()
+    if rank == 0:
+        totals = write_summaries(args.out)
+        log.info("%s: %d photos analysed, %d errors (errors.csv)", args.out, totals["analysed"], totals["errors"])
+    if distributed:
+        torch.distributed.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

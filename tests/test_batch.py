@@ -1,0 +1,117 @@
+"""``python -m skinapp.analyze``: the app's Analyzer over many photos; resumable; COCO + CSV; torchrun shards."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools.coco import COCO
+
+from skinapp.batch import analyse_photos, collect_photos, read_records, shard, write_summaries
+from skinapp.pipeline import Analyzer
+from skinapp.synthetic import make_skin_photo
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def analyzer() -> Analyzer:
+    return Analyzer.create(profile="tiny", device="cpu", warmup=False)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("photos")
+    for seed, colour in enumerate(["dark_brown", "red", "blue_grey"]):
+        Image.fromarray(make_skin_photo(seed=seed, lesion_colour=colour).pixels).save(folder / f"p{seed}.png")
+    (folder / "sub").mkdir()
+    Image.fromarray(make_skin_photo(seed=7).pixels).save(folder / "sub" / "p7.jpg")
+    (folder / "broken.jpg").write_bytes(b"not an image")
+    (folder / "notes.txt").write_text("ignored: not a photo suffix")
+    return folder
+
+
+def _rows(path: Path) -> list[dict]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_collect_photos_from_folders_globs_and_csv(photos, tmp_path):
+    from_folder = collect_photos([photos])
+    assert [p.name for p in from_folder] == ["broken.jpg", "p0.png", "p1.png", "p2.png", "p7.jpg"]
+    assert collect_photos([str(photos / "p*.png"), photos / "p0.png"]) == from_folder[1:4]
+    listing = tmp_path / "list.csv"
+    listing.write_text("image,label\n" + os.path.relpath(photos / "p1.png", tmp_path) + ",x\n")
+    assert collect_photos([listing]) == [photos / "p1.png"]
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        collect_photos([tmp_path / "absent"])
+    assert shard(from_folder, 1, 2) == from_folder[1::2]
+
+
+def test_outputs_resume_and_errors(analyzer, photos, tmp_path):
+    out = tmp_path / "out"
+    paths = collect_photos([photos])
+    assert analyse_photos(analyzer, paths, out) == (4, 1, 0)
+    totals = write_summaries(out)
+    assert totals == {"analysed": 4, "errors": 1}
+    rows = _rows(out / "predictions.csv")
+    assert [Path(r["photo"]).name for r in rows] == ["p0.png", "p1.png", "p2.png", "p7.jpg"]
+    direct = analyzer.analyze(photos / "p1.png")
+    row = rows[1]
+    assert row["image_key"] == direct.image_key and row["predicted_class"] == direct.prediction.predicted
+    for name, p in direct.class_probabilities().items():
+        assert float(row[f"p_{name}"]) == pytest.approx(p, abs=1e-6)
+    assert row["banner"] == "True" and row["trained"] == "False"  # demo mode says so in every row
+    assert _rows(out / "errors.csv") == [{"photo": str(photos / "broken.jpg"),
+                                         "reason": "This file is not an image we can read (try JPEG or PNG)."}]
+    coco = COCO(str(out / "concepts.json"))
+    image_id = next(i["id"] for i in coco.dataset["images"] if i["image_key"] == direct.image_key)
+    anns = coco.loadAnns(coco.getAnnIds(imgIds=[image_id]))
+    assert len(anns) == len(direct.concepts)
+    for ann, mask, phrase in zip(anns, direct.concepts.masks, direct.concepts.phrases):
+        assert np.array_equal(coco.annToMask(ann).astype(bool), mask)
+        assert coco.loadCats(ann["category_id"])[0]["name"] == phrase
+    assert len(list((out / "overlays").glob("*.png"))) == 4
+    # resume: nothing is redone; a record cut by a kill is redone
+    assert analyse_photos(analyzer, paths, out) == (0, 0, 5)
+    progress = out / "progress.rank0.jsonl"
+    lines = progress.read_text().splitlines()
+    progress.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][: len(lines[-1]) // 2] + "\n")
+    assert analyse_photos(analyzer, paths, out) == (1, 0, 4)
+    assert len(read_records(out)) == 5
+
+
+def test_phrases_add_heatmaps_and_similarities(analyzer, photos, tmp_path):
+    out = tmp_path / "out"
+    analyse_photos(analyzer, [photos / "p0.png"], out, phrases=["irregular streaks", "blue-whitish veil"],
+                   overlays=False)
+    write_summaries(out)
+    rows = _rows(out / "phrases.csv")
+    direct = analyzer.explain(photos / "p0.png", ["irregular streaks", "blue-whitish veil"])
+    assert [r["phrase"] for r in rows] == direct.phrases
+    np.testing.assert_allclose([float(r["clip_similarity"]) for r in rows], direct.similarities, rtol=1e-5)
+    sheet = np.asarray(Image.open(next((out / "heatmaps").glob("*.png"))))
+    side = direct.overlays[0][0].shape[0]
+    assert sheet.shape == (2 * side, 4 * side, 3) and not (out / "overlays").exists()
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_share_the_photos_and_rank0_merges(photos, tmp_path):
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+               "-m", "skinapp.analyze", str(photos), "--out", str(out), "--profile", "tiny", "--no-overlays"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    per_rank = [[json.loads(line)["photo"] for line in (out / f"progress.rank{r}.jsonl").read_text().splitlines()]
+                for r in (0, 1)]
+    everything = [str(p) for p in collect_photos([photos])]
+    assert sorted(per_rank[0]) == everything[0::2] and sorted(per_rank[1]) == everything[1::2]
+    assert len(_rows(out / "predictions.csv")) == 4 and len(_rows(out / "errors.csv")) == 1
