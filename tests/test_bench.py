@@ -48,3 +48,12 @@ def test_scaling_and_report(quick_results, tmp_path):
     assert json.loads(json_path.read_text())["settings"]["profile"] == "tiny"
     md = md_path.read_text()
     assert "| **end to end** |" in md and "min Pearson" in md and "Peak process RSS" in md
+
+
+def test_precision_lever_is_measured_with_its_agreement(quick_results):
+    p = quick_results["precision"]
+    assert p["same_boxes"], "the detector must be untouched by the SAM encoder's precision"
+    assert p["fp32"]["stages_s"]["sam_embedding"] > 0 and p["bf16_sam_encoder"]["stages_s"]["sam_embedding"] > 0
+    agree = p["agreement"]
+    assert agree["min_mask_iou"] >= 0.9 and agree["min_feature_cosine"] >= 0.99  # tiny random SAM, 256 px
+    assert agree["probs_max_abs_diff"] < 0.05

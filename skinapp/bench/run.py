@@ -123,6 +123,37 @@ def bench_upload(models: BenchModels, settings: BenchSettings) -> dict[str, Any]
     }
 
 
+def bench_precision(models: BenchModels, settings: BenchSettings) -> dict[str, Any]:
+    """SAM's image encoder in fp32 vs under bf16 autocast, each end to end on the same photo (same boxes: the
+    detector is untouched), with the agreement of masks, concept features and class probabilities."""
+    photo = _photo(1024)
+    segmenter = models.segmenter
+    default = segmenter.encoder_bf16
+    runs: dict[str, Any] = {}
+    try:
+        for name, bf16 in (("fp32", False), ("bf16_sam_encoder", True)):
+            segmenter.encoder_bf16 = bf16
+            _upload_runs(upload_ours, models, photo, settings, settings.warmup)
+            clocks, out = _upload_runs(upload_ours, models, photo, settings, settings.repeats)
+            runs[name] = {"stages_s": _median_stages(clocks), "total_s": statistics.median(c.total() for c in clocks),
+                          "outputs": out}
+    finally:
+        segmenter.encoder_bf16 = default
+    ref, low = runs["fp32"].pop("outputs"), runs["bf16_sam_encoder"].pop("outputs")
+    same_boxes = np.array_equal(ref.detections.boxes, low.detections.boxes)
+    ious = [float((a & b).sum() / max((a | b).sum(), 1)) for a, b in zip(ref.masks, low.masks)]
+    cosine = torch.nn.functional.cosine_similarity(ref.features.double(), low.features.double(), dim=1)
+    return {
+        **runs, "default_bf16": default, "same_boxes": same_boxes,
+        "sam_embedding_speedup": runs["fp32"]["stages_s"]["sam_embedding"]
+        / runs["bf16_sam_encoder"]["stages_s"]["sam_embedding"],
+        "agreement": {"min_mask_iou": min(ious) if ious else 1.0,
+                      "mean_mask_iou": float(np.mean(ious)) if ious else 1.0,
+                      "min_feature_cosine": float(cosine.min()) if len(cosine) else 1.0,
+                      "probs_max_abs_diff": float(np.abs(ref.probs - low.probs).max())},
+    }
+
+
 def bench_explain(models: BenchModels, settings: BenchSettings) -> dict[str, Any]:
     """T phrases x 3 methods on one cached image pass vs a full forward+backward per phrase and method."""
     clip = models.clip
@@ -197,6 +228,8 @@ def run_benchmark(device: str = "cpu", quick: bool = False, threads: int | None 
     }
     log.info("upload path (ours vs naive)...")
     results["upload"] = bench_upload(models, settings)
+    log.info("precision levers (fp32 vs bf16)...")
+    results["precision"] = bench_precision(models, settings)
     log.info("explain path (fast vs naive)...")
     results["explain"] = bench_explain(models, settings)
     log.info("scaling...")
@@ -210,6 +243,19 @@ def run_benchmark(device: str = "cpu", quick: bool = False, threads: int | None 
 
 def _f(x: float) -> str:
     return f"{x * 1000:.1f} ms" if x < 1 else f"{x:.2f} s"
+
+
+def _precision_markdown(p: dict[str, Any]) -> list[str]:
+    a = p["agreement"]
+    fp, bf = p["fp32"], p["bf16_sam_encoder"]
+    return ["### Precision: SAM image encoder fp32 vs bf16 autocast (same photo, same detector)", "",
+            "| setting | sam_embedding | end to end |", "|---|---|---|",
+            f"| fp32 | {_f(fp['stages_s']['sam_embedding'])} | {_f(fp['total_s'])} |",
+            f"| bf16 autocast | {_f(bf['stages_s']['sam_embedding'])} | {_f(bf['total_s'])} |", "",
+            f"Encoder speed-up {p['sam_embedding_speedup']:.2f}x; same boxes: {p['same_boxes']}; mask IoU on the "
+            f"same boxes min {a['min_mask_iou']:.4f} (mean {a['mean_mask_iou']:.4f}); concept-feature cosine min "
+            f"{a['min_feature_cosine']:.5f}; class probabilities max difference {a['probs_max_abs_diff']:.2e}. "
+            f"Default here: {'bf16' if p['default_bf16'] else 'fp32'} (`SKINAPP_BF16`=auto|on|off).", ""]
 
 
 def to_markdown(r: dict[str, Any]) -> str:
@@ -233,6 +279,7 @@ def to_markdown(r: dict[str, Any]) -> str:
               f"Agreement ours vs naive on the same boxes: min mask IoU {up['agreement']['min_mask_iou']:.4f}, "
               f"max feature difference {up['agreement']['max_feature_abs_diff']:.2e}, max class-probability "
               f"difference {up['agreement']['probs_max_abs_diff']:.2e}.", "",
+              *_precision_markdown(r["precision"]),
               f"### Explain: phrases x 3 methods after the image pass ({_f(ex['image_pass_s'])})", "",
               "| phrases | text encoding | explain (fast) | naive (forward+backward per phrase x method) | speed-up "
               "| min Pearson |", "|---|---|---|---|---|---|"]

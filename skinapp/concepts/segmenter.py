@@ -31,7 +31,9 @@ import torch
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 from segment_anything.utils.transforms import ResizeLongestSide
 
+from skinapp import precision
 from skinapp.checkpoints import load_tensors
+from skinapp.precision import bf16_enabled
 from skinapp.provenance import WeightsInfo, untrained
 
 log = logging.getLogger(__name__)
@@ -149,10 +151,14 @@ class SamSegmenter:
             one batch on CUDA, :data:`CPU_DECODE_CHUNK` on CPU. The decoder copies the 256x64x64
             embedding once per box, so on a CPU one 30-box batch is memory-bound: measured here
             (vit_b, 2 threads) 3.03 s for 30 boxes in one batch, 1.84 s in batches of 4, 1.95 s one by one.
+        encoder_bf16: run the image encoder under bf16 autocast; None: where the hardware has native bf16
+            (:func:`skinapp.precision.bf16_enabled`). The embedding is returned in float32 either way.
     """
 
-    def __init__(self, sam: Sam, weights: WeightsInfo, variant: str, decode_chunk: int | None = None) -> None:
+    def __init__(self, sam: Sam, weights: WeightsInfo, variant: str, decode_chunk: int | None = None,
+                 encoder_bf16: bool | None = None) -> None:
         self.sam = sam.eval()
+        self.encoder_bf16 = bf16_enabled(self.sam.device) if encoder_bf16 is None else bool(encoder_bf16)
         self.weights = weights
         self.variant = variant
         if decode_chunk is not None and decode_chunk < 1:
@@ -194,7 +200,7 @@ class SamSegmenter:
         if min(pixels.shape[:2]) < 1:
             raise ValueError(f"SAM got an empty image {pixels.shape}")
         resized = self.transform.apply_image(np.ascontiguousarray(pixels))
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode(), precision.autocast(self.device, self.encoder_bf16):
             x = torch.as_tensor(resized, device=self.device).permute(2, 0, 1)[None].float()
             embedding = self.sam.image_encoder(self.sam.preprocess(x)).float()
         embedding = embedding.clone()  # a normal tensor, so later stages may use it under autograd
@@ -346,8 +352,9 @@ class SamSegmenter:
 
 
 def build_segmenter(profile: str = "tiny", variant: str = "vit_b", checkpoint: str | Path | None = None,
-                    device: str | torch.device = "cpu", decode_chunk: int | None = None) -> SamSegmenter:
-    """A :class:`SamSegmenter` for a profile (``decode_chunk``: see :class:`SamSegmenter`).
+                    device: str | torch.device = "cpu", decode_chunk: int | None = None,
+                    encoder_bf16: bool | None = None) -> SamSegmenter:
+    """A :class:`SamSegmenter` for a profile (``decode_chunk``, ``encoder_bf16``: see :class:`SamSegmenter`).
 
     Args:
         profile: "tiny" (small random SAM, 256 px) or "full" (an official variant, 1024 px).
@@ -376,4 +383,4 @@ def build_segmenter(profile: str = "tiny", variant: str = "vit_b", checkpoint: s
         if profile == "full":
             log.warning("SAM %s has random weights (no checkpoint given): masks are meaningless", variant)
     sam.to(device)
-    return SamSegmenter(sam, weights, variant, decode_chunk=decode_chunk)
+    return SamSegmenter(sam, weights, variant, decode_chunk=decode_chunk, encoder_bf16=encoder_bf16)
