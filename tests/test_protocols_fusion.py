@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from skinapp.fusion import build_baseline, build_fusion, fusion_config, topk_pool
+from skinapp.fusion import build_baseline, build_fusion, fusion_config, load_fusion_checkpoint, topk_pool
 from skinapp.synthetic import make_skin_photo
 from train import fusion as train_fusion
 from train.metrics import metrics_from_confusion, summarise, write_table
@@ -208,7 +208,7 @@ def test_end_to_end_model_trains_the_vit():
     assert not torch.equal(before, encoder.vit.patch_embed.proj.weight)
 
 
-def test_paper_protocol_end_to_end_command(tmp_path):
+def test_paper_protocol_end_to_end_command(tmp_path, caplog):
     rows = ["image_path,case_id,label"]
     classes = ["red", "blue_grey"]
     for i in range(10):
@@ -234,3 +234,8 @@ def test_paper_protocol_end_to_end_command(tmp_path):
         ("cross_attention", "end_to_end", "ViT from scratch"), ("resnet50", "end_to_end", "from scratch")]
     md = (out / "metrics.md").read_text()
     assert "F1 (paper: 2PR/(P+R))" in md and "F1 (mean per class)" in md and "from scratch" in md
+    # the head was trained with its own ViT: loading it alone says so
+    caplog.set_level(logging.WARNING)
+    _, meta = load_fusion_checkpoint(run / "fusion.safetensors")
+    assert meta["global_encoder"]["fine_tuned"] and meta["training_mode"] == "end_to_end"
+    assert "trained end to end with a fine-tuned ViT (global_encoder.safetensors" in caplog.text
