@@ -81,7 +81,7 @@ def test_train_ratio_is_the_share_of_cases_that_train(val_fraction):
 def test_split_row_reports_the_true_ratio():
     case_ids, labels = _cases(25, 2)
     split = split_by_case(case_ids, labels, 0.3, seed=0, val_fraction=0.2)
-    row = train_fusion._split_row(split, case_ids, 0.3)
+    row = train_fusion.split_summary(split, case_ids, 0.3)
     assert row["train_cases"] == 16 and row["total_cases"] == 50  # round(0.3 * 25) = 8 per label
     assert row["train_ratio_actual"] == pytest.approx(0.32)
     assert row["train_cases"] + row["val_cases"] + row["test_cases"] == 50

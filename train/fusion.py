@@ -49,10 +49,9 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from tqdm import tqdm
 
-from skinapp.checkpoints import CheckpointMissing, resolve, sha256_file
+from skinapp.checkpoints import sha256_file
 from skinapp.concepts.types import DEFAULT_PROMPTS
 from skinapp.fusion import (
-    BASELINE_CHECKPOINTS,
     BASELINES,
     FUSION_VARIANTS,
     PREPROCESSING,
@@ -61,15 +60,24 @@ from skinapp.fusion import (
     build_global_encoder,
     fusion_config,
     mil_loss,
-    pad_concepts,
     save_fusion_checkpoint,
 )
-from skinapp.image import InvalidImageError, load_image
 from train.common import DistInfo, cleanup_distributed, init_distributed, unwrap
-from train.data.folder import load_folder
-from train.data.manifest import LabelledImages, SkipLog, load_manifest
-from train.data.scin import load_scin
-from train.feature_cache import CachedFeatures, FeatureCache
+from train.data.manifest import LabelledImages, SkipLog
+from train.feature_cache import FeatureCache
+from train.fusion_data import (  # noqa: F401  (re-exported: train.fusion is the public entry point)
+    EndToEndFusion,
+    FusionData,
+    assemble,
+    baseline_checkpoints,
+    end_to_end_batch,
+    fusion_batch,
+    image_tensors,
+    images_for,
+    load_data,
+    make_extractor,
+    split_summary,
+)
 from train.metrics import (
     METRICS,
     classification_metrics,
@@ -92,71 +100,6 @@ MODES = ("cached", "end_to_end")
 #: Epoch selection: the last epoch (no validation), or the best validation accuracy / paper-F1 epoch.
 SELECTIONS = ("last", "val_accuracy", "val_f1_paper")
 _SELECTION_LABELS = {"last": "last epoch", "val_accuracy": "best val accuracy", "val_f1_paper": "best val F1"}
-
-
-# ----------------------------------------------------------------------------------------------- data
-
-def load_data(spec: str, class_names: Sequence[str] | None = None) -> LabelledImages:
-    """``scin:ROOT`` | ``manifest:CSV`` | ``folder:ROOT`` -> LabelledImages."""
-    kind, sep, where = spec.partition(":")
-    if not sep or not where:
-        raise ValueError(f"--data must be scin:PATH, manifest:PATH.csv or folder:PATH; got {spec!r}.")
-    if kind == "scin":
-        return load_scin(where, conditions=class_names)
-    if kind == "manifest":
-        return load_manifest(where, class_names)
-    if kind == "folder":
-        return load_folder(where, class_names)
-    raise ValueError(f"Unknown data kind {kind!r} in --data {spec!r}; use scin, manifest or folder.")
-
-
-@dataclass
-class FusionData:
-    """Cached fusion inputs of a data set, in memory: tokens [N, 196, D] float16, per-image concepts, labels [N]."""
-
-    tokens: torch.Tensor
-    features: list[torch.Tensor]
-    scores: list[torch.Tensor]
-    labels: torch.Tensor
-    case_ids: list[str]
-    image_keys: list[str]
-    record_index: list[int] | None = None
-
-    def __len__(self) -> int:
-        return len(self.case_ids)
-
-    def data_hash(self) -> str:
-        h = hashlib.sha256()
-        for case, key, label in sorted(zip(self.case_ids, self.image_keys, self.labels.tolist())):
-            h.update(f"{case}|{key}|{label}\n".encode())
-        return h.hexdigest()
-
-
-def assemble(data: LabelledImages, cached: Sequence[CachedFeatures | None], skips: SkipLog) -> FusionData:
-    """Keep the images whose features exist; report cases left with no readable image."""
-    labels = data.labels
-    keep = [i for i, c in enumerate(cached) if c is not None]
-    all_cases = {r.case_id for r in data.records}
-    kept_cases = {data.records[i].case_id for i in keep}
-    for case in sorted(all_cases - kept_cases):
-        skips.skip("cases with all images unreadable", f"case {case}: none of its images could be read")
-    if not keep:
-        raise ValueError(f"No readable images in {data.source} ({skips.summary()}).")
-    return FusionData(
-        tokens=torch.stack([cached[i].tokens for i in keep]),
-        features=[cached[i].features for i in keep], scores=[cached[i].scores for i in keep],
-        labels=torch.tensor([labels[i] for i in keep], dtype=torch.long),
-        case_ids=[data.records[i].case_id for i in keep], image_keys=[cached[i].image_key for i in keep],
-        record_index=keep)
-
-
-def fusion_batch(data: FusionData, indices: Sequence[int], n: int, noise: float,
-                 generator: torch.Generator) -> tuple[torch.Tensor, ...]:
-    """tokens [B, 196, D], concepts [B, n, 256] padded by perturbation, mask [B, n], labels [B]."""
-    padded = [pad_concepts(data.features[i], n, data.scores[i], noise, generator)[:2] for i in indices]
-    idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
-    return (data.tokens[idx].float(), torch.stack([p[0] for p in padded]), torch.stack([p[1] for p in padded]),
-            data.labels[idx])
 
 
 # ------------------------------------------------------------------------------------------- training
@@ -297,52 +240,7 @@ def image_forward(model: nn.Module, inputs: Sequence[torch.Tensor]) -> torch.Ten
     return model(inputs[0])
 
 
-class EndToEndFusion(nn.Module):
-    """The paper mode: the global ViT and the fusion head as ONE trainable model.
-
-    ``forward(images [B, 3, 224, 224], concepts [B, n, 256], mask [B, n]) -> FusionOutput``; the ViT's patch
-    tokens (class token dropped) feed the fusion head with gradients, so Adam fine-tunes the ViT together
-    with the head. The concept features stay the cached SAM features (SAM is not trained, as in the paper).
-    """
-
-    def __init__(self, vit: nn.Module, head: nn.Module):
-        super().__init__()
-        self.vit = vit
-        self.head = head
-        self.variant = getattr(head, "variant", "")
-
-    def forward(self, images: torch.Tensor, concepts: torch.Tensor, mask: torch.Tensor):
-        tokens = self.vit.forward_features(images)[:, self.vit.num_prefix_tokens:]
-        return self.head(tokens, concepts, mask)
-
-
-def end_to_end_batch(data: FusionData, images: torch.Tensor, rows: torch.Tensor, indices: Sequence[int], n: int,
-                     noise: float, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
-    """images [B, 3, 224, 224] (``rows`` maps a FusionData row to its image), concepts, mask, labels [B]."""
-    _, concepts, mask, y = fusion_batch(data, indices, n, noise, generator)
-    idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
-    return images[rows[idx]].float(), concepts, mask, y
-
-
 # ----------------------------------------------------------------------------------------------- CLI
-
-def make_extractor(kind: str, profile: str, device: torch.device, sam_checkpoint: str | None = None,
-                   dino_checkpoint: str | None = None, text_encoder: str | None = None) -> Any:
-    """The concept extractor: "grounded" (Grounding DINO + SAM) or "fallback" (weight-free colour concepts)."""
-    if kind == "fallback":
-        from skinapp.concepts.fallback import ColourConceptExtractor
-
-        return ColourConceptExtractor()
-    if kind == "grounded":
-        from skinapp.concepts.detector import build_detector
-        from skinapp.concepts.extractor import GroundedSamExtractor
-        from skinapp.concepts.segmenter import build_segmenter
-
-        return GroundedSamExtractor(
-            build_detector(profile, checkpoint=dino_checkpoint, text_encoder=text_encoder, device=device),
-            build_segmenter(profile, checkpoint=sam_checkpoint, device=device))
-    raise ValueError(f"Unknown --concepts {kind!r}; use grounded or fallback.")
-
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m train.fusion", description=__doc__,
@@ -391,47 +289,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def baseline_checkpoints(specs: Sequence[str], profile: str) -> dict[str, str | None]:
-    """Baseline name -> ImageNet weights path (None: from scratch).
-
-    Explicit ``NAME=PATH`` specs win; in the full profile the manifest entries (:data:`BASELINE_CHECKPOINTS`)
-    are used when they resolve locally (nothing is downloaded here: ``python -m skinapp.checkpoints download
-    resnet50_a1_in1k``). The tiny profile has no pretrained weights.
-    """
-    chosen: dict[str, str | None] = {name: None for name in BASELINES}
-    for spec in specs:
-        name, sep, path = spec.partition("=")
-        if not sep or name not in BASELINES or not path:
-            raise ValueError(f"--baseline-checkpoint must be NAME=PATH with NAME in {list(BASELINES)}; got {spec!r}.")
-        chosen[name] = path
-    if profile == "full":
-        for name, entry in BASELINE_CHECKPOINTS.items():
-            if chosen[name] is None:
-                try:
-                    chosen[name] = str(resolve(entry))
-                except CheckpointMissing:
-                    log.warning("%s baseline: no ImageNet weights (%s not found); it trains FROM SCRATCH and is "
-                                "labelled so (python -m skinapp.checkpoints download %s)", name, entry, entry)
-    return chosen
-
-
 def _save_baseline(model: nn.Module, path: Path, meta: dict[str, Any]) -> None:
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     path.with_suffix(".json").write_text(json.dumps({**meta, "sha256": sha256_file(path)}, indent=2, default=str))
-
-
-def image_tensors(data: LabelledImages, encoder: Any, skips: SkipLog) -> tuple[torch.Tensor, list[int]]:
-    """Preprocessed images [N, 3, 224, 224] (float16) for the image baselines, and the kept record indices."""
-    kept, images = [], []
-    for i, r in enumerate(tqdm(data.records, desc="loading images")):
-        try:
-            images.append(encoder.preprocess(load_image(r.path))[0].half())
-            kept.append(i)
-        except InvalidImageError as exc:
-            skips.skip("unreadable images", f"{r.origin or r.path}: {r.path.name}: {exc}")
-    if not images:
-        raise ValueError(f"No readable images in {data.source}.")
-    return torch.stack(images), kept
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
@@ -495,23 +355,6 @@ def _main(args: argparse.Namespace, dist_info: DistInfo, device: torch.device) -
     return rows
 
 
-def _split_row(split: Split, case_ids: Sequence[str], ratio: float) -> dict[str, Any]:
-    """Sizes of a split in images and cases, and the train/total case ratio it really has."""
-    total = len(set(case_ids))
-    n_cases = {k: len(split.cases[k]) for k in ("train", "val", "test")}
-    return {"n_train": len(split.train), "n_val": len(split.val), "n_test": len(split.test),
-            "train_cases": n_cases["train"], "val_cases": n_cases["val"], "test_cases": n_cases["test"],
-            "total_cases": total, "train_ratio_actual": n_cases["train"] / total}
-
-
-def _images_for(data: LabelledImages, encoder: Any, fusion_data: FusionData | None,
-                memo: dict[str, Any]) -> tuple[torch.Tensor, list[int]]:
-    if "images" not in memo:
-        # unreadable files are already counted when the fusion variants cached their features
-        memo["images"] = image_tensors(data, encoder, data.skipped if fusion_data is None else SkipLog())
-    return memo["images"]
-
-
 def _one_run(variant: str, ratio: float, seed: int, args: argparse.Namespace, data: LabelledImages,
              fusion_data: FusionData | None, encoder: Any, config: dict, n_classes: int, device: torch.device,
              out: Path, rank: int, memo: dict[str, Any]) -> dict:
@@ -525,13 +368,13 @@ def _one_run(variant: str, ratio: float, seed: int, args: argparse.Namespace, da
     if variant in FUSION_VARIANTS:
         fd = fusion_data
         split = split_by_case(fd.case_ids, fd.labels.tolist(), ratio, seed, args.val_fraction)
-        sizes = _split_row(split, fd.case_ids, ratio)
+        sizes = split_summary(split, fd.case_ids, ratio)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = build_fusion(variant, n_classes, config)
         n, noise = int(config["n_concepts"]), float(config["pad_noise"])
         if args.mode == "end_to_end":
-            images, kept = _images_for(data, encoder, fd, memo)
+            images, kept = images_for(data, encoder, fd, memo)
             where = {record: row for row, record in enumerate(kept)}
             missing = [i for i in fd.record_index if i not in where]
             if missing:
@@ -552,11 +395,11 @@ def _one_run(variant: str, ratio: float, seed: int, args: argparse.Namespace, da
         mode, init = args.mode, f"ViT {vit_init}"
         data_hash = fd.data_hash()
     else:
-        images, kept = _images_for(data, encoder, fusion_data, memo)
+        images, kept = images_for(data, encoder, fusion_data, memo)
         labels = torch.tensor([data.labels[i] for i in kept])
         case_ids = [data.records[i].case_id for i in kept]
         split = split_by_case(case_ids, labels.tolist(), ratio, seed, args.val_fraction)
-        sizes = _split_row(split, case_ids, ratio)
+        sizes = split_summary(split, case_ids, ratio)
         model = build_baseline(variant, n_classes, args.profile, seed, memo["baseline_checkpoints"][variant])
 
         def batches(idx, g):
