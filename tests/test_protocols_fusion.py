@@ -110,7 +110,7 @@ def test_selection_by_validation_accuracy(monkeypatch, selection, kept):
     split = Split(train=np.arange(0, 4), val=np.arange(4, 8), test=np.arange(8, 12), cases={})
     script = iter([[1, 1, 1, 1], [0, 1, 1, 1], [0, 0, 0, 0]])
 
-    def scripted(model, forward, batches, indices, labels, batch_size, device, amp=False):
+    def scripted(model, forward, batches, indices, labels, batch_size, device):
         return 1.0, np.zeros(4, np.int64) if np.array_equal(indices, split.test) else np.array(next(script))
 
     monkeypatch.setattr(train_fusion, "evaluate", scripted)
@@ -239,3 +239,13 @@ def test_paper_protocol_end_to_end_command(tmp_path, caplog):
     _, meta = load_fusion_checkpoint(run / "fusion.safetensors")
     assert meta["global_encoder"]["fine_tuned"] and meta["training_mode"] == "end_to_end"
     assert "trained end to end with a fine-tuned ViT (global_encoder.safetensors" in caplog.text
+
+
+def test_mixed_precision_only_on_cuda():
+    def forward(model, inputs):
+        return model(inputs[0])
+
+    assert train_fusion._autocast_forward(forward, torch.device("cpu"), amp=True) is forward
+    wrapped = train_fusion._autocast_forward(forward, torch.device("cuda"), amp=True)
+    assert wrapped is not forward
+    assert train_fusion._autocast_forward(forward, torch.device("cuda"), amp=False) is forward

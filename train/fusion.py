@@ -120,14 +120,21 @@ def _is_dist() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def _autocast(device: torch.device, amp: bool):
-    """bf16 autocast on CUDA when ``amp``; a no-op context elsewhere (mixed precision only on GPUs)."""
-    return torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
+def _autocast_forward(forward: Callable, device: torch.device, amp: bool) -> Callable:
+    """``forward`` under bf16 autocast on CUDA when ``amp`` (mixed precision only on GPUs), scores as float32."""
+    if not (amp and device.type == "cuda"):
+        return forward
+
+    def run(model: nn.Module, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
+            return forward(model, inputs).float()
+
+    return run
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, forward: Callable, batches: Callable, indices: np.ndarray, labels: torch.Tensor,
-             batch_size: int, device: torch.device, amp: bool = False) -> tuple[float, np.ndarray]:
+             batch_size: int, device: torch.device) -> tuple[float, np.ndarray]:
     """Mean loss and predicted classes over ``indices`` (deterministic padding, eval mode)."""
     model.eval()
     gen = torch.Generator().manual_seed(0)
@@ -135,8 +142,7 @@ def evaluate(model: nn.Module, forward: Callable, batches: Callable, indices: np
     for start in range(0, len(indices), batch_size):
         chunk = indices[start:start + batch_size]
         *inputs, y = batches(chunk, gen)
-        with _autocast(device, amp):
-            scores = forward(model, [x.to(device) for x in inputs]).float()
+        scores = forward(model, [x.to(device) for x in inputs])
         losses.append(float(mil_loss(scores, y.to(device))) * len(chunk))
         preds.append(scores.argmax(dim=1).cpu().numpy())
     return sum(losses) / max(len(indices), 1), np.concatenate(preds) if preds else np.zeros(0, np.int64)
@@ -166,6 +172,7 @@ def train_run(model: nn.Module, forward: Callable, batches: Callable, labels: to
     if selection != "last" and not validate:
         raise ValueError(f"Selection {selection!r} needs validation cases; use --val-fraction > 0 or "
                          "--selection last.")
+    forward = _autocast_forward(forward, device, amp)
     torch.manual_seed(seed)
     model = model.to(device)
     if _is_dist():
@@ -196,9 +203,7 @@ def train_run(model: nn.Module, forward: Callable, batches: Callable, labels: to
         total, count = 0.0, 0
         for chunk in loader:
             *inputs, y = batches(split.train[chunk], gen)
-            with _autocast(device, amp):
-                scores = forward(model, [x.to(device) for x in inputs]).float()
-            loss = mil_loss(scores, y.to(device))
+            loss = mil_loss(forward(model, [x.to(device) for x in inputs]), y.to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -206,8 +211,7 @@ def train_run(model: nn.Module, forward: Callable, batches: Callable, labels: to
         epoch_times.append(time.perf_counter() - t0)
         history["train_loss"].append(total / max(count, 1))
         if validate:
-            val_loss, val_pred = evaluate(unwrap(model), forward, batches, split.val, labels, batch_size, device,
-                                          amp)
+            val_loss, val_pred = evaluate(unwrap(model), forward, batches, split.val, labels, batch_size, device)
             val = classification_metrics(labels[split.val].numpy(), val_pred, n_classes)
             history["val_loss"].append(val_loss)
             history["val_accuracy"].append(val["accuracy"])
@@ -224,7 +228,7 @@ def train_run(model: nn.Module, forward: Callable, batches: Callable, labels: to
     if best_state is None:  # zero epochs: the initial weights
         best_state = copy.deepcopy({k: v.detach().cpu() for k, v in core.state_dict().items()})
     core.load_state_dict(best_state)
-    _, test_pred = evaluate(core, forward, batches, split.test, labels, batch_size, device, amp)
+    _, test_pred = evaluate(core, forward, batches, split.test, labels, batch_size, device)
     y_test = labels[split.test].numpy()
     metrics = classification_metrics(y_test, test_pred, n_classes)
     return RunResult(best_state, best_epoch, history, metrics, confusion_matrix(y_test, test_pred, n_classes),

@@ -24,14 +24,14 @@ class Split:
 
 
 def split_by_case(case_ids: Sequence[str], labels: Sequence[int], train_ratio: float, seed: int,
-                  val_fraction: float = 0.0) -> Split:
+                  val_fraction: float = 0.2) -> Split:
     """Split images by case: exactly ``train_ratio`` of the cases (of each label, rounded) train the model.
 
     The other cases are held out. ``val_fraction`` of the HELD-OUT cases of each label (rounded, at least one
     case overall when > 0) form the validation part, used only to choose the epoch; the rest are the test
     part, the only one the reported metrics come from. So ``train_ratio`` r means what it says: r = 0.1
-    trains on 10 % of the cases, never on 8 %. ``val_fraction`` 0 (the default) gives the papers' plain
-    two-way split: train and test, no validation.
+    trains on 10 % of the cases, never on 8 %. ``val_fraction`` 0 gives the papers' plain two-way split:
+    train and test, no validation (``train.fusion --protocol paper``, ``train.clip``).
 
     Cases are shuffled per label (a case takes the label of its first image) with ``seed``.
 
@@ -64,7 +64,7 @@ def split_by_case(case_ids: Sequence[str], labels: Sequence[int], train_ratio: f
         parts["test"] += held_out[n_val:]
     if val_fraction > 0 and not parts["val"] and len(parts["test"]) >= 2:
         parts["val"].append(parts["test"].pop(int(rng.integers(len(parts["test"])))))
-    needed = ("train", "val", "test") if val_fraction > 0 else ("train", "test")
+    needed = ("train", "test", "val") if val_fraction > 0 else ("train", "test")
     for name in needed:
         if not parts[name]:
             raise ValueError(f"The {name} split is empty ({len(case_label)} cases, train ratio {train_ratio}, "
