@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torchvision.transforms.functional import gaussian_blur
 
 from skinapp.clip import build_clip
@@ -79,4 +80,14 @@ def test_evaluation_command_defaults_are_the_published_ones(monkeypatch, tmp_pat
     explain_evaluate.main(["--images", str(tmp_path), "--phrases", str(tmp_path / "phrases.txt"),
                            "--out", str(tmp_path / "out")])
     substrate, *_rest = seen["args"][7:]
-    assert substrate is None and seen["args"][-3:] == ("zero", "blur", 15)
+    assert substrate is None and seen["args"][-4:] == ("zero", "blur", 15, "whole")
+
+
+def test_masks_follow_the_view_the_app_explains(tmp_path):
+    mask = np.zeros((100, 300), np.uint8)  # landscape photo, lesion at the far right edge
+    mask[40:60, 270:300] = 255
+    Image.fromarray(mask).save(tmp_path / "photo.png")
+    whole = explain_evaluate.load_mask(tmp_path, "photo", 224)
+    assert whole.any() and whole.shape == (224, 224)
+    assert not whole[:70].any() and not whole[-70:].any()  # letterbox bands above and below the photo
+    assert not explain_evaluate.load_mask(tmp_path, "photo", 224, view="centre_crop").any()  # cropped away

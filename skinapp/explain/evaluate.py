@@ -29,7 +29,7 @@ from PIL import Image  # noqa: E402
 from torchvision.transforms import CenterCrop, InterpolationMode, Resize  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from skinapp.clip.model import build_clip  # noqa: E402
+from skinapp.clip.model import build_clip, letterbox, whole_photo_preprocess  # noqa: E402
 from skinapp.clip.text import encode_texts  # noqa: E402
 from skinapp.explain.metrics import (  # noqa: E402
     DEFAULT_SUBSTRATES,
@@ -59,15 +59,24 @@ def read_phrases(path: Path) -> list[str]:
     return phrases
 
 
-def load_mask(masks_dir: Path | None, stem: str, size: int) -> np.ndarray | None:
-    """The mask for an image, resized and centre-cropped like the model input (nearest neighbour)."""
+#: Views of the photo the explainers can be evaluated on: "whole" (letterboxed, what the app explains and
+#: train.clip fine-tunes on) or "centre_crop" (open_clip's eval transform).
+VIEWS = ("whole", "centre_crop")
+
+
+def load_mask(masks_dir: Path | None, stem: str, size: int, view: str = "whole") -> np.ndarray | None:
+    """The mask for an image [size, size] bool, in the same view as the model input (nearest neighbour)."""
     if masks_dir is None:
         return None
     path = masks_dir / f"{stem}.png"
     if not path.is_file():
         return None
     m = Image.open(path).convert("L")
-    m = CenterCrop(size)(Resize(size, interpolation=InterpolationMode.NEAREST)(m))
+    if view == "whole":
+        square = letterbox(np.repeat(np.asarray(m)[..., None], 3, axis=2), fill=(0, 0, 0))[..., 0]
+        m = Image.fromarray(square).resize((size, size), Image.Resampling.NEAREST)
+    else:
+        m = CenterCrop(size)(Resize(size, interpolation=InterpolationMode.NEAREST)(m))
     return np.asarray(m) > 0
 
 
@@ -114,12 +123,15 @@ def evaluate(images_dir: Path, phrases: list[str], out_dir: Path, profile: str =
              substrate: str | None = None, eclip_mode: str = "multihead", batch_size: int = 16,
              deletion_substrate: str = DEFAULT_SUBSTRATES["deletion"],
              insertion_substrate: str = DEFAULT_SUBSTRATES["insertion"],
-             pointing_tolerance: float = POINTING_TOLERANCE_PX) -> list[dict]:
+             pointing_tolerance: float = POINTING_TOLERANCE_PX, view: str = "whole") -> list[dict]:
     """Run the evaluation; returns the metric rows (also written to ``out_dir``).
 
     Defaults are the published metrics (:mod:`skinapp.explain.metrics`): deletion onto zeros, insertion from a
     blur (kernel 11, sigma 5), pointing game with a 15 px tolerance. ``substrate`` (when given) sets both curves.
+    ``view`` (:data:`VIEWS`): the photo as the app explains it ("whole", letterboxed) or centre-cropped.
     """
+    if view not in VIEWS:
+        raise ValueError(f"Unknown view {view!r}; choose from {VIEWS}")
     if substrate is not None:
         deletion_substrate = insertion_substrate = substrate
     paths = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -141,10 +153,11 @@ def evaluate(images_dir: Path, phrases: list[str], out_dir: Path, profile: str =
         except InvalidImageError as exc:
             log.warning("Skipping %s: %s", path.name, exc)
             continue
-        ip = encode_image_for_explain(model, loaded.pil(), preprocess=bundle.preprocess, weights=weights)
+        preprocess = whole_photo_preprocess(bundle.image_size) if view == "whole" else bundle.preprocess
+        ip = encode_image_for_explain(model, loaded.pil(), preprocess=preprocess, weights=weights)
         expl = explain_from_pass(model, ip, text.features, METHODS, eclip_mode)
         expl.phrases = text.phrases
-        mask = load_mask(masks_dir, path.stem, bundle.image_size)
+        mask = load_mask(masks_dir, path.stem, bundle.image_size, view)
         for t, phrase in enumerate(text.phrases):
             for m in METHODS:
                 heat = expl.heatmap(m, t)
@@ -197,6 +210,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="RISE insertion: Gaussian blur, kernel 11, sigma 5 (default)")
     ap.add_argument("--pointing-tolerance", type=float, default=POINTING_TOLERANCE_PX,
                     help="pointing-game tolerance in mask pixels (Zhang et al.: 15; 0 = strict)")
+    ap.add_argument("--view", default="whole", choices=list(VIEWS),
+                    help="whole: the letterboxed photo the app explains (default); centre_crop: open_clip's crop")
     ap.add_argument("--eclip-mode", default="multihead", choices=["multihead", "official"])
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
@@ -212,7 +227,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         evaluate(args.images, read_phrases(args.phrases), args.out, args.profile, args.checkpoint, args.masks,
                  args.steps, args.substrate, args.eclip_mode, args.batch_size, args.deletion_substrate,
-                 args.insertion_substrate, args.pointing_tolerance)
+                 args.insertion_substrate, args.pointing_tolerance, args.view)
     except ValueError as exc:
         ap.exit(2, f"error: {exc}\n")
 
