@@ -113,7 +113,7 @@ def run(tmp_path_factory):
     out = root / "out"
     result = main(["--derm7pt", str(derm.root), "--ph2", str(ph2.root), "--out", str(out), "--profile", "tiny",
                    "--epochs", "10", "--batch-size", "8", "--lr", "1e-3", "--seed", "0", "--device", "cpu",
-                   "--workers", "0"])
+                   "--workers", "0", "--match-batch-size", "8"])
     return result, out
 
 
@@ -123,8 +123,9 @@ def test_finetuning_lowers_the_loss_and_beats_chance(run):
     assert result.after["loss"] < result.before["loss"]
     train_loss = result.history["loss/train"][1:]
     assert train_loss[-1] < train_loss[0]
-    assert result.after["accuracy"] > 1 / n_classes
-    assert result.after["accuracy"] > result.before["accuracy"]
+    assert result.after["zero_shot_accuracy"] > 1 / n_classes
+    assert result.after["zero_shot_accuracy"] > result.before["zero_shot_accuracy"]
+    assert result.after["in_batch_accuracy"] > result.before["in_batch_accuracy"]
     assert result.after["clip_score"] > result.before["clip_score"]
     assert len(result.epoch_seconds) == 10
 
@@ -137,18 +138,25 @@ def test_outputs_and_checkpoint_meta(run):
     assert meta["class_names"] == ["atypical nevus", "blue nevus", "common nevus", "melanoma", "vascular lesion"]
     assert meta["prompts"][0] == "a dermoscopic image of atypical nevus"
     assert meta["split_seed"] == 0 and meta["epochs"] == 10 and len(meta["data_hash"]) == 64
-    assert meta["metrics_after"]["accuracy"] == result.after["accuracy"]
+    assert meta["metrics_after"]["in_batch_accuracy"] == result.after["in_batch_accuracy"]
+    assert meta["text"] == "paper" and meta["view"] == "whole" and meta["protocol"] == "paper"
     split = json.loads((out / "split.json").read_text())
     assert not set(split["train_cases"]) & set(split["test_cases"])
     report = (out / "report.md").read_text()
-    for row in ("zero-shot accuracy", "macro F1", "macro sensitivity", "macro specificity", "CLIP score"):
+    for row in ("in-batch image->text matching accuracy (the paper's 'accuracy')", "zero-shot accuracy",
+                "zero-shot F1 (2PR/(P+R))", "zero-shot F1 (mean per class)", "in-batch macro specificity",
+                "CLIP score (mean cosine of matched pairs)", "zero-shot prompt template: `a dermoscopic image of {}`",
+                "batches of 8"):
         assert row in report, row
     metrics = json.loads((out / "metrics.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
     assert metrics["history"]["loss/train"][0] is None  # no training loss before training
-    assert set(metrics["before"]) >= {"accuracy", "precision", "recall", "f1", "sensitivity", "specificity",
-                                      "clip_score", "loss", "confusion_matrix"}
+    assert set(metrics["before"]) >= {
+        "in_batch_accuracy", "in_batch_t2i_accuracy", "in_batch_precision", "in_batch_recall", "in_batch_f1_paper",
+        "in_batch_specificity", "zero_shot_accuracy", "zero_shot_precision", "zero_shot_recall",
+        "zero_shot_f1_paper", "zero_shot_f1_macro_per_class", "zero_shot_sensitivity", "zero_shot_specificity",
+        "clip_score", "clipscore_torchmetrics", "loss", "zero_shot_confusion_matrix"}
     n_test = len(split["test_cases"])  # one dermoscopic image per case in both data sets
-    assert np.sum(metrics["after"]["confusion_matrix"]) == metrics["after"]["n"] == n_test
+    assert np.sum(metrics["after"]["zero_shot_confusion_matrix"]) == metrics["after"]["n"] == n_test
 
 
 def test_checkpoint_round_trip_gives_identical_embeddings(run):

@@ -43,7 +43,7 @@ def test_training_command_end_to_end(tmp_path, caplog):
     rows = main(["--data", f"manifest:{csv_path}", "--variant", "cross_attention,global,resnet50",
                  "--train-ratio", "0.5", "--seeds", "0,1", "--profile", "tiny", "--concepts", "fallback",
                  "--prompts", "lesion,skin", "--epochs", "3", "--batch-size", "16", "--lr", "3e-3",
-                 "--classes", ",".join(CLASSES), "--out", str(out), "--device", "cpu"])
+                 "--classes", ",".join(CLASSES), "--out", str(out), "--device", "cpu", "--protocol", "fast"])
     assert len(rows) == 6 and all(1 <= r["best_epoch"] <= 3 for r in rows)
     with (out / "metrics.csv").open() as f:
         table = list(csv.DictReader(f))

@@ -4,17 +4,21 @@
         --profile full --checkpoint checkpoints/clip_vit_b16_openai.safetensors [--device cuda]
     torchrun --nproc_per_node 4 -m train.clip ... --device cuda      # data-parallel (DDP)
 
-Recipe (paper defaults are the CLI defaults): one text per image built from the class and the
-dermoscopic criteria (:mod:`train.data.text`); text augmentation reorders the criteria phrases,
-image augmentation flips, rotates by multiples of 90 degrees and by a small random angle; a
-stratified 75/25 split BY CASE (seeded); Adam, lr 1e-5, batch 64, 30 epochs; the loss is the mean of
-the image->text and text->image cross-entropies over the batch scaled by the model's logit_scale
+Recipe (``--protocol paper``, the default; docs/protocols.md): one text per image, the diagnosis plus ALL
+dermoscopic criteria in the data sets' words (``--text paper``; ``--text ours`` keeps present criteria
+only, :mod:`train.data.text`); text augmentation reorders the criteria phrases, image augmentation flips,
+rotates by multiples of 90 degrees and by a small random angle; images are seen as the app serves them,
+the whole photo letterboxed to a square (``--view whole``; ``centre_crop`` for open_clip's crop); a
+stratified 75/25 split BY CASE (seeded); Adam, lr 1e-5, batch 64, 30 epochs; the loss is the mean of the
+image->text and text->image cross-entropies over the batch scaled by the model's logit_scale
 (``open_clip.ClipLoss``, which also gathers features across ranks under DDP).
 
-Reported before and after fine-tuning, on the held-out 25 %: zero-shot accuracy with class prompts
-("a dermoscopic image of {class}"), macro precision / recall / F1 / sensitivity / specificity, the
-mean CLIP score of matched image-text pairs (100 * cosine, floored at 0, as torchmetrics' CLIPScore)
-and the contrastive loss. Outputs in ``--out``: ``clip_finetuned.safetensors`` + ``.json`` sidecar
+Reported before and after fine-tuning, on the held-out 25 %, each under its own name
+(:mod:`train.clip_metrics`): the paper's "accuracy", i.e. in-batch image->text matching over batches of
+``--match-batch-size`` (64) test pairs, with its precision / recall / F1 / specificity and the contrastive
+loss over the same batches; 17-class zero-shot accuracy etc. with class prompts ("a dermoscopic image of
+{class}"); the CLIP score (mean plain cosine of matched pairs, the paper's) and torchmetrics' CLIPScore.
+Outputs in ``--out``: ``clip_finetuned.safetensors`` + ``.json`` sidecar
 (config, class names, prompts, metrics, data hash, split seed), ``metrics.json``, ``report.md``,
 ``curves.png``, ``split.json``. The app finds the model as the manifest entry ``clip_finetuned``: copy
 ``clip_finetuned.safetensors`` and ``clip_finetuned.json`` from ``--out`` into ``checkpoints/`` (or pass
@@ -43,17 +47,26 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from skinapp.clip import build_clip, save_clip_checkpoint
+from skinapp.clip.model import whole_photo_preprocess
 from skinapp.image import load_image
+from train.clip_metrics import PAPER_MATCH_BATCH, clip_scores, in_batch_matching, zero_shot_metrics
 from train.common import DistInfo, cleanup_distributed, init_distributed, seed_everything, unwrap
 from train.data.derm7pt import read_derm7pt
 from train.data.ph2 import read_ph2
-from train.data.text import LesionRecord, build_text
-from train.metrics import classification_metrics, confusion_matrix, macro_specificity, plot_curve_panels
+from train.data.text import TEXT_BUILDERS, LesionRecord
+from train.metrics import confusion_matrix, plot_curve_panels
 from train.splits import split_by_case
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PROMPT = "a dermoscopic image of {}"
+#: Presets of ``--protocol``. "paper": the MedGrad paper's text, in-batch metric over its batch of 64, and the
+#: view the app serves (the paper does not say how images were resized; see docs/protocols.md). "ours": our
+#: shorter text (present criteria only).
+PROTOCOLS: dict[str, dict[str, Any]] = {
+    "paper": {"text": "paper", "view": "whole", "match_batch_size": PAPER_MATCH_BATCH},
+    "ours": {"text": "ours", "view": "whole", "match_batch_size": PAPER_MATCH_BATCH},
+}
 CHECKPOINT_NAME = "clip_finetuned.safetensors"
 
 
@@ -77,6 +90,10 @@ class ClipFinetuneConfig:
     prompt: str = DEFAULT_PROMPT
     rotation_degrees: float = 15.0
     workers: int = 2
+    protocol: str = "paper"
+    text: str = "paper"
+    view: str = "whole"
+    match_batch_size: int = PAPER_MATCH_BATCH
 
 
 @dataclass
@@ -106,20 +123,38 @@ def augment_image(image: Image.Image, rng: random.Random, degrees: float = 15.0)
     return image
 
 
+#: ``--view`` choices. "whole": the letterboxed whole photo, exactly what the app explains
+#: (:func:`skinapp.clip.model.whole_photo_preprocess`); "centre_crop": open_clip's eval transform.
+VIEWS = ("whole", "centre_crop")
+
+
+def training_view(view: str, bundle: Any) -> Any:
+    """The image transform CLIP is fine-tuned and evaluated on (PIL image -> [3, S, S]); see :data:`VIEWS`."""
+    if view == "whole":
+        return whole_photo_preprocess(bundle.image_size)
+    if view == "centre_crop":
+        return bundle.preprocess
+    raise ValueError(f"Unknown view {view!r}; choose from {VIEWS}")
+
+
 class PairDataset(Dataset):
     """Records -> (image [3, S, S] float, text str, class index int).
 
     With ``augment`` the image is flipped/rotated and the criteria phrases are shuffled; without,
-    the image is only preprocessed and the text is the record's canonical one.
+    the image is only preprocessed and the text has its phrases in canonical order. ``text``: "paper"
+    (:func:`train.data.text.build_paper_text`) or "ours" (:func:`train.data.text.build_text`).
     """
 
     def __init__(self, records: Sequence[LesionRecord], class_names: Sequence[str], preprocess: Any,
-                 augment: bool = False, rotation_degrees: float = 15.0):
+                 augment: bool = False, rotation_degrees: float = 15.0, text: str = "paper"):
+        if text not in TEXT_BUILDERS:
+            raise ValueError(f"Unknown text builder {text!r}; choose from {sorted(TEXT_BUILDERS)}")
         self.records = list(records)
         self.index = {name: i for i, name in enumerate(class_names)}
         self.preprocess = preprocess
         self.augment = augment
         self.rotation_degrees = rotation_degrees
+        self.build_text = TEXT_BUILDERS[text]
 
     def __len__(self) -> int:
         return len(self.records)
@@ -127,11 +162,11 @@ class PairDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, str, int]:
         record = self.records[i]
         image = load_image(record.image_path).pil()
-        text = record.text
+        text = self.build_text(record.label, record.criteria)
         if self.augment:
             rng = random.Random(int(torch.randint(0, 2**31 - 1, (1,))))  # torch RNG: seeded per worker
             image = augment_image(image, rng, self.rotation_degrees)
-            text = build_text(record.label, record.criteria, rng)
+            text = self.build_text(record.label, record.criteria, rng)
         return self.preprocess(image), text, self.index[record.label]
 
 
@@ -165,50 +200,49 @@ def split_records(records: Sequence[LesionRecord], class_names: Sequence[str], t
                   seed: int = 0) -> tuple[list[LesionRecord], list[LesionRecord]]:
     """(train, test) records, stratified by class and split BY CASE with :func:`train.splits.split_by_case`.
 
-    The paper's split has no validation part: the validation cases that function carves out of the
-    ``train_fraction`` join the training records.
+    The paper's split has no validation part (``val_fraction`` 0): exactly ``train_fraction`` of the cases of
+    each class (rounded) train, the rest are the test records.
     """
     index = {name: i for i, name in enumerate(class_names)}
-    split = split_by_case([r.case_id for r in records], [index[r.label] for r in records], train_fraction, seed)
-    train_ids = set(split.train.tolist()) | set(split.val.tolist())
+    split = split_by_case([r.case_id for r in records], [index[r.label] for r in records], train_fraction, seed,
+                          val_fraction=0.0)
+    train_ids = set(split.train.tolist())
     return ([r for i, r in enumerate(records) if i in train_ids],
             [r for i, r in enumerate(records) if i not in train_ids])
 
 
 @torch.no_grad()
 def evaluate(model: open_clip.CLIP, tokenizer: Any, dataset: PairDataset, class_names: Sequence[str],
-             prompt: str = DEFAULT_PROMPT, device: str | torch.device = "cpu", batch_size: int = 64) -> dict[str, Any]:
-    """Zero-shot classification, matched-pair CLIP score and contrastive loss on ``dataset``.
+             prompt: str = DEFAULT_PROMPT, device: str | torch.device = "cpu", batch_size: int = 64,
+             match_batch_size: int = PAPER_MATCH_BATCH, seed: int = 0) -> dict[str, Any]:
+    """All reported metrics of ``dataset``, each under its own name (:mod:`train.clip_metrics`).
 
-    Returns accuracy and macro precision / recall / F1 (:func:`train.metrics.classification_metrics`),
-    ``sensitivity`` (= macro recall), ``specificity`` (macro, one-vs-rest), the ``confusion_matrix``,
-    ``clip_score`` (mean of 100 * max(cos, 0) over matched pairs) and ``loss`` (batch-wise CLIP loss).
+    One encoder pass over the pairs, then: in-batch image<->text matching over seeded random batches of
+    ``match_batch_size`` pairs (``in_batch_accuracy`` is the paper's "accuracy"; ``loss`` is the contrastive
+    loss over those same batches); 17-class zero-shot classification with ``prompt`` (``zero_shot_*``, with
+    the ``zero_shot_confusion_matrix``); ``clip_score`` (mean plain cosine of matched pairs) and
+    ``clipscore_torchmetrics``; ``n`` pairs.
     """
     was_training = model.training
     model.eval()
     prompts = tokenizer([prompt.format(name) for name in class_names]).to(device)
     class_features = model.encode_text(prompts, normalize=True)  # [C, D]
-    loss_fn = open_clip.ClipLoss()
-    scale = model.logit_scale.exp()
-    preds, labels, scores, losses, sizes = [], [], [], [], []
+    images_f, texts_f, labels = [], [], []
     for images, texts, y in DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate):
-        image_features = model.encode_image(images.to(device), normalize=True)  # [B, D]
-        text_features = model.encode_text(tokenizer(texts).to(device), normalize=True)  # [B, D]
-        preds.append((image_features @ class_features.T).argmax(1).cpu())
+        images_f.append(model.encode_image(images.to(device), normalize=True).float().cpu())  # [B, D]
+        texts_f.append(model.encode_text(tokenizer(texts).to(device), normalize=True).float().cpu())  # [B, D]
         labels.append(y)
-        scores.append((100 * (image_features * text_features).sum(1)).clamp(min=0).cpu())
-        if len(texts) > 1:
-            losses.append(float(loss_fn(image_features, text_features, scale)) * len(texts))
-            sizes.append(len(texts))
     model.train(was_training)
-    y_true, y_pred = torch.cat(labels).tolist(), torch.cat(preds).tolist()
-    metrics: dict[str, Any] = classification_metrics(y_true, y_pred, len(class_names))
-    metrics["sensitivity"] = metrics["recall"]
-    metrics["specificity"] = macro_specificity(y_true, y_pred, len(class_names))
-    metrics["n"] = len(y_true)
-    metrics["confusion_matrix"] = confusion_matrix(y_true, y_pred, len(class_names)).tolist()
-    metrics["clip_score"] = float(torch.cat(scores).mean())
-    metrics["loss"] = float(sum(losses) / sum(sizes)) if sizes else float("nan")
+    image_features, text_features = torch.cat(images_f), torch.cat(texts_f)
+    y_true = torch.cat(labels).tolist()
+    y_pred = (image_features @ class_features.float().cpu().T).argmax(1).tolist()
+    metrics: dict[str, Any] = {"n": len(y_true), "zero_shot_prompt": prompt}
+    if len(y_true) >= 2:
+        metrics.update(in_batch_matching(image_features, text_features, match_batch_size,
+                                         float(model.logit_scale.exp()), seed))
+    metrics.update(zero_shot_metrics(y_true, y_pred, len(class_names)))
+    metrics["zero_shot_confusion_matrix"] = confusion_matrix(y_true, y_pred, len(class_names)).tolist()
+    metrics.update(clip_scores(image_features, text_features))
     return metrics
 
 
@@ -255,9 +289,10 @@ def _finetune(config: ClipFinetuneConfig, records: Sequence[LesionRecord] | None
              len(train_records), len(test_records))
     bundle = build_clip(config.profile, config.checkpoint, device=device, seed=config.seed)
     model, tokenizer = bundle.model, bundle.tokenizer
-    train_set = PairDataset(train_records, class_names, bundle.preprocess, augment=True,
-                            rotation_degrees=config.rotation_degrees)
-    test_set = PairDataset(test_records, class_names, bundle.preprocess)
+    preprocess = training_view(config.view, bundle)
+    train_set = PairDataset(train_records, class_names, preprocess, augment=True,
+                            rotation_degrees=config.rotation_degrees, text=config.text)
+    test_set = PairDataset(test_records, class_names, preprocess, text=config.text)
     sampler = (torch.utils.data.distributed.DistributedSampler(train_set, dist.world_size, dist.rank, shuffle=True,
                                                                seed=config.seed) if dist.enabled else None)
     loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=sampler is None, sampler=sampler,
@@ -271,13 +306,15 @@ def _finetune(config: ClipFinetuneConfig, records: Sequence[LesionRecord] | None
     loss_fn = open_clip.ClipLoss(gather_with_grad=True, rank=dist.rank, world_size=dist.world_size)
 
     def eval_now() -> dict[str, Any] | None:
-        return evaluate(model, tokenizer, test_set, class_names, config.prompt, device, config.batch_size) \
+        return evaluate(model, tokenizer, test_set, class_names, config.prompt, device, config.batch_size,
+                        config.match_batch_size, config.seed) \
             if dist.is_main else None
 
     before = eval_now()
     history: dict[str, list[float]] = {"loss/train": [float("nan")]}
     if dist.is_main:
-        history.update({"loss/test": [before["loss"]], "zero-shot accuracy/test": [before["accuracy"]]})
+        history.update({"loss/test": [before["loss"]], "accuracy/in-batch test": [before["in_batch_accuracy"]],
+                        "accuracy/zero-shot test": [before["zero_shot_accuracy"]]})
     epoch_seconds: list[float] = []
     after = before
     for epoch in range(config.epochs):
@@ -291,9 +328,11 @@ def _finetune(config: ClipFinetuneConfig, records: Sequence[LesionRecord] | None
         if dist.is_main:
             after = eval_now()
             history["loss/test"].append(after["loss"])
-            history["zero-shot accuracy/test"].append(after["accuracy"])
-            log.info("epoch %d: train loss %.4f, test loss %.4f, zero-shot acc %.3f (%.1f s)", epoch + 1,
-                     train_loss, after["loss"], after["accuracy"], epoch_seconds[-1])
+            history["accuracy/in-batch test"].append(after["in_batch_accuracy"])
+            history["accuracy/zero-shot test"].append(after["zero_shot_accuracy"])
+            log.info("epoch %d: train loss %.4f, test loss %.4f, in-batch acc %.3f, zero-shot acc %.3f (%.1f s)",
+                     epoch + 1, train_loss, after["loss"], after["in_batch_accuracy"], after["zero_shot_accuracy"],
+                     epoch_seconds[-1])
         if dist.enabled:
             torch.distributed.barrier()
     if not dist.is_main:
@@ -316,7 +355,10 @@ def _write_outputs(config: ClipFinetuneConfig, model: open_clip.CLIP, model_conf
         "metrics_before": before, "metrics_after": after, "data_hash": records_hash(records),
         "split_seed": config.seed, "epochs": config.epochs, "label_scheme": config.labels,
         "base_checkpoint": config.checkpoint, "profile": config.profile, "settings": settings,
-        "n_train": len(train_records), "n_test": len(test_records),
+        "n_train": len(train_records), "n_test": len(test_records), "protocol": config.protocol,
+        "text": config.text, "view": config.view,
+        "preprocessing": "whole photo letterboxed to a square (CLIP mean colour), bicubic resize"
+        if config.view == "whole" else "open_clip eval transform: resize short side, centre crop",
     })
     checkpoint = save_clip_checkpoint(model, out / CHECKPOINT_NAME, model_config, meta)
     split = {"seed": config.seed, "train_cases": sorted({r.case_id for r in train_records}),
@@ -329,7 +371,9 @@ def _write_outputs(config: ClipFinetuneConfig, model: open_clip.CLIP, model_conf
     (out / "report.md").write_text(markdown_report(before, after, class_names, config, epoch_seconds,
                                                    len(train_records), len(test_records)))
     plot_curve_panels(history, out / "curves.png", title=f"CLIP fine-tuning ({config.profile})")
-    log.info("saved %s; zero-shot accuracy %.3f -> %.3f", checkpoint, before["accuracy"], after["accuracy"])
+    log.info("saved %s; in-batch matching accuracy (batch %d) %.4f -> %.4f; zero-shot accuracy %.4f -> %.4f",
+             checkpoint, after["in_batch_size"], before["in_batch_accuracy"], after["in_batch_accuracy"],
+             before["zero_shot_accuracy"], after["zero_shot_accuracy"])
     return FinetuneResult(checkpoint=checkpoint, model=model, before=before, after=after, history=history,
                           epoch_seconds=epoch_seconds)
 
@@ -345,18 +389,35 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+#: Rows of the report: (name shown, metric key). In-batch rows first: they are the paper's quantities.
+REPORT_ROWS = (
+    ("in-batch image->text matching accuracy (the paper's 'accuracy')", "in_batch_accuracy"),
+    ("in-batch text->image matching accuracy", "in_batch_t2i_accuracy"),
+    ("in-batch macro precision", "in_batch_precision"), ("in-batch macro recall = sensitivity", "in_batch_recall"),
+    ("in-batch F1 (2PR/(P+R))", "in_batch_f1_paper"), ("in-batch macro specificity", "in_batch_specificity"),
+    ("contrastive loss (same batches)", "loss"),
+    ("CLIP score (mean cosine of matched pairs)", "clip_score"),
+    ("CLIPScore, torchmetrics (100 max(cos, 0))", "clipscore_torchmetrics"),
+    ("zero-shot accuracy", "zero_shot_accuracy"), ("zero-shot macro precision", "zero_shot_precision"),
+    ("zero-shot macro recall = sensitivity", "zero_shot_recall"), ("zero-shot F1 (2PR/(P+R))", "zero_shot_f1_paper"),
+    ("zero-shot F1 (mean per class)", "zero_shot_f1_macro_per_class"),
+    ("zero-shot macro specificity", "zero_shot_specificity"),
+)
+
+
 def markdown_report(before: dict[str, Any], after: dict[str, Any], class_names: Sequence[str],
                     config: ClipFinetuneConfig, epoch_seconds: Sequence[float], n_train: int, n_test: int) -> str:
-    """A Markdown table of the metrics before and after fine-tuning."""
-    rows = [("zero-shot accuracy", "accuracy"), ("macro precision", "precision"), ("macro recall", "recall"),
-            ("macro F1", "f1"), ("macro sensitivity", "sensitivity"), ("macro specificity", "specificity"),
-            ("CLIP score (matched pairs)", "clip_score"), ("contrastive loss", "loss")]
+    """A Markdown table of the metrics before and after fine-tuning, each named; the settings that define them."""
     lines = ["# CLIP fine-tuning report", "",
-             f"Profile `{config.profile}`, base `{config.checkpoint or 'random init'}`, {config.epochs} epochs, "
-             f"batch {config.batch_size}, Adam lr {config.lr}, split seed {config.seed}; train {n_train} / "
-             f"test {n_test} images; {len(class_names)} classes (`{config.labels}`).", "",
+             f"Protocol `{config.protocol}`; profile `{config.profile}`, base `{config.checkpoint or 'random init'}`, "
+             f"{config.epochs} epochs, batch {config.batch_size}, Adam lr {config.lr}, split seed {config.seed}; "
+             f"train {n_train} / test {n_test} images; {len(class_names)} classes (`{config.labels}`); text "
+             f"`{config.text}`; image view `{config.view}`.", "",
+             f"In-batch metrics: test pairs in batches of {after.get('in_batch_size', config.match_batch_size)} "
+             f"(seeded random order, seed {config.seed}); zero-shot prompt template: `{config.prompt}`.", "",
              "| metric (test split) | before | after |", "|---|---|---|"]
-    lines += [f"| {name} | {before[key]:.4f} | {after[key]:.4f} |" for name, key in rows]
+    lines += [f"| {name} | {before[key]:.4f} | {after[key]:.4f} |" for name, key in REPORT_ROWS
+              if key in before and key in after]
     if epoch_seconds:
         lines += ["", f"Mean time per epoch: {np.mean(epoch_seconds):.2f} s."]
     lines += ["", "Classes: " + ", ".join(class_names), ""]
@@ -381,13 +442,25 @@ def parse_args(argv: Sequence[str] | None = None) -> ClipFinetuneConfig:
     p.add_argument("--train-fraction", type=float, default=0.75)
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help="zero-shot prompt template with one {}")
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    p.add_argument("--protocol", choices=sorted(PROTOCOLS), default="paper",
+                   help="preset of --text / --view / --match-batch-size (docs/protocols.md); options override")
+    p.add_argument("--text", choices=sorted(TEXT_BUILDERS), default=None,
+                   help="paper: diagnosis + all criteria in the data sets' words; ours: present criteria only")
+    p.add_argument("--view", choices=VIEWS, default=None,
+                   help="whole: the letterboxed whole photo the app explains; centre_crop: open_clip's eval crop")
+    p.add_argument("--match-batch-size", type=int, default=None,
+                   help="pairs per batch of the in-batch matching metric (the paper: 64)")
     a = p.parse_args(argv)
+    for key, value in PROTOCOLS[a.protocol].items():
+        if getattr(a, key) is None:
+            setattr(a, key, value)
     if a.profile == "full" and not a.checkpoint:
         log.warning("--profile full without --checkpoint trains from random weights (the paper starts from OpenAI's)")
     return ClipFinetuneConfig(derm7pt=a.derm7pt, ph2=a.ph2, out=a.out, profile=a.profile, checkpoint=a.checkpoint,
                               epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed, device=a.device,
                               labels=a.labels, derm7pt_images=tuple(a.derm7pt_images),
-                              train_fraction=a.train_fraction, prompt=a.prompt, workers=a.workers)
+                              train_fraction=a.train_fraction, prompt=a.prompt, workers=a.workers,
+                              protocol=a.protocol, text=a.text, view=a.view, match_batch_size=a.match_batch_size)
 
 
 def main(argv: Sequence[str] | None = None) -> FinetuneResult | None:

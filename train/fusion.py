@@ -5,12 +5,27 @@
 
 ``--data`` is ``scin:ROOT`` (official SCIN layout), ``manifest:CSV`` (``image_path,case_id,label``)
 or ``folder:ROOT`` (``ROOT/<label>/<image>``). ``--variant`` and ``--train-ratio`` take comma lists;
-one table row per (ratio, variant), mean +- std over ``--seeds``. Concepts and ViT tokens are
-computed once per image into ``--cache`` (resumable); epochs then run on cached tensors.
+one table row per (ratio, variant), mean +- std over ``--seeds``. Concepts (and, in the fast mode, ViT
+tokens) are computed once per image into ``--cache`` (resumable).
 
-Per run, ``OUT/<variant>_r<ratio>_s<seed>/`` gets the best-validation-epoch checkpoint
-(``fusion.safetensors`` + ``fusion.json``), ``confusion.png`` and ``curves.png``; ``OUT`` gets
-``metrics_per_seed.csv``, ``metrics.csv`` and ``metrics.md``.
+``--protocol`` picks a preset (:data:`PROTOCOLS`, documented in docs/protocols.md); single options override it:
+
+* ``paper`` (default): the paper's settings. ``--mode end_to_end`` (the ViT is fine-tuned with the fusion
+  head on image batches, "we train all model parts simultaneously"; bf16 autocast on CUDA), a plain
+  train/test split with exactly ``r`` of the cases training, a fixed number of epochs and the LAST epoch's
+  weights (``--selection last``), padded concepts competing in top-k pooling (``--pool-padded all``) and
+  ImageNet-pretrained baselines.
+* ``fast``: cached ViT tokens (frozen ViT, ``--mode cached``: epochs take seconds); a validation part carved
+  from the HELD-OUT cases (``--val-fraction`` of them; never the reported test cases) chooses the epoch by
+  accuracy (``--selection val_accuracy``); real concepts first in pooling (``--pool-padded real_first``).
+
+Every table row says how it was produced: ``training_mode``, ``init`` (pretrained / from scratch) and
+``selection``. F1 is reported twice, each named: ``f1_paper`` (2PR/(P+R) of macro P and R, the paper's)
+and ``f1_macro_per_class``.
+
+Per run, ``OUT/<variant>_r<ratio>_s<seed>/`` gets the kept checkpoint (``fusion.safetensors`` + ``fusion.json``;
+end-to-end runs also ``global_encoder.safetensors``, the fine-tuned ViT), ``confusion.png`` and
+``curves.png``; ``OUT`` gets ``metrics_per_seed.csv``, ``metrics.csv`` and ``metrics.md``.
 """
 
 from __future__ import annotations
@@ -45,82 +60,46 @@ from skinapp.fusion import (
     build_global_encoder,
     fusion_config,
     mil_loss,
-    pad_concepts,
     save_fusion_checkpoint,
 )
-from skinapp.image import InvalidImageError, load_image
 from train.common import DistInfo, cleanup_distributed, init_distributed, unwrap
-from train.data.folder import load_folder
-from train.data.manifest import LabelledImages, SkipLog, load_manifest
-from train.data.scin import load_scin
-from train.feature_cache import CachedFeatures, FeatureCache
-from train.metrics import classification_metrics, confusion_matrix, plot_confusion, plot_curves, summarise, write_table
+from train.data.manifest import LabelledImages, SkipLog
+from train.feature_cache import FeatureCache
+from train.fusion_data import (  # noqa: F401  (re-exported: train.fusion is the public entry point)
+    EndToEndFusion,
+    FusionData,
+    assemble,
+    baseline_checkpoints,
+    end_to_end_batch,
+    fusion_batch,
+    image_tensors,
+    images_for,
+    load_data,
+    make_extractor,
+    split_summary,
+)
+from train.metrics import (
+    METRICS,
+    classification_metrics,
+    confusion_matrix,
+    plot_confusion,
+    plot_curves,
+    summarise,
+    write_table,
+)
 from train.splits import Split, split_by_case
 
 log = logging.getLogger("train.fusion")
 
-
-# ----------------------------------------------------------------------------------------------- data
-
-def load_data(spec: str, class_names: Sequence[str] | None = None) -> LabelledImages:
-    """``scin:ROOT`` | ``manifest:CSV`` | ``folder:ROOT`` -> LabelledImages."""
-    kind, sep, where = spec.partition(":")
-    if not sep or not where:
-        raise ValueError(f"--data must be scin:PATH, manifest:PATH.csv or folder:PATH; got {spec!r}.")
-    if kind == "scin":
-        return load_scin(where, conditions=class_names)
-    if kind == "manifest":
-        return load_manifest(where, class_names)
-    if kind == "folder":
-        return load_folder(where, class_names)
-    raise ValueError(f"Unknown data kind {kind!r} in --data {spec!r}; use scin, manifest or folder.")
-
-
-@dataclass
-class FusionData:
-    """Cached fusion inputs of a data set, in memory: tokens [N, 196, D] float16, per-image concepts, labels [N]."""
-
-    tokens: torch.Tensor
-    features: list[torch.Tensor]
-    scores: list[torch.Tensor]
-    labels: torch.Tensor
-    case_ids: list[str]
-    image_keys: list[str]
-
-    def __len__(self) -> int:
-        return len(self.case_ids)
-
-    def data_hash(self) -> str:
-        h = hashlib.sha256()
-        for case, key, label in sorted(zip(self.case_ids, self.image_keys, self.labels.tolist())):
-            h.update(f"{case}|{key}|{label}\n".encode())
-        return h.hexdigest()
-
-
-def assemble(data: LabelledImages, cached: Sequence[CachedFeatures | None], skips: SkipLog) -> FusionData:
-    """Keep the images whose features exist; report cases left with no readable image."""
-    labels = data.labels
-    keep = [i for i, c in enumerate(cached) if c is not None]
-    all_cases = {r.case_id for r in data.records}
-    kept_cases = {data.records[i].case_id for i in keep}
-    for case in sorted(all_cases - kept_cases):
-        skips.skip("cases with all images unreadable", f"case {case}: none of its images could be read")
-    if not keep:
-        raise ValueError(f"No readable images in {data.source} ({skips.summary()}).")
-    return FusionData(
-        tokens=torch.stack([cached[i].tokens for i in keep]),
-        features=[cached[i].features for i in keep], scores=[cached[i].scores for i in keep],
-        labels=torch.tensor([labels[i] for i in keep], dtype=torch.long),
-        case_ids=[data.records[i].case_id for i in keep], image_keys=[cached[i].image_key for i in keep])
-
-
-def fusion_batch(data: FusionData, indices: Sequence[int], n: int, noise: float,
-                 generator: torch.Generator) -> tuple[torch.Tensor, ...]:
-    """tokens [B, 196, D], concepts [B, n, 256] padded by perturbation, mask [B, n], labels [B]."""
-    padded = [pad_concepts(data.features[i], n, data.scores[i], noise, generator)[:2] for i in indices]
-    idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
-    return (data.tokens[idx].float(), torch.stack([p[0] for p in padded]), torch.stack([p[1] for p in padded]),
-            data.labels[idx])
+#: Presets of ``--protocol`` (configs as data); see docs/protocols.md for the paper's wording of each.
+PROTOCOLS: dict[str, dict[str, Any]] = {
+    "paper": {"mode": "end_to_end", "selection": "last", "val_fraction": 0.0, "pool_padded": "all"},
+    "fast": {"mode": "cached", "selection": "val_accuracy", "val_fraction": 0.2, "pool_padded": "real_first"},
+}
+MODES = ("cached", "end_to_end")
+#: Epoch selection: the last epoch (no validation), or the best validation accuracy / paper-F1 epoch.
+SELECTIONS = ("last", "val_accuracy", "val_f1_paper")
+_SELECTION_LABELS = {"last": "last epoch", "val_accuracy": "best val accuracy", "val_f1_paper": "best val F1"}
 
 
 # ------------------------------------------------------------------------------------------- training
@@ -141,6 +120,18 @@ def _is_dist() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
+def _autocast_forward(forward: Callable, device: torch.device, amp: bool) -> Callable:
+    """``forward`` under bf16 autocast on CUDA when ``amp`` (mixed precision only on GPUs), scores as float32."""
+    if not (amp and device.type == "cuda"):
+        return forward
+
+    def run(model: nn.Module, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
+            return forward(model, inputs).float()
+
+    return run
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, forward: Callable, batches: Callable, indices: np.ndarray, labels: torch.Tensor,
              batch_size: int, device: torch.device) -> tuple[float, np.ndarray]:
@@ -157,14 +148,31 @@ def evaluate(model: nn.Module, forward: Callable, batches: Callable, indices: np
     return sum(losses) / max(len(indices), 1), np.concatenate(preds) if preds else np.zeros(0, np.int64)
 
 
+def _selection_key(selection: str, metrics: dict[str, float], loss: float) -> tuple[float, float]:
+    """Larger is better: (validation accuracy or paper F1, -validation loss as the tie-break)."""
+    return (metrics["accuracy"] if selection == "val_accuracy" else metrics["f1_paper"], -loss)
+
+
 def train_run(model: nn.Module, forward: Callable, batches: Callable, labels: torch.Tensor, split: Split,
               n_classes: int, epochs: int, batch_size: int, lr: float, seed: int, device: torch.device,
-              desc: str = "") -> RunResult:
-    """Adam on the training cases; keep the epoch with the best validation macro-F1 (ties: lower val loss).
+              desc: str = "", selection: str = "val_accuracy", amp: bool = False) -> RunResult:
+    """Adam on the training cases for ``epochs`` epochs; keep the weights that ``selection`` says.
+
+    ``selection``: "last" (the paper: a fixed number of epochs, no validation; ``split.val`` may be empty),
+    "val_accuracy" (the epoch with the best validation accuracy, ties: lower validation loss) or
+    "val_f1_paper" (best validation paper-F1). The validation cases come from the held-out side
+    (:func:`train.splits.split_by_case`) and never include a test case. The test cases are evaluated once,
+    with the kept state. ``amp``: bf16 autocast on CUDA (ignored on the CPU).
 
     ``batches(indices, generator) -> (*inputs, labels)``; ``forward(model, inputs) -> scores [B, C]``.
-    The test cases are evaluated once, with the kept state.
     """
+    if selection not in SELECTIONS:
+        raise ValueError(f"Unknown selection {selection!r}; choose from {SELECTIONS}.")
+    validate = len(split.val) > 0
+    if selection != "last" and not validate:
+        raise ValueError(f"Selection {selection!r} needs validation cases; use --val-fraction > 0 or "
+                         "--selection last.")
+    forward = _autocast_forward(forward, device, amp)
     torch.manual_seed(seed)
     model = model.to(device)
     if _is_dist():
@@ -180,8 +188,10 @@ def train_run(model: nn.Module, forward: Callable, batches: Callable, labels: to
         sampler = RandomSampler(train_ids, generator=torch.Generator().manual_seed(seed))
     loader = DataLoader(train_ids, batch_size=batch_size, sampler=sampler, collate_fn=lambda b: b)
     gen = torch.Generator().manual_seed(seed)
-    history: dict[str, list[float]] = {"train_loss": [], "val_loss": [], "val_f1": []}
-    best: tuple[float, float] = (-1.0, float("inf"))
+    history: dict[str, list[float]] = {"train_loss": []}
+    if validate:
+        history.update({"val_loss": [], "val_accuracy": [], "val_f1": []})
+    best: tuple[float, float] = (-float("inf"), -float("inf"))
     best_state, best_epoch, epoch_times = None, 0, []
     show = not _is_dist() or dist.get_rank() == 0
     bar = tqdm(range(1, epochs + 1), desc=desc or "epochs", disable=not show)
@@ -199,16 +209,24 @@ def train_run(model: nn.Module, forward: Callable, batches: Callable, labels: to
             optimizer.step()
             total, count = total + loss.item() * len(chunk), count + len(chunk)
         epoch_times.append(time.perf_counter() - t0)
-        val_loss, val_pred = evaluate(unwrap(model), forward, batches, split.val, labels, batch_size, device)
-        val_f1 = classification_metrics(labels[split.val].numpy(), val_pred, n_classes)["f1"]
         history["train_loss"].append(total / max(count, 1))
-        history["val_loss"].append(val_loss)
-        history["val_f1"].append(val_f1)
-        if (val_f1, -val_loss) > (best[0], -best[1]):
-            best, best_epoch = (val_f1, val_loss), epoch
+        if validate:
+            val_loss, val_pred = evaluate(unwrap(model), forward, batches, split.val, labels, batch_size, device)
+            val = classification_metrics(labels[split.val].numpy(), val_pred, n_classes)
+            history["val_loss"].append(val_loss)
+            history["val_accuracy"].append(val["accuracy"])
+            history["val_f1"].append(val["f1_macro_per_class"])
+        if selection == "last":
+            if epoch == epochs:
+                best_epoch = epoch
+                best_state = copy.deepcopy({k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()})
+        elif _selection_key(selection, val, val_loss) > best:
+            best, best_epoch = _selection_key(selection, val, val_loss), epoch
             best_state = copy.deepcopy({k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()})
-        bar.set_postfix(loss=f"{history['train_loss'][-1]:.3f}", val_f1=f"{val_f1:.3f}", best=best_epoch)
+        bar.set_postfix(loss=f"{history['train_loss'][-1]:.3f}", best=best_epoch)
     core = unwrap(model)
+    if best_state is None:  # zero epochs: the initial weights
+        best_state = copy.deepcopy({k: v.detach().cpu() for k, v in core.state_dict().items()})
     core.load_state_dict(best_state)
     _, test_pred = evaluate(core, forward, batches, split.test, labels, batch_size, device)
     y_test = labels[split.test].numpy()
@@ -228,24 +246,6 @@ def image_forward(model: nn.Module, inputs: Sequence[torch.Tensor]) -> torch.Ten
 
 # ----------------------------------------------------------------------------------------------- CLI
 
-def make_extractor(kind: str, profile: str, device: torch.device, sam_checkpoint: str | None = None,
-                   dino_checkpoint: str | None = None, text_encoder: str | None = None) -> Any:
-    """The concept extractor: "grounded" (Grounding DINO + SAM) or "fallback" (weight-free colour concepts)."""
-    if kind == "fallback":
-        from skinapp.concepts.fallback import ColourConceptExtractor
-
-        return ColourConceptExtractor()
-    if kind == "grounded":
-        from skinapp.concepts.detector import build_detector
-        from skinapp.concepts.extractor import GroundedSamExtractor
-        from skinapp.concepts.segmenter import build_segmenter
-
-        return GroundedSamExtractor(
-            build_detector(profile, checkpoint=dino_checkpoint, text_encoder=text_encoder, device=device),
-            build_segmenter(profile, checkpoint=sam_checkpoint, device=device))
-    raise ValueError(f"Unknown --concepts {kind!r}; use grounded or fallback.")
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m train.fusion", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -254,7 +254,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help=f"comma list of {sorted(FUSION_VARIANTS)} and/or baselines {list(BASELINES)}")
     p.add_argument("--train-ratio", default="0.5", help="comma list of train/total case ratios")
     p.add_argument("--seeds", default="0,1,2,3,4")
-    p.add_argument("--val-fraction", type=float, default=0.2, help="share of the training cases used for validation")
+    p.add_argument("--protocol", choices=sorted(PROTOCOLS), default="paper",
+                   help="preset of mode/selection/val-fraction/pool-padded (docs/protocols.md); options override")
+    p.add_argument("--mode", choices=MODES, default=None,
+                   help="end_to_end: fine-tune the ViT with the head (paper); cached: frozen ViT, cached tokens")
+    p.add_argument("--selection", choices=SELECTIONS, default=None,
+                   help="last: weights of the last epoch (paper); val_*: best epoch on the validation cases")
+    p.add_argument("--val-fraction", type=float, default=None,
+                   help="share of the HELD-OUT cases used for validation (never trained on, never tested on)")
+    p.add_argument("--pool-padded", choices=("real_first", "all"), default=None,
+                   help="top-k pooling: padded copies compete (all, paper) or only fill (real_first)")
+    p.add_argument("--baseline-checkpoint", action="append", default=[], metavar="NAME=PATH",
+                   help="ImageNet weights of a baseline, e.g. resnet50=checkpoints/resnet50.a1_in1k.safetensors "
+                        "(default in --profile full: the manifest entries resnet50_a1_in1k / vit_b16_augreg2 "
+                        "when present; without weights the run is labelled 'from scratch')")
     p.add_argument("--profile", choices=("tiny", "full"), default="full")
     p.add_argument("--config", default=None, help="fusion config name (default: scin for SCIN, ntd otherwise; "
                                                    "tiny for the tiny profile)")
@@ -273,26 +286,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cache", default=None, help="feature cache folder (default OUT/cache)")
     p.add_argument("--out", default="runs/fusion")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for key, value in PROTOCOLS[args.protocol].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
 
 
 def _save_baseline(model: nn.Module, path: Path, meta: dict[str, Any]) -> None:
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     path.with_suffix(".json").write_text(json.dumps({**meta, "sha256": sha256_file(path)}, indent=2, default=str))
-
-
-def image_tensors(data: LabelledImages, encoder: Any, skips: SkipLog) -> tuple[torch.Tensor, list[int]]:
-    """Preprocessed images [N, 3, 224, 224] (float16) for the image baselines, and the kept record indices."""
-    kept, images = [], []
-    for i, r in enumerate(tqdm(data.records, desc="loading images")):
-        try:
-            images.append(encoder.preprocess(load_image(r.path))[0].half())
-            kept.append(i)
-        except InvalidImageError as exc:
-            skips.skip("unreadable images", f"{r.origin or r.path}: {r.path.name}: {exc}")
-    if not images:
-        raise ValueError(f"No readable images in {data.source}.")
-    return torch.stack(images), kept
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
@@ -320,7 +323,8 @@ def _main(args: argparse.Namespace, dist_info: DistInfo, device: torch.device) -
     skips = data.skipped
     config_name = args.config or ("tiny" if args.profile == "tiny" else
                                   "scin" if args.data.startswith("scin:") else "ntd")
-    overrides = {k: v for k, v in (("n_concepts", args.n_concepts), ("top_k", args.top_k)) if v is not None}
+    overrides = {k: v for k, v in (("n_concepts", args.n_concepts), ("top_k", args.top_k),
+                                   ("pool_padded", args.pool_padded)) if v is not None}
     encoder = build_global_encoder(args.profile, args.vit_checkpoint)
     config = fusion_config(config_name, global_dim=encoder.width, **overrides)
     n_classes = len(data.class_names)
@@ -334,8 +338,10 @@ def _main(args: argparse.Namespace, dist_info: DistInfo, device: torch.device) -
             cache.build(data.records, SkipLog(), shard=(rank, world))
             dist.barrier()
         fusion_data = assemble(data, cache.build(data.records, skips), skips)
+    log.info("protocol %s: mode %s, selection %s, validation %.0f%% of the held-out cases, pooling %s, %d epochs",
+             args.protocol, args.mode, args.selection, 100 * args.val_fraction, config["pool_padded"], args.epochs)
     rows: list[dict] = []
-    memo: dict[str, Any] = {}
+    memo: dict[str, Any] = {"baseline_checkpoints": baseline_checkpoints(args.baseline_checkpoint, args.profile)}
     for ratio in ratios:
         for variant in variants:
             for seed in seeds:
@@ -357,28 +363,48 @@ def _one_run(variant: str, ratio: float, seed: int, args: argparse.Namespace, da
              fusion_data: FusionData | None, encoder: Any, config: dict, n_classes: int, device: torch.device,
              out: Path, rank: int, memo: dict[str, Any]) -> dict:
     """Train and evaluate one (variant, ratio, seed); rank 0 writes its checkpoint and plots. ``memo`` holds
-    the preprocessed images of the baselines across runs."""
+    the preprocessed images across runs and the baselines' weights."""
     run_dir = out / f"{variant}_r{ratio}_s{seed}"
     desc = f"{variant} r={ratio} seed={seed}"
+    amp = device.type == "cuda"
+    vit_init = "pretrained" if encoder.weights.trained else "from scratch"
+    finetuned_vit = None
     if variant in FUSION_VARIANTS:
         fd = fusion_data
         split = split_by_case(fd.case_ids, fd.labels.tolist(), ratio, seed, args.val_fraction)
+        sizes = split_summary(split, fd.case_ids, ratio)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = build_fusion(variant, n_classes, config)
         n, noise = int(config["n_concepts"]), float(config["pad_noise"])
-        result = train_run(model, fusion_forward, lambda idx, g: fusion_batch(fd, idx, n, noise, g), fd.labels,
-                           split, n_classes, args.epochs, args.batch_size, args.lr, seed, device, desc)
+        if args.mode == "end_to_end":
+            images, kept = images_for(data, encoder, fd, memo)
+            where = {record: row for row, record in enumerate(kept)}
+            missing = [i for i in fd.record_index if i not in where]
+            if missing:
+                raise ValueError(f"{len(missing)} images have concept features but could not be read as images.")
+            rows = torch.tensor([where[i] for i in fd.record_index], dtype=torch.long)
+            trainable = EndToEndFusion(copy.deepcopy(encoder.vit).float().train(), model)
+            result = train_run(trainable, fusion_forward,
+                               lambda idx, g: end_to_end_batch(fd, images, rows, idx, n, noise, g), fd.labels,
+                               split, n_classes, args.epochs, args.batch_size, args.lr, seed, device, desc,
+                               args.selection, amp)
+            trainable.load_state_dict(result.state)
+            finetuned_vit = trainable.vit
+        else:
+            result = train_run(model, fusion_forward, lambda idx, g: fusion_batch(fd, idx, n, noise, g), fd.labels,
+                               split, n_classes, args.epochs, args.batch_size, args.lr, seed, device, desc,
+                               args.selection, amp)
+            model.load_state_dict(result.state)
+        mode, init = args.mode, f"ViT {vit_init}"
         data_hash = fd.data_hash()
     else:
-        if "images" not in memo:
-            # unreadable files are already counted when the fusion variants cached their features
-            memo["images"] = image_tensors(data, encoder, data.skipped if fusion_data is None else SkipLog())
-        images, kept = memo["images"]
+        images, kept = images_for(data, encoder, fusion_data, memo)
         labels = torch.tensor([data.labels[i] for i in kept])
-        split = split_by_case([data.records[i].case_id for i in kept], labels.tolist(), ratio, seed,
-                              args.val_fraction)
-        model = build_baseline(variant, n_classes, args.profile, seed)
+        case_ids = [data.records[i].case_id for i in kept]
+        split = split_by_case(case_ids, labels.tolist(), ratio, seed, args.val_fraction)
+        sizes = split_summary(split, case_ids, ratio)
+        model = build_baseline(variant, n_classes, args.profile, seed, memo["baseline_checkpoints"][variant])
 
         def batches(idx, g):
             x = images[torch.as_tensor(np.asarray(idx))].float()
@@ -386,29 +412,39 @@ def _one_run(variant: str, ratio: float, seed: int, args: argparse.Namespace, da
             return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x), labels[torch.as_tensor(np.asarray(idx))]
 
         result = train_run(model, image_forward, batches, labels, split, n_classes, args.epochs, args.batch_size,
-                           args.lr, seed, device, desc)
+                           args.lr, seed, device, desc, args.selection, amp)
+        model.load_state_dict(result.state)
+        mode, init = "end_to_end", model.init
         data_hash = hashlib.sha256("".join(sorted(str(data.records[i].path) for i in kept)).encode()).hexdigest()
-    row = {"train_ratio": ratio, "variant": variant, "seed": seed, "best_epoch": result.best_epoch,
-           "epoch_seconds": result.epoch_seconds, "n_train": len(split.train), "n_val": len(split.val),
-           "n_test": len(split.test), **result.test_metrics}
+    selection = _SELECTION_LABELS[args.selection] + (f" ({args.epochs})" if args.selection == "last" else "")
+    test_metrics = {m: result.test_metrics[m] for m in METRICS}
+    row = {"train_ratio": ratio, "variant": variant, "seed": seed, "training_mode": mode, "init": init,
+           "selection": selection, "best_epoch": result.best_epoch, "epoch_seconds": result.epoch_seconds,
+           **sizes, **test_metrics}
+    log.info("%s: %d of %d cases train (%.1f %%), %d validate (held-out side), %d test", desc, sizes["train_cases"],
+             sizes["total_cases"], 100 * sizes["train_ratio_actual"], sizes["val_cases"], sizes["test_cases"])
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         meta = {"class_names": data.class_names, "preprocessing": PREPROCESSING, "data": data.source,
-                "data_hash": data_hash, "metrics": result.test_metrics, "train_ratio": ratio, "seed": seed,
-                "best_epoch": result.best_epoch, "epochs": args.epochs, "lr": args.lr,
+                "data_hash": data_hash, "metrics": test_metrics, "train_ratio": ratio, "seed": seed,
+                "best_epoch": result.best_epoch, "epochs": args.epochs, "lr": args.lr, "protocol": args.protocol,
+                "training_mode": mode, "init": init, "selection": selection, "split": sizes,
                 "global_encoder": {"profile": args.profile, "weights": encoder.weights.describe(),
-                                   "trained": encoder.weights.trained},
+                                   "trained": encoder.weights.trained, "fine_tuned": finetuned_vit is not None},
                 "concepts": args.concepts}
         if variant in FUSION_VARIANTS:
-            model.load_state_dict(result.state)
+            if finetuned_vit is not None:
+                vit_path = run_dir / "global_encoder.safetensors"
+                save_file({k: v.detach().contiguous().cpu() for k, v in finetuned_vit.state_dict().items()},
+                          str(vit_path))
+                meta["global_encoder"].update(file=vit_path.name, sha256=sha256_file(vit_path))
             save_fusion_checkpoint(model.cpu(), run_dir / "fusion.safetensors", meta)
         else:
-            model.load_state_dict(result.state)
             _save_baseline(model.cpu(), run_dir / f"{variant}.safetensors", {**meta, "variant": variant})
         plot_confusion(result.confusion, data.class_names, run_dir / "confusion.png", desc)
         plot_curves(result.history, run_dir / "curves.png", desc)
-        log.info("%s: %s (best epoch %d, %.3f s/epoch)", desc,
-                 ", ".join(f"{k} {v:.3f}" for k, v in result.test_metrics.items()), result.best_epoch,
+        log.info("%s [%s, %s, %s]: %s (kept epoch %d, %.3f s/epoch)", desc, mode, init, selection,
+                 ", ".join(f"{k} {v:.3f}" for k, v in test_metrics.items()), result.best_epoch,
                  result.epoch_seconds)
     return row
 

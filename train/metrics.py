@@ -7,7 +7,13 @@ from pathlib import Path
 
 import numpy as np
 
-METRICS = ("precision", "recall", "f1", "accuracy")
+#: Columns of the results table, in order. ``f1_paper`` is the F1 of the fusion paper (Hu et al., WACV 2025,
+#: Tables 2, 4, 5): the harmonic mean of macro precision and macro recall; ``f1_macro_per_class`` is the mean of
+#: the per-class F1 scores (scikit-learn's ``average="macro"``). Both are reported, each under its own name.
+METRICS = ("precision", "recall", "f1_paper", "f1_macro_per_class", "accuracy")
+#: Short column headers of the Markdown table.
+METRIC_HEADERS = {"precision": "precision", "recall": "recall", "f1_paper": "F1 (paper: 2PR/(P+R))",
+                  "f1_macro_per_class": "F1 (mean per class)", "accuracy": "accuracy"}
 
 
 def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], n_classes: int) -> np.ndarray:
@@ -17,9 +23,15 @@ def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], n_classes: in
     return cm
 
 
-def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], n_classes: int) -> dict[str, float]:
-    """Macro precision, recall and F1 (classes absent from both truth and prediction are ignored) and accuracy."""
-    cm = confusion_matrix(y_true, y_pred, n_classes).astype(np.float64)
+def metrics_from_confusion(cm: np.ndarray) -> dict[str, float]:
+    """Macro precision, recall, both F1s and accuracy of a confusion matrix [C, C] (rows true, columns predicted).
+
+    Classes absent from both truth and prediction are left out of the macro averages. Keys:
+    ``precision``, ``recall`` (macro), ``f1_paper`` = 2PR / (P + R) of those macro values (0 when P + R = 0),
+    ``f1_macro_per_class`` = mean over classes of 2 p_c r_c / (p_c + r_c), ``f1`` (the same value as
+    ``f1_macro_per_class``, kept for older callers) and ``accuracy``.
+    """
+    cm = np.asarray(cm, dtype=np.float64)
     tp = np.diag(cm)
     support, predicted = cm.sum(axis=1), cm.sum(axis=0)
     present = (support + predicted) > 0
@@ -27,21 +39,54 @@ def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], n_class
     recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
     f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(tp), where=precision + recall > 0)
     total = cm.sum()
-    return {"precision": float(precision[present].mean()) if present.any() else 0.0,
-            "recall": float(recall[present].mean()) if present.any() else 0.0,
-            "f1": float(f1[present].mean()) if present.any() else 0.0,
+    macro_p = float(precision[present].mean()) if present.any() else 0.0
+    macro_r = float(recall[present].mean()) if present.any() else 0.0
+    per_class = float(f1[present].mean()) if present.any() else 0.0
+    return {"precision": macro_p, "recall": macro_r, "f1_paper": f1_paper(macro_p, macro_r),
+            "f1_macro_per_class": per_class, "f1": per_class,
             "accuracy": float(tp.sum() / total) if total else 0.0}
 
 
+def f1_paper(precision: float, recall: float) -> float:
+    """The fusion paper's F1: the harmonic mean 2PR / (P + R) of macro precision P and macro recall R (0 if both 0)."""
+    return 2.0 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+
+
+def f1_macro_per_class(y_true: Sequence[int], y_pred: Sequence[int], n_classes: int) -> float:
+    """Mean of the per-class F1 scores (scikit-learn's macro F1), over the classes present in truth or prediction."""
+    return classification_metrics(y_true, y_pred, n_classes)["f1_macro_per_class"]
+
+
+def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], n_classes: int) -> dict[str, float]:
+    """:func:`metrics_from_confusion` of the labels: macro P, R, ``f1_paper``, ``f1_macro_per_class``, accuracy."""
+    return metrics_from_confusion(confusion_matrix(y_true, y_pred, n_classes))
+
+
+def _metric_columns(rows: list[dict]) -> list[str]:
+    """The METRICS present in every row (older rows may lack the newer F1 columns)."""
+    return [m for m in METRICS if rows and all(m in r for r in rows)]
+
+
+#: Row keys copied (first value of the group) into the summary when present: how the rows were produced.
+LABEL_KEYS = ("training_mode", "init", "selection")
+
+
 def summarise(rows: list[dict]) -> list[dict]:
-    """Group per-seed rows by (train_ratio, variant) -> one row with mean and std (population) of each metric."""
+    """Group per-seed rows by (train_ratio, variant) -> one row with mean and std (population) of each metric.
+
+    Labels of how the rows were made (``training_mode``, ``init``, ``selection``) are carried over; rows of
+    one group that disagree on a label are joined with "+".
+    """
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["train_ratio"], r["variant"]), []).append(r)
     out = []
     for (ratio, variant), rs in sorted(groups.items(), key=lambda kv: kv[0][0]):  # variants in run order
         row = {"train_ratio": ratio, "variant": variant, "seeds": len(rs)}
-        for m in METRICS:
+        for key in LABEL_KEYS:
+            if any(key in r for r in rs):
+                row[key] = "+".join(dict.fromkeys(str(r.get(key, "")) for r in rs))
+        for m in _metric_columns(rs):
             vals = np.array([r[m] for r in rs], dtype=np.float64)
             row[f"{m}_mean"], row[f"{m}_std"] = float(vals.mean()), float(vals.std())
         out.append(row)
@@ -49,15 +94,23 @@ def summarise(rows: list[dict]) -> list[dict]:
 
 
 def write_table(summary: list[dict], csv_path: Path, md_path: Path) -> None:
-    """Write the summary as CSV and as a Markdown table shaped like the paper's Table 2."""
+    """Write the summary as CSV and as a Markdown table shaped like the paper's Table 2.
+
+    Columns: train/total, variant, the labels present (training mode, initialisation, epoch selection), seeds,
+    then mean ± std of each metric, both F1 definitions side by side, each named.
+    """
     import pandas as pd
 
     pd.DataFrame(summary).to_csv(csv_path, index=False)
-    lines = ["| train/total | variant | seeds | precision | recall | F1 | accuracy |",
-             "|---|---|---|---|---|---|---|"]
+    metrics = [m for m in METRICS if summary and all(f"{m}_mean" in r for r in summary)]
+    labels = [k for k in LABEL_KEYS if summary and any(k in r for r in summary)]
+    header = ["train/total", "variant", *(k.replace("_", " ") for k in labels), "seeds",
+              *(METRIC_HEADERS[m] for m in metrics)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in summary:
-        cells = [f"{r[f'{m}_mean']:.3f} ± {r[f'{m}_std']:.3f}" for m in METRICS]
-        lines.append(f"| {r['train_ratio']} | {r['variant']} | {r['seeds']} | " + " | ".join(cells) + " |")
+        cells = [str(r["train_ratio"]), str(r["variant"]), *(str(r.get(k, "")) for k in labels), str(r["seeds"])]
+        cells += [f"{r[f'{m}_mean']:.3f} ± {r[f'{m}_std']:.3f}" for m in metrics]
+        lines.append("| " + " | ".join(cells) + " |")
     md_path.write_text("\n".join(lines) + "\n")
 
 

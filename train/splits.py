@@ -1,4 +1,8 @@
-"""Random train/validation/test splits BY CASE: every image of a case lands in the same split."""
+"""Random train/validation/test splits BY CASE: every image of a case lands in the same split.
+
+The train part is exactly the stated train/total ratio of the cases; validation (optional) comes from the
+held-out side, never from the training cases. See docs/protocols.md.
+"""
 
 from __future__ import annotations
 
@@ -21,17 +25,24 @@ class Split:
 
 def split_by_case(case_ids: Sequence[str], labels: Sequence[int], train_ratio: float, seed: int,
                   val_fraction: float = 0.2) -> Split:
-    """Split images by case: ``train_ratio`` of the cases (of each label) for training, the rest for testing.
+    """Split images by case: exactly ``train_ratio`` of the cases (of each label, rounded) train the model.
 
-    Validation cases (``val_fraction`` of the training cases, at least one when there are two or
-    more) are carved from the training cases; the best epoch is chosen on them, never on the test.
+    The other cases are held out. ``val_fraction`` of the HELD-OUT cases of each label (rounded, at least one
+    case overall when > 0) form the validation part, used only to choose the epoch; the rest are the test
+    part, the only one the reported metrics come from. So ``train_ratio`` r means what it says: r = 0.1
+    trains on 10 % of the cases, never on 8 %. ``val_fraction`` 0 gives the papers' plain two-way split:
+    train and test, no validation (``train.fusion --protocol paper``, ``train.clip``).
+
     Cases are shuffled per label (a case takes the label of its first image) with ``seed``.
 
     Raises:
-        ValueError: the ratio is outside (0, 1) or a part would be empty.
+        ValueError: the ratio is outside (0, 1), the validation fraction outside [0, 1), or a part would be
+            empty.
     """
     if not 0.0 < train_ratio < 1.0:
         raise ValueError(f"train ratio must be in (0, 1); got {train_ratio}.")
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"validation fraction must be in [0, 1); got {val_fraction}.")
     case_label: dict[str, int] = {}
     images: dict[str, list[int]] = defaultdict(list)
     for i, (case, label) in enumerate(zip(case_ids, labels)):
@@ -46,13 +57,16 @@ def split_by_case(case_ids: Sequence[str], labels: Sequence[int], train_ratio: f
         cases = list(by_label[label])
         rng.shuffle(cases)
         n_train = int(round(train_ratio * len(cases)))
-        n_val = int(round(val_fraction * n_train)) if n_train >= 2 else 0
-        n_val = max(n_val, 1) if n_train >= 2 and val_fraction > 0 else n_val
-        parts["val"] += cases[:n_val]
-        parts["train"] += cases[n_val:n_train]
-        parts["test"] += cases[n_train:]
-    for name, cases in parts.items():
-        if not cases:
+        held_out = cases[n_train:]
+        n_val = int(round(val_fraction * len(held_out))) if len(held_out) >= 2 else 0
+        parts["train"] += cases[:n_train]
+        parts["val"] += held_out[:n_val]
+        parts["test"] += held_out[n_val:]
+    if val_fraction > 0 and not parts["val"] and len(parts["test"]) >= 2:
+        parts["val"].append(parts["test"].pop(int(rng.integers(len(parts["test"])))))
+    needed = ("train", "test", "val") if val_fraction > 0 else ("train", "test")
+    for name in needed:
+        if not parts[name]:
             raise ValueError(f"The {name} split is empty ({len(case_label)} cases, train ratio {train_ratio}, "
                              f"validation fraction {val_fraction}); use more data or another ratio.")
 

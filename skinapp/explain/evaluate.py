@@ -1,12 +1,15 @@
 """Faithfulness evaluation of the three phrase explainers over a folder of images.
 
     python -m skinapp.explain.evaluate --images DIR --phrases FILE --out DIR \\
-        [--profile tiny|full] [--checkpoint PATH] [--masks DIR] [--steps 20] [--substrate blur|mean]
+        [--profile tiny|full] [--checkpoint PATH] [--masks DIR] [--steps 20] \\
+        [--deletion-substrate zero|blur|mean] [--insertion-substrate blur|zero|mean] [--pointing-tolerance 15]
 
 For every image x phrase x method: CLIP similarity, deletion AUC, insertion AUC and, when a mask
 ``<masks>/<image stem>.png`` exists (non-zero = inside, e.g. the lesion mask), energy inside the mask
-and the pointing game. Writes ``metrics.csv`` (one row each), ``summary.csv`` (means per method),
-``curves.png`` (mean deletion/insertion curves per method) and ``overlays/<stem>.png``.
+and the pointing game. Defaults are the published definitions (RISE deletion onto zeros, insertion from a
+blur with kernel 11 and sigma 5; pointing game with Zhang et al.'s 15 px tolerance). Writes ``metrics.csv``
+(one row each), ``summary.csv`` (means per method), ``curves.png`` (mean deletion/insertion curves per
+method) and ``overlays/<stem>.png``.
 """
 
 from __future__ import annotations
@@ -26,9 +29,17 @@ from PIL import Image  # noqa: E402
 from torchvision.transforms import CenterCrop, InterpolationMode, Resize  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from skinapp.clip.model import build_clip  # noqa: E402
+from skinapp.clip.model import build_clip, letterbox, whole_photo_preprocess  # noqa: E402
 from skinapp.clip.text import encode_texts  # noqa: E402
-from skinapp.explain.metrics import SUBSTRATES, deletion_curve, energy_in_mask, insertion_curve, pointing_game  # noqa: E402
+from skinapp.explain.metrics import (  # noqa: E402
+    DEFAULT_SUBSTRATES,
+    POINTING_TOLERANCE_PX,
+    SUBSTRATES,
+    deletion_curve,
+    energy_in_mask,
+    insertion_curve,
+    pointing_game,
+)
 from skinapp.explain.pipeline import METHODS, encode_image_for_explain, explain_from_pass  # noqa: E402
 from skinapp.image import InvalidImageError, load_image  # noqa: E402
 from skinapp.provenance import UNTRAINED_WARNING  # noqa: E402
@@ -48,15 +59,24 @@ def read_phrases(path: Path) -> list[str]:
     return phrases
 
 
-def load_mask(masks_dir: Path | None, stem: str, size: int) -> np.ndarray | None:
-    """The mask for an image, resized and centre-cropped like the model input (nearest neighbour)."""
+#: Views of the photo the explainers can be evaluated on: "whole" (letterboxed, what the app explains and
+#: train.clip fine-tunes on) or "centre_crop" (open_clip's eval transform).
+VIEWS = ("whole", "centre_crop")
+
+
+def load_mask(masks_dir: Path | None, stem: str, size: int, view: str = "whole") -> np.ndarray | None:
+    """The mask for an image [size, size] bool, in the same view as the model input (nearest neighbour)."""
     if masks_dir is None:
         return None
     path = masks_dir / f"{stem}.png"
     if not path.is_file():
         return None
     m = Image.open(path).convert("L")
-    m = CenterCrop(size)(Resize(size, interpolation=InterpolationMode.NEAREST)(m))
+    if view == "whole":
+        square = letterbox(np.repeat(np.asarray(m)[..., None], 3, axis=2), fill=(0, 0, 0))[..., 0]
+        m = Image.fromarray(square).resize((size, size), Image.Resampling.NEAREST)
+    else:
+        m = CenterCrop(size)(Resize(size, interpolation=InterpolationMode.NEAREST)(m))
     return np.asarray(m) > 0
 
 
@@ -100,8 +120,20 @@ def _curves_figure(curves: dict[str, dict[str, list]], path: Path, title: str) -
 
 def evaluate(images_dir: Path, phrases: list[str], out_dir: Path, profile: str = "tiny",
              checkpoint: Path | None = None, masks_dir: Path | None = None, steps: int = 20,
-             substrate: str = "blur", eclip_mode: str = "multihead", batch_size: int = 16) -> list[dict]:
-    """Run the evaluation; returns the metric rows (also written to ``out_dir``)."""
+             substrate: str | None = None, eclip_mode: str = "multihead", batch_size: int = 16,
+             deletion_substrate: str = DEFAULT_SUBSTRATES["deletion"],
+             insertion_substrate: str = DEFAULT_SUBSTRATES["insertion"],
+             pointing_tolerance: float = POINTING_TOLERANCE_PX, view: str = "whole") -> list[dict]:
+    """Run the evaluation; returns the metric rows (also written to ``out_dir``).
+
+    Defaults are the published metrics (:mod:`skinapp.explain.metrics`): deletion onto zeros, insertion from a
+    blur (kernel 11, sigma 5), pointing game with a 15 px tolerance. ``substrate`` (when given) sets both curves.
+    ``view`` (:data:`VIEWS`): the photo as the app explains it ("whole", letterboxed) or centre-cropped.
+    """
+    if view not in VIEWS:
+        raise ValueError(f"Unknown view {view!r}; choose from {VIEWS}")
+    if substrate is not None:
+        deletion_substrate = insertion_substrate = substrate
     paths = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not paths:
         raise ValueError(f"No images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {images_dir}")
@@ -121,23 +153,25 @@ def evaluate(images_dir: Path, phrases: list[str], out_dir: Path, profile: str =
         except InvalidImageError as exc:
             log.warning("Skipping %s: %s", path.name, exc)
             continue
-        ip = encode_image_for_explain(model, loaded.pil(), preprocess=bundle.preprocess, weights=weights)
+        preprocess = whole_photo_preprocess(bundle.image_size) if view == "whole" else bundle.preprocess
+        ip = encode_image_for_explain(model, loaded.pil(), preprocess=preprocess, weights=weights)
         expl = explain_from_pass(model, ip, text.features, METHODS, eclip_mode)
         expl.phrases = text.phrases
-        mask = load_mask(masks_dir, path.stem, bundle.image_size)
+        mask = load_mask(masks_dir, path.stem, bundle.image_size, view)
         for t, phrase in enumerate(text.phrases):
             for m in METHODS:
                 heat = expl.heatmap(m, t)
-                kw = dict(steps=steps, substrate=substrate, batch_size=batch_size)
-                dc = deletion_curve(model, ip.image, text.features[t], heat, **kw)
-                ic = insertion_curve(model, ip.image, text.features[t], heat, **kw)
+                kw = dict(steps=steps, batch_size=batch_size)
+                dc = deletion_curve(model, ip.image, text.features[t], heat, substrate=deletion_substrate, **kw)
+                ic = insertion_curve(model, ip.image, text.features[t], heat, substrate=insertion_substrate, **kw)
                 curves[m]["deletion"].append(dc)
                 curves[m]["insertion"].append(ic)
                 rows.append({"image": path.name, "phrase": phrase, "method": m,
                              "similarity": float(expl.similarities[t]), "deletion_auc": dc.auc,
                              "insertion_auc": ic.auc,
                              "energy_in_mask": energy_in_mask(heat, mask) if mask is not None else float("nan"),
-                             "pointing_game": pointing_game(heat, mask) if mask is not None else float("nan"),
+                             "pointing_game": pointing_game(heat, mask, pointing_tolerance) if mask is not None
+                             else float("nan"),
                              "weights": weights.describe()})
         _overlay_figure(expl, out_dir / "overlays" / f"{path.stem}.png", title)
     if not rows:
@@ -168,7 +202,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--checkpoint", type=Path, default=None, help="CLIP weights (default: random, untrained)")
     ap.add_argument("--masks", type=Path, default=None, help="folder of <stem>.png reference masks")
     ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--substrate", default="blur", choices=list(SUBSTRATES))
+    ap.add_argument("--substrate", default=None, choices=list(SUBSTRATES),
+                    help="one substrate for both curves (default: the published ones, below)")
+    ap.add_argument("--deletion-substrate", default=DEFAULT_SUBSTRATES["deletion"], choices=list(SUBSTRATES),
+                    help="RISE deletion: zeros of the model input (default)")
+    ap.add_argument("--insertion-substrate", default=DEFAULT_SUBSTRATES["insertion"], choices=list(SUBSTRATES),
+                    help="RISE insertion: Gaussian blur, kernel 11, sigma 5 (default)")
+    ap.add_argument("--pointing-tolerance", type=float, default=POINTING_TOLERANCE_PX,
+                    help="pointing-game tolerance in mask pixels (Zhang et al.: 15; 0 = strict)")
+    ap.add_argument("--view", default="whole", choices=list(VIEWS),
+                    help="whole: the letterboxed photo the app explains (default); centre_crop: open_clip's crop")
     ap.add_argument("--eclip-mode", default="multihead", choices=["multihead", "official"])
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
@@ -183,7 +226,8 @@ def main(argv: list[str] | None = None) -> None:
         ap.error(f"--phrases {args.phrases} is not a file")
     try:
         evaluate(args.images, read_phrases(args.phrases), args.out, args.profile, args.checkpoint, args.masks,
-                 args.steps, args.substrate, args.eclip_mode, args.batch_size)
+                 args.steps, args.substrate, args.eclip_mode, args.batch_size, args.deletion_substrate,
+                 args.insertion_substrate, args.pointing_tolerance, args.view)
     except ValueError as exc:
         ap.exit(2, f"error: {exc}\n")
 

@@ -1,6 +1,6 @@
 """Cross-Attentive Fusion classifier: global ViT tokens + concept features -> CAM -> top-k MIL class scores."""
 
-from skinapp.fusion.baselines import BASELINES, build_baseline
+from skinapp.fusion.baselines import BASELINE_CHECKPOINTS, BASELINES, build_baseline
 from skinapp.fusion.checkpoint import load_fusion_checkpoint, save_fusion_checkpoint
 from skinapp.fusion.config import FUSION_CONFIGS, fusion_config
 from skinapp.fusion.encoders import PREPROCESSING, GlobalEncoder, build_global_encoder
@@ -10,8 +10,8 @@ from skinapp.fusion.predict import FusionPrediction, predict
 from skinapp.fusion.variants import DEFAULT_VARIANT, FUSION_VARIANTS, FusionBase, FusionOutput, build_fusion
 
 __all__ = [
-    "BASELINES", "DEFAULT_VARIANT", "FUSION_CONFIGS", "FUSION_VARIANTS", "PREPROCESSING", "FusionBase",
-    "FusionOutput", "FusionPrediction", "GlobalEncoder", "build_baseline", "build_fusion", "build_global_encoder",
-    "fusion_config", "load_fusion_checkpoint", "mil_loss", "pad_concepts", "predict", "save_fusion_checkpoint",
-    "top_real_instance", "topk_pool",
+    "BASELINE_CHECKPOINTS", "BASELINES", "DEFAULT_VARIANT", "FUSION_CONFIGS", "FUSION_VARIANTS", "PREPROCESSING",
+    "FusionBase", "FusionOutput", "FusionPrediction", "GlobalEncoder", "build_baseline", "build_fusion",
+    "build_global_encoder", "fusion_config", "load_fusion_checkpoint", "mil_loss", "pad_concepts", "predict",
+    "save_fusion_checkpoint", "top_real_instance", "topk_pool",
 ]

@@ -8,6 +8,7 @@ hash, metrics, and the SHA-256 of the weights file, checked on load.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,8 @@ from safetensors.torch import load_file, save_file
 from skinapp.checkpoints import sha256_file
 from skinapp.fusion.variants import FusionBase, build_fusion
 from skinapp.provenance import WeightsInfo
+
+log = logging.getLogger(__name__)
 
 
 def sidecar_path(path: str | Path) -> Path:
@@ -55,4 +58,9 @@ def load_fusion_checkpoint(path: str | Path) -> tuple[FusionBase, dict[str, Any]
     model = build_fusion(meta["variant"], len(meta["class_names"]), meta["config"])
     model.load_state_dict(load_file(str(path)), strict=True)
     model.weights = WeightsInfo("fusion", True, str(path))
+    encoder = meta.get("global_encoder") or {}
+    if encoder.get("fine_tuned"):  # trained end to end (train.fusion --mode end_to_end): the head needs its own ViT
+        log.warning("%s was trained end to end with a fine-tuned ViT (%s beside it): use that file as the global "
+                    "encoder, or its predictions come from a ViT it was not trained with", path.name,
+                    encoder.get("file", "global_encoder.safetensors"))
     return model.eval(), meta

@@ -13,6 +13,10 @@ A config is a plain dict so it can be stored verbatim in a checkpoint's JSON sid
     classifier_hidden: channel widths of the first two of the three classifier convolutions.
     classifier_dropout: the classifier's two dropouts (0.7).
     pad_noise:   std of the noise added to padded copies, relative to the copied feature's RMS.
+    pool_padded: how top-k pooling treats padded copies (see :data:`POOL_PADDED`): "real_first" (ours: a
+                 padded copy fills a slot only when an image has fewer than k real concepts) or "all" (the
+                 paper's plain reading: padded copies are instances like any other). Configs read from older
+                 checkpoints lack the key and mean "real_first".
 """
 
 from __future__ import annotations
@@ -31,7 +35,11 @@ _PAPER: dict[str, Any] = {
     "classifier_hidden": [256, 128],
     "classifier_dropout": 0.7,
     "pad_noise": 0.05,
+    "pool_padded": "real_first",
 }
+
+#: Values of the ``pool_padded`` config key.
+POOL_PADDED = ("real_first", "all")
 
 FUSION_CONFIGS: dict[str, dict[str, Any]] = {
     "scin": {**_PAPER, "n_concepts": 25, "top_k": 2},
@@ -56,6 +64,8 @@ def fusion_config(name_or_config: str | dict[str, Any], **overrides: Any) -> dic
     cfg.update(overrides)
     if cfg["top_k"] < 1 or cfg["n_concepts"] < 1:
         raise ValueError("top_k and n_concepts must be >= 1.")
+    if cfg.get("pool_padded", "real_first") not in POOL_PADDED:
+        raise ValueError(f"pool_padded must be one of {POOL_PADDED}; got {cfg['pool_padded']!r}.")
     if cfg["dim"] % cfg["heads"]:
         raise ValueError(f"dim {cfg['dim']} must be divisible by heads {cfg['heads']}.")
     return cfg

@@ -31,22 +31,32 @@ class InstanceClassifier(nn.Module):
         return self.layers(instances.transpose(1, 2)).transpose(1, 2)
 
 
-def topk_pool(cam: torch.Tensor, mask: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per class, average the k highest-scoring instances; real instances are always taken first.
+def topk_pool(cam: torch.Tensor, mask: torch.Tensor, k: int,
+              padded: str = "real_first") -> tuple[torch.Tensor, torch.Tensor]:
+    """Per class, average the k highest-scoring instances (top-k multi-instance pooling).
 
-    Padded instances (mask False) fill the k slots only when an image has fewer than k real
-    instances (they are perturbed copies of the image's own concepts). Rows with no real instance
-    get a pooled score of zero; the model routes them to the global fallback instead.
+    ``padded="real_first"`` (our default): real instances are always taken first; padded instances
+    (mask False, perturbed copies of the image's own concepts) fill the k slots only when an image has
+    fewer than k real ones, so a strong concept and its noisy copies cannot take several slots.
+    ``padded="all"`` (the fusion paper's plain reading, Hu et al. WACV 2025, Sec. 3): every instance,
+    padded or not, competes on its score. Either way, rows with no real instance are routed by the model
+    to the global fallback.
 
     Args:
         cam: [B, N, C] instance x class scores.
         mask: bool [B, N], True for real instances.
         k: instances averaged per class (clamped to N).
+        padded: "real_first" or "all".
 
     Returns:
         scores [B, C] and the chosen instance indices [B, k, C].
     """
+    if padded not in ("real_first", "all"):
+        raise ValueError(f"padded must be 'real_first' or 'all'; got {padded!r}.")
     k = min(k, cam.shape[1])
+    if padded == "all":
+        idx = cam.topk(k, dim=1).indices
+        return cam.gather(1, idx).mean(dim=1), idx
     key = cam - (~mask).unsqueeze(-1).to(cam.dtype) * _PAD_PENALTY
     idx = key.topk(k, dim=1).indices
     return cam.gather(1, idx).mean(dim=1), idx

@@ -100,7 +100,7 @@ class FusionBase(nn.Module):
             n_rows = 0
             fallback = torch.zeros(mask.shape[0], dtype=torch.bool, device=mask.device)
         cam = self.classifier(inst)
-        scores, _ = topk_pool(cam, inst_mask, self.k)
+        scores, _ = topk_pool(cam, inst_mask, self.k, self.config.get("pool_padded", "real_first"))
         fallback_cam = None
         if fallback.any():
             fallback_cam = self.classifier(self.fallback_instances(z_global[fallback]))

@@ -8,6 +8,9 @@ Text: ``"<class>. <phrase>, <phrase>, ..."``, e.g. ``"atypical nevus. asymmetry 
 pigment network, irregular dots and globules, light brown and dark brown colour"``. Absent (or
 normal: symmetric, no colours) criteria are OMITTED rather than written as "no X": CLIP's text
 encoder handles negation poorly, and omitting keeps texts short. Augmentation reorders the phrases.
+That is OUR variant (``--text ours``). The MedGrad paper's text (``--text paper``, the default,
+:func:`build_paper_text`) keeps every criterion, absent and symmetric ones included, in the data sets'
+own words: ``"melanoma, absent streaks, atypical pigment network, fully symmetric, light brown color"``.
 
 Class merge (``LABEL_SCHEMES``, configs as data; the key is chosen with ``--labels``):
 
@@ -193,3 +196,59 @@ def _resolve_parts(current: Path, parts: tuple[str, ...]) -> Path | None:
             if found is not None:
                 return found
     return None
+
+
+# ------------------------------------------------------------------------------------ the paper's text
+
+#: The paper's phrase per criterion value (Kamal & Oates: "diagnosis plus all criteria, duplicates removed,
+#: special characters stripped"; its examples: "absent streaks", "fully symmetric", "symmetry in 1 axis",
+#: "light brown color"). Derm7pt-style columns read "<value> <criterion>"; PH2's asymmetry uses PH2's legend
+#: ("Fully Symmetric", "Symetric in 1 axis", "Fully Asymmetric"); colours read "<colour> color" (PH2's legend
+#: spelling "blue-gray").
+PAPER_CRITERION_NAMES: dict[str, str] = {
+    "pigment_network": "pigment network", "streaks": "streaks", "pigmentation": "pigmentation",
+    "regression_structures": "regression structures", "dots_and_globules": "dots and globules",
+    "blue_whitish_veil": "blue whitish veil", "vascular_structures": "vascular structures",
+}
+PAPER_ASYMMETRY: dict[str, str] = {"none": "fully symmetric", "one axis": "symmetry in 1 axis",
+                                   "two axes": "fully asymmetric"}
+PAPER_COLOUR_SPELLING: dict[str, str] = {"blue-grey": "blue-gray"}
+
+
+def strip_special(text: str) -> str:
+    """Lower case; characters other than letters, digits and spaces become spaces (a decimal point between
+    digits is kept: "0.76"); runs of spaces collapse. ``"Melanoma (in situ)"`` -> ``"melanoma in situ"``."""
+    import re
+
+    text = re.sub(r"(?<=\d)\.(?=\d)", "\0", text.lower())
+    text = re.sub(r"[^a-z0-9\0 ]+", " ", text).replace("\0", ".")
+    return " ".join(text.split())
+
+
+def paper_phrases(criteria: dict[str, Any]) -> list[str]:
+    """Every criterion as the paper writes it (absent / symmetric ones included), in canonical order, duplicates
+    removed, special characters stripped. Unknown keys raise."""
+    phrases: list[str] = []
+    for key, value in criteria.items():
+        if key == COLOURS_KEY:
+            phrases += [f"{PAPER_COLOUR_SPELLING.get(c, c)} color" for c in value]
+        elif key == "asymmetry":
+            phrases.append(PAPER_ASYMMETRY.get(value, f"{value} asymmetry"))
+        elif key in PAPER_CRITERION_NAMES:
+            phrases.append(f"{value} {PAPER_CRITERION_NAMES[key]}")
+        else:
+            raise ValueError(f"unknown criterion {key!r}")
+    return list(dict.fromkeys(p for p in (strip_special(p) for p in phrases) if p))
+
+
+def build_paper_text(label: str, criteria: dict[str, Any], rng: random.Random | None = None) -> str:
+    """``"<diagnosis>, <phrase>, <phrase>, ..."`` as the MedGrad paper builds it; with ``rng`` the criteria
+    phrases are shuffled (its text augmentation), the diagnosis stays first."""
+    phrases = paper_phrases(criteria)
+    if rng is not None:
+        rng.shuffle(phrases)
+    return ", ".join([strip_special(label), *phrases])
+
+
+#: ``--text`` choices: the paper's text builder and ours.
+TEXT_BUILDERS = {"paper": build_paper_text, "ours": build_text}
