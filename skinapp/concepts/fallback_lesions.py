@@ -41,7 +41,8 @@ class LesionConfig:
 
     Attributes:
         hair_kernel_fraction: black-hat structuring element diameter as a fraction of the analysis short
-            side (1/25: ~10 px at 256 px, wider than hair and marker lines at that scale, narrower than lesions).
+            side (1/50: ~5 px at 256 px; in a close-up of a ~5 cm field that is ~1 mm, wider than hair
+            (~0.1 mm) and marker lines, narrower than all but the smallest lesions).
         hair_delta_l: black-hat response (L* units) above which a pixel is hair/ink (DullRazor-style;
             10 L* is several JNDs: pores and skin texture stay below it).
         otsu_rounds: rounds of "Otsu split, re-estimate skin colour from the lower class" (2 settle it).
@@ -54,7 +55,7 @@ class LesionConfig:
         grabcut_candidates: how many of the best-ranked candidates GrabCut refines (cost control).
     """
 
-    hair_kernel_fraction: float = 1 / 25
+    hair_kernel_fraction: float = 1 / 50
     hair_delta_l: float = 10.0
     otsu_rounds: int = 2
     min_area_fraction: float = 1e-3
@@ -75,7 +76,8 @@ class LesionCandidate:
         enclosure: fraction of the surrounding ring that is skin region inside the frame, in [0, 1].
         centrality: the centrality factor in (0, 1].
         size: the size factor in (0, 1].
-        stability: IoU of the thresholded component and its GrabCut refinement (1 when not refined).
+        stability: IoU of the thresholded component and its GrabCut refinement (1 when not refined); the
+            refinement is kept only when this is >= 0.5.
         score: the ranking score in [0, 1].
     """
 
@@ -89,7 +91,7 @@ class LesionCandidate:
     score: float
 
 
-def remove_hair(rgb: np.ndarray, kernel_fraction: float = 1 / 25, delta_l: float = 10.0
+def remove_hair(rgb: np.ndarray, kernel_fraction: float = 1 / 50, delta_l: float = 10.0
                 ) -> tuple[np.ndarray, np.ndarray]:
     """DullRazor-style hair removal. ``rgb`` float [h, w, 3] in [0, 1] -> (inpainted rgb, bool hair mask [h, w]).
 
@@ -230,7 +232,10 @@ def grabcut_refine(rgb: np.ndarray, mask: np.ndarray, iterations: int = 5) -> np
 
 def rank_score(contrast: float, solidity: float, enclosure: float, centroid: tuple[float, float],
                area_fraction: float, shape: tuple[int, int], cfg: LesionConfig) -> tuple[float, float, float]:
-    """(score, centrality, size) of a candidate: the product of five factors, in [0, 1].
+    """(score, centrality, size) of a candidate: the square root of the product of five factors, in [0, 1].
+
+    Five factors in (0, 1] multiply to small numbers; the square root (monotone: the ranking is the product's)
+    spreads them so that the app's default box threshold (0.3) keeps candidates whose product is >= 0.09.
 
     - contrast: 1 - exp(-Delta E / ``contrast_scale``) (Delta E of the candidate to its surrounding ring);
     - compactness: solidity (lesions are convex-ish; texture, hair and shadows are not);
@@ -246,8 +251,8 @@ def rank_score(contrast: float, solidity: float, enclosure: float, centroid: tup
     centrality = math.exp(-0.5 * (d / cfg.centre_sigma) ** 2)
     size = (1.0 - math.exp(-area_fraction / (20 * cfg.min_area_fraction))) * min(1.0, 2.0 * (1.0 - area_fraction))
     contrast_f = 1.0 - math.exp(-contrast / cfg.contrast_scale)
-    score = contrast_f * solidity * enclosure * centrality * size
-    return float(np.clip(score, 0, 1)), centrality, size
+    evidence = contrast_f * solidity * enclosure * centrality * size
+    return float(np.clip(math.sqrt(evidence), 0, 1)), centrality, size
 
 
 def _describe(lab: np.ndarray, region: np.ndarray, mask: np.ndarray, stability: float,
@@ -317,9 +322,10 @@ def lesion_candidates(rgb: np.ndarray, region: np.ndarray, cfg: LesionConfig = L
     for i, cand in enumerate(rough):
         if i < cfg.grabcut_candidates:
             mask = grabcut_refine(clean, cand.mask, cfg.grabcut_iterations)
-            inter = np.logical_and(mask, cand.mask).sum()
-            stability = float(inter / max(np.logical_or(mask, cand.mask).sum(), 1))
-            refined.append(_describe(lab, region, mask, stability, cfg))
+            stability = _iou(mask, cand.mask)
+            # GrabCut may move the outline, not replace the candidate: below IoU 0.5 it lost the lesion.
+            refined.append(_describe(lab, region, mask, stability, cfg) if stability >= 0.5 else
+                           _describe(lab, region, cand.mask, stability, cfg))
         else:
             refined.append(cand)
     return sorted(refined, key=lambda c: -c.score)
