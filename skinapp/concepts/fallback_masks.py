@@ -27,6 +27,9 @@ CB_RANGE = (70.0, 150.0)
 HUE_MAX_DEG = 50.0
 HUE_WRAP_DEG = 300.0
 SAT_RANGE = (0.08, 0.80)
+#: Chroma distance (Delta E in the a*b* plane) to the photo's own skin chroma that still counts as skin:
+#: about 4 just-noticeable differences (JND ~ 2.3); beige walls and clothing lie farther.
+SKIN_CHROMA_DELTA = 10.0
 #: Chroma below this (max-min of RGB in [0, 1]) everywhere means a grayscale photo.
 GRAYSCALE_CHROMA = 0.02
 
@@ -84,15 +87,30 @@ def keep_large_components(mask: np.ndarray, min_fraction_of_image: float, min_fr
     return keep[labels]
 
 
+def adaptive_skin(rgb: np.ndarray, seeds: np.ndarray, max_delta_ab: float = SKIN_CHROMA_DELTA) -> np.ndarray:
+    """Seeds plus pixels whose CIELAB chroma (a*, b*) lies within ``max_delta_ab`` of the seeds' median chroma.
+
+    A fixed colour rule misses pale, low-saturation or oddly lit skin; the photo's own skin colour
+    (estimated from the pixels the rule is sure of) recovers it (image-adaptive skin models: Phung,
+    Bouzerdoum & Chai, IEEE TPAMI 2005). Lightness is ignored, so shading does not matter.
+    ``rgb`` float [h, w, 3] in [0, 1], ``seeds`` bool [h, w] -> bool [h, w].
+    """
+    if seeds.sum() < 16:
+        return seeds
+    ab = cv2.cvtColor(rgb.astype(np.float32), cv2.COLOR_RGB2LAB)[..., 1:]
+    centre = np.median(ab[seeds], axis=0)
+    return seeds | (np.linalg.norm(ab - centre, axis=-1) < max_delta_ab)
+
+
 def skin_mask(rgb: np.ndarray, min_skin_fraction: float = 0.005) -> SkinResult:
     """Skin region of an analysis image ``rgb`` float [h, w, 3] in [0, 1].
 
-    The colour rule is cleaned with an opening (removes speckle), a closing (bridges pores and
-    hair), hole filling, and a component filter (components >= ``min_skin_fraction`` of the image
-    and >= 10 % of the largest one).
+    The colour rule, widened to this photo's own skin chroma (:func:`adaptive_skin`), is cleaned with an
+    opening (removes speckle), a closing (bridges pores and hair), hole filling, and a component filter
+    (components >= ``min_skin_fraction`` of the image and >= 10 % of the largest one).
     """
     h, w = rgb.shape[:2]
-    raw = skin_rule(rgb)
+    raw = adaptive_skin(rgb, skin_rule(rgb))
     r = max(1, round(min(h, w) / 160))
     cleaned = cv2.morphologyEx(raw.astype(np.uint8), cv2.MORPH_OPEN, disk(r))
     cleaned = cv2.morphologyEx(cleaned, cv2.MORPH_CLOSE, disk(2 * r)).astype(bool)
