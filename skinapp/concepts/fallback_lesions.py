@@ -30,6 +30,10 @@ from skimage import color, filters
 
 from skinapp.concepts.fallback_masks import disk
 
+#: GrabCut runs on its crop downscaled to at most this long side (pixels): its colour GMMs and graph cut
+#: need no more, and its cost grows with the pixel count.
+GRABCUT_SIDE = 128
+
 #: Smallest Otsu split (Delta E) that counts as a lesion at all: a few just-noticeable differences
 #: (JND ~ 2.3 Delta E, Sharma 2003); below it the region is treated as uniform skin.
 MIN_SPLIT_DELTA_E = 6.0
@@ -134,11 +138,17 @@ def local_reference(lab: np.ndarray, support: np.ndarray, sigma: float) -> np.nd
     Returns:
         float32 [h, w, 3] (the support's median where no support pixel is near).
     """
-    weight = support.astype(np.float32)
-    num = cv2.GaussianBlur(lab.astype(np.float32) * weight[..., None], (0, 0), sigma)
-    den = cv2.GaussianBlur(weight, (0, 0), sigma)[..., None]
+    h, w = support.shape
+    # The field is smooth at scale sigma: blur on a grid 4x coarser (exact up to interpolation, ~16x cheaper).
+    f = 4 if min(h, w) >= 64 and sigma >= 8 else 1
+    size = (max(1, w // f), max(1, h // f))
+    weight = cv2.resize(support.astype(np.float32), size, interpolation=cv2.INTER_AREA)
+    values = cv2.resize(lab.astype(np.float32) * support[..., None], size, interpolation=cv2.INTER_AREA)
+    num = cv2.GaussianBlur(values, (0, 0), sigma / f)
+    den = cv2.GaussianBlur(weight, (0, 0), sigma / f)[..., None]
     fallback = np.median(lab[support], axis=0)
-    return np.where(den > 1e-3, num / np.maximum(den, 1e-6), fallback[None, None]).astype(np.float32)
+    small = np.where(den > 1e-3, num / np.maximum(den, 1e-6), fallback[None, None]).astype(np.float32)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR) if f > 1 else small
 
 
 def contrast_map(lab: np.ndarray, region: np.ndarray, rounds: int = 2, sigma_fraction: float = 0.25
@@ -217,11 +227,18 @@ def grabcut_refine(rgb: np.ndarray, mask: np.ndarray, iterations: int = 5) -> np
     gc[crop_band] = cv2.GC_PR_BGD
     gc[crop_mask] = cv2.GC_PR_FGD
     u8 = np.ascontiguousarray(np.clip(np.round(rgb[y0:y1, x0:x1] * 255), 0, 255).astype(np.uint8))
+    ch, cw = gc.shape
+    f = min(1.0, GRABCUT_SIDE / max(ch, cw))  # colour models need no more pixels than this
+    if f < 1.0:
+        size = (max(1, round(cw * f)), max(1, round(ch * f)))
+        u8 = cv2.resize(u8, size, interpolation=cv2.INTER_AREA)
+        gc = cv2.resize(gc, size, interpolation=cv2.INTER_NEAREST)
     bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
     cv2.setRNGSeed(0)
     cv2.grabCut(u8, gc, None, bgd, fgd, iterations, cv2.GC_INIT_WITH_MASK)
+    fg = ((gc == cv2.GC_FGD) | (gc == cv2.GC_PR_FGD)).astype(np.float32)
     out = np.zeros((h, w), bool)
-    out[y0:y1, x0:x1] = (gc == cv2.GC_FGD) | (gc == cv2.GC_PR_FGD)
+    out[y0:y1, x0:x1] = cv2.resize(fg, (cw, ch), interpolation=cv2.INTER_LINEAR) > 0.5 if f < 1.0 else fg > 0.5
     labels, n = ndimage.label(out)
     if n == 0:
         return mask
