@@ -1,7 +1,7 @@
 """Lesion segmentation on real photos with ground-truth masks: IoU and Dice per method, per image and overall.
 
     python -m skinapp.bench.segmentation --data ../shared/data/pad_ufes_20 --data ../shared/data/ham10000 \
-        [--out bench_results/segmentation] [--side 1024] [--limit N] [--threads 1] [--grounded]
+        [--out bench_results/segmentation] [--side 1024] [--limit N] [--threads 1] [--no-grounded]
 
 A data folder holds ``labels.csv`` with columns ``image`` and ``mask`` (paths relative to the folder;
 rows with an empty ``mask`` are skipped; masks are 8-bit, lesion > 127, the image's pixel size).
@@ -143,8 +143,8 @@ def summarise(results: Sequence[ImageResult]) -> list[dict]:
     return rows
 
 
-def default_methods(grounded: bool = False) -> tuple[list[LesionMethod], list[str]]:
-    """The weight-free extractor, the classic baselines and (``grounded=True`` and weights present) the grounded one.
+def default_methods(grounded: bool = True) -> tuple[list[LesionMethod], list[str]]:
+    """The weight-free extractor, the classic baselines and (``grounded`` and its weights present) the grounded one.
 
     Returns (methods, notes): a note says why a method was skipped.
     """
@@ -160,7 +160,7 @@ def default_methods(grounded: bool = False) -> tuple[list[LesionMethod], list[st
         else:
             methods.append(found)
     else:
-        notes.append("grounded extractor not run (pass --grounded; needs the checkpoints locally)")
+        notes.append("grounded extractor not run (--no-grounded)")
     return methods + baseline_methods(), notes
 
 
@@ -223,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--side", type=int, default=1024, help="long side each photo is resized to (0: as stored)")
     ap.add_argument("--limit", type=int, default=0, help="at most this many masked photos per folder (0: all)")
     ap.add_argument("--threads", type=int, default=1, help="torch/OpenCV threads (timings in the README use 1)")
-    ap.add_argument("--grounded", action="store_true", help="also run Grounding DINO + SAM if checkpoints resolve")
+    ap.add_argument("--no-grounded", dest="grounded", action="store_false",
+                    help="skip Grounding DINO + SAM even when their checkpoints resolve locally")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(max(1, args.threads))
