@@ -224,7 +224,7 @@ def test_tiny_images(size):
 def test_1024_px_is_fast():
     extractor = ColourConceptExtractor()
     images = [load_image(make_skin_photo(7 + s, size=(768, 1024)).pixels) for s in range(2)]
-    extractor.extract(images[0])  # warm-up (imports, SLIC compilation caches)
+    extractor.extract(images[0])  # warm-up (imports, first-call caches)
     extractor.clear()
     t0 = time.perf_counter()
     for image in images:

@@ -4,18 +4,18 @@ Everything works on the small analysis image (RGB float [h, w, 3] in [0, 1]) and
 that grid. Steps, each a well-known classic method:
 
 1. :func:`remove_hair`: DullRazor (Lee et al., Comput Biol Med 1997) as morphological black-hat on L*
-   (thin dark structures: hair, marker lines), then Telea inpainting (OpenCV ``cv2.inpaint``).
-2. :func:`contrast_map`: CIE76 Delta E of every pixel to the skin colour, the skin colour being the
-   median CIELAB of the region's pixels that are *not* lesion. The split is found by iterating
-   Otsu's threshold (Otsu 1979) on Delta E and re-estimating the skin colour from the pixels below it
-   (the iterative two-class scheme of Ridler & Calvard / ISODATA, with Otsu as the split).
-3. :func:`lesion_candidates`: connected components above the threshold (opened, holes filled),
-   each refined by GrabCut (Rother et al., SIGGRAPH 2004; ``cv2.grabCut``) started from the component
-   as "probable lesion" in a band of "probable skin", which snaps the outline to colour edges and
-   recovers faint lesion rims that the threshold misses.
+   (thin, elongated dark structures: hair, marker lines), then Telea inpainting (OpenCV ``cv2.inpaint``).
+2. :func:`contrast_map`: CIE76 Delta E of every pixel to the *local* skin colour (normalised Gaussian
+   convolution over the region's pixels that are not lesion). The split is found by iterating Otsu's
+   threshold (Otsu 1979) on Delta E and re-estimating the skin colour from the pixels below it (the
+   iterative two-class scheme of Ridler & Calvard / ISODATA, with Otsu as the split).
+3. :func:`lesion_candidates`: connected components above the split, and above the lower split of a
+   three-class Otsu (faint lesions), opened and hole-filled; the best-ranked ``grabcut_candidates``
+   are refined by GrabCut (Rother et al., SIGGRAPH 2004; ``cv2.grabCut``) started from the component
+   as "probable lesion" in a band of "probable skin", which snaps the outline to colour edges.
 4. :func:`rank_score`: the evidence that separates lesions from texture on real photos, multiplied:
-   colour contrast to the surrounding ring, compactness (solidity), centrality (photographers centre
-   the lesion) and a size prior. Each factor's constant is a :class:`LesionConfig` field.
+   colour contrast to the surrounding ring, compactness (solidity), enclosure by skin, centrality
+   (photographers centre the lesion) and a size prior. Each factor's constant is a :class:`LesionConfig` field.
 """
 
 from __future__ import annotations
