@@ -5,8 +5,10 @@ grounded extractor (``source="fallback"``), from colour heuristics alone:
 
 - one body-part concept for the skin region, labelled ``"skin"``: colour cannot tell a leg from
   an arm or a face, so every body-part prompt is answered by this single concept;
-- one ``"lesion"`` concept per blob whose CIELAB colour differs from the surrounding skin,
-  snapped to SLIC superpixels (see :mod:`skinapp.concepts.fallback_masks`);
+- one ``"lesion"`` concept per blob whose CIELAB colour differs from the local skin colour (hair
+  removed by black-hat + inpainting, iterated Otsu split, GrabCut outline), ranked by contrast,
+  compactness, enclosure by skin, centrality and size so that the first one is the lesion
+  (see :mod:`skinapp.concepts.fallback_lesions`; skin masks in :mod:`skinapp.concepts.fallback_masks`);
 - 256-d features from colour/texture/shape statistics under a fixed random projection
   (see :mod:`skinapp.concepts.fallback_features`); they are NOT SAM embeddings, so a model
   trained on SAM features must not be fed these as if they were.
@@ -14,14 +16,15 @@ grounded extractor (``source="fallback"``), from colour heuristics alone:
 The analysis runs on a copy downsampled to ``FallbackConfig.analysis_side`` (long side) and masks
 are upsampled to the working size, so a 1024-px photo takes well under a second on a CPU.
 Grayscale photos (no colour cue) get no skin concept; lesion candidates are then searched over the
-whole frame by lightness contrast, with halved scores.
+whole frame, with halved scores. When the skin rule finds under ``FallbackConfig.min_region_fraction``
+of the frame (e.g. dermoscopy under violet light), lesions are searched over the whole frame too.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -31,6 +34,7 @@ from skimage import color
 from skinapp.cache import LRUCache
 from skinapp.concepts import fallback_masks as fm
 from skinapp.concepts.fallback_features import FeatureMaps, concept_features
+from skinapp.concepts.fallback_lesions import LesionCandidate, LesionConfig, lesion_candidates
 from skinapp.concepts.prompts import check_threshold, normalise_prompts
 from skinapp.concepts.types import DEFAULT_PROMPTS, FEATURE_DIM, Concepts
 from skinapp.image import LoadedImage, load_image
@@ -58,39 +62,20 @@ class FallbackConfig:
     """Settings of the colour fallback (configs as data).
 
     Attributes:
-        analysis_side: long side (pixels) of the internal analysis image.
-        smoothing_sigma: Gaussian blur (analysis pixels) before the colour distance.
-        refine: "slic" (snap lesion masks to superpixels) or "none".
-        superpixel_px: mean SLIC superpixel size in analysis pixels.
-        superpixel_min_inside: a superpixel joins a lesion when more than this fraction lies in it.
-        lesion_floor: minimum Delta E threshold for a lesion pixel.
-        lesion_z: robust z-score of the Delta E threshold.
-        lightness_weight: weight of L* in the Delta E.
-        min_lesion_fraction: smallest lesion, as a fraction of the analysis image.
-        min_enclosure: fraction of a lesion's outer ring that must be skin region.
+        analysis_side: long side (pixels) of the internal analysis image (256: lesions of a few
+            percent of the frame still span tens of pixels; keeps a 1024-px photo well under 1 s).
         min_skin_fraction: smallest skin component, as a fraction of the image.
-        max_lesions: lesion candidates considered before the max_concepts cut.
-        grayscale_min_solidity: in grayscale photos (whole-frame search), only blobs at least this
-            convex and not touching the frame border are kept.
+        min_region_fraction: below this skin-region fraction of the frame, lesions are searched over
+            the whole frame (the skin rule failed, e.g. on violet-lit dermoscopy; a lesion photo is skin).
+        lesion: :class:`~skinapp.concepts.fallback_lesions.LesionConfig`, the lesion search.
     """
 
-    analysis_side: int = 320
-    smoothing_sigma: float = 0.8
-    refine: str = "slic"
-    superpixel_px: int = 60
-    superpixel_min_inside: float = 0.5
-    lesion_floor: float = 7.0
-    lesion_z: float = 4.0
-    lightness_weight: float = 1.0
-    min_lesion_fraction: float = 4e-4
-    min_enclosure: float = 0.5
+    analysis_side: int = 256
     min_skin_fraction: float = 0.005
-    max_lesions: int = 64
-    grayscale_min_solidity: float = 0.7
+    min_region_fraction: float = 0.05
+    lesion: LesionConfig = field(default_factory=LesionConfig)
 
     def __post_init__(self):
-        if self.refine not in ("slic", "none"):
-            raise ValueError(f"refine must be 'slic' or 'none', got {self.refine!r}")
         if self.analysis_side < 32:
             raise ValueError(f"analysis_side must be >= 32, got {self.analysis_side}")
 
@@ -180,13 +165,12 @@ class ColourConceptExtractor:
             if not skin.mask.any():
                 log.info("fallback concepts: no skin-coloured region found in image %s", image.key[:12])
                 return empty
-        smooth = cv2.GaussianBlur(rgb, (0, 0), cfg.smoothing_sigma) if cfg.smoothing_sigma > 0 else rgb
-        lab = color.rgb2lab(smooth).astype(np.float32)
+        lab = color.rgb2lab(rgb).astype(np.float32)
         found: list[_Concept] = []
         if want_skin and not grayscale:
             found.append(_skin_concept(skin))
         if want_lesions:
-            found.extend(self._lesion_concepts(rgb, lab, skin, grayscale))
+            found.extend(self._lesion_concepts(rgb, skin, grayscale))
         found.sort(key=lambda c: -c.score)
         found = _cap(found, self.max_concepts)
         if not found:
@@ -201,36 +185,18 @@ class ColourConceptExtractor:
             features=features.reshape(-1, FEATURE_DIM), source=SOURCE, weights=self.weights, image_key=image.key,
         )
 
-    def _lesion_concepts(self, rgb: np.ndarray, lab: np.ndarray, skin: fm.SkinResult,
-                         grayscale: bool) -> list[_Concept]:
-        cfg = self.config
-        candidates, _ = fm.lesion_candidates(
-            lab, skin, floor=cfg.lesion_floor, z=cfg.lesion_z, lightness_weight=cfg.lightness_weight,
-            min_area_fraction=cfg.min_lesion_fraction, min_enclosure=cfg.min_enclosure,
-            min_solidity=cfg.grayscale_min_solidity if grayscale else 0.0, interior_only=grayscale,
-            max_candidates=cfg.max_lesions)
-        if not candidates:
-            return []
-        labels = fm.superpixels(rgb, cfg.superpixel_px) if cfg.refine == "slic" else None
-        out = []
-        for cand in candidates:
-            mask = cand.mask
-            agreement = 1.0
-            if labels is not None:
-                refined = fm.refine_with_superpixels(cand.mask, labels, cfg.superpixel_min_inside)
-                agreement = fm.mask_iou(refined, cand.mask)
-                mask = refined
-            out.append(_Concept(LESION_PHRASE, mask, lesion_score(cand, grayscale),
-                                float(np.clip(0.5 * (cand.stability + agreement), 0.0, 1.0))))
-        return out
+    def _lesion_concepts(self, rgb: np.ndarray, skin: fm.SkinResult, grayscale: bool) -> list[_Concept]:
+        region = skin.region
+        if region.mean() < self.config.min_region_fraction:
+            region = np.ones_like(region)
+        scale = 0.5 if grayscale else 1.0
+        return [_Concept(LESION_PHRASE, c.mask, scale * c.score, lesion_mask_score(c))
+                for c in lesion_candidates(rgb, region, self.config.lesion)]
 
 
-def lesion_score(cand: fm.Candidate, grayscale: bool = False) -> float:
-    """Confidence in [0, 1] from contrast (Delta E), compactness (solidity) and enclosure by skin."""
-    contrast = 1.0 - np.exp(-cand.contrast / 15.0)
-    compact = 0.5 + 0.5 * cand.solidity
-    score = contrast * compact * cand.enclosure * (0.5 if grayscale else 1.0)
-    return float(np.clip(score, 0.0, 1.0))
+def lesion_mask_score(cand: LesionCandidate) -> float:
+    """Mask quality in [0, 1]: solidity x agreement of the threshold and GrabCut outlines."""
+    return float(np.clip(cand.solidity * cand.stability, 0.0, 1.0))
 
 
 def _skin_concept(skin: fm.SkinResult) -> _Concept:
