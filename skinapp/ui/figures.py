@@ -17,7 +17,7 @@ MAX_ROWS = 30
 
 
 def cam_figure(cam: np.ndarray, rows: list[str], class_names: list[str], predicted_index: int,
-               highlight_row: int | None = None, untrained: bool = False) -> Figure:
+               highlight_row: int | None = None, untrained: bool = False, photo: str = "") -> Figure:
     """A concept x class heatmap of the CAM.
 
     Args:
@@ -26,6 +26,7 @@ def cam_figure(cam: np.ndarray, rows: list[str], class_names: list[str], predict
         class_names: C class names; ``predicted_index`` is outlined.
         highlight_row: the decisive concept's row (marked with an arrow), or None.
         untrained: put UNTRAINED_WARNING in the title.
+        photo: the photo's short key, named in the title.
     """
     cam = np.asarray(cam, dtype=np.float32)
     order = np.arange(len(rows))
@@ -46,7 +47,7 @@ def cam_figure(cam: np.ndarray, rows: list[str], class_names: list[str], predict
                     color="red", va="center", arrowprops={"arrowstyle": "->", "color": "red"},
                     annotation_clip=False)
     fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02, label="CAM score")
-    title = "Concept x class activation (CAM)"
+    title = "Concept x class activation (CAM)" + (f" \u00b7 photo {photo}" if photo else "")
     if untrained:
         title = f"{UNTRAINED_WARNING}\n{title}"
     ax.set_title(title, fontsize=9, color="red" if untrained else "black")
