@@ -82,8 +82,9 @@ def build_demo(analyzer: Analyzer, store: ReviewStore, *, gpu: Callable[[Callabl
                 cam_plot = gr.Plot(label="CAM: concept x class", elem_id="cam-plot")
                 with gr.Column():
                     decisive_txt = gr.Markdown(elem_id="decisive-text")
+                    # no label or toolbar over the image: they would hide the burned-in warning strip
                     decisive_img = gr.Image(label="Decisive concept", interactive=False, elem_id="decisive",
-                                            buttons=["fullscreen"])
+                                            show_label=False, buttons=[])
             details = gr.Markdown(elem_id="analysis-details")
 
         with gr.Tab("Explain", id="explain"), gr.Row():
