@@ -75,11 +75,12 @@ def build_demo(analyzer: Analyzer, store: ReviewStore, *, gpu: Callable[[Callabl
                         text_t = gr.Slider(0.05, 0.95, value=analyzer.text_threshold, step=0.01,
                                            label="Text threshold")
                 with gr.Column(scale=3):
-                    banner = gr.HTML(elem_id="analysis-banner")
+                    # the API's copy of the banner; on screen the one banner at the top says it
+                    banner = gr.HTML(elem_id="analysis-banner", visible=False)
                     diagnosis = gr.Label(label="Diagnosis", num_top_classes=3, elem_id="diagnosis")
                     annotated = gr.AnnotatedImage(label="Concepts", height=300, elem_id="concepts")
             with gr.Row():
-                cam_plot = gr.Plot(label="CAM: concept x class", elem_id="cam-plot")
+                cam_plot = gr.Plot(label="CAM: concept x class", elem_id="cam-plot", show_label=False)
                 with gr.Column():
                     decisive_txt = gr.Markdown(elem_id="decisive-text")
                     # no label or toolbar over the image: they would hide the burned-in warning strip
@@ -100,7 +101,7 @@ def build_demo(analyzer: Analyzer, store: ReviewStore, *, gpu: Callable[[Callabl
                 gr.Examples(phrase_examples, inputs=[phrases], label="Suggested phrases (7-point checklist, PH2, "
                             "NTD)", examples_per_page=8)
             with gr.Column(scale=3):
-                explain_banner = gr.HTML()
+                explain_banner = gr.HTML(visible=False)  # the API's copy; the top banner says it on screen
                 gallery = gr.Gallery(label="photo / Grad-CAM / Grad E-CLIP / MedGrad E-CLIP", columns=4,
                                      object_fit="contain", height="auto", elem_id="heatmaps", show_label=True)
                 sims = gr.Dataframe(headers=["photo", "phrase", "CLIP similarity", "note"], label="CLIP similarity",
