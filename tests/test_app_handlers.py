@@ -268,3 +268,24 @@ def test_app_module_cli_and_login(monkeypatch):
     assert app.login() == ("clinic", "s3cret")
     with pytest.raises(SystemExit):
         app.parse_args(["--profile", "huge"])
+
+
+def test_rtl_and_cjk_phrases_are_shown_whole(handlers, photo_path):
+    phrases = ["قرحة ذات حواف متآكلة", "皮肤溃疡边缘不规则"]
+    gallery, sims, _, status = handlers.explain(photo_path, "\n".join(phrases), None)
+    assert list(sims["phrase"]) == phrases
+    captions = [item["caption"] for item in gallery.value]
+    assert all(phrases[0] in c for c in captions[:4]) and all(phrases[1] in c for c in captions[4:])
+
+
+def test_numbered_photo_writes_each_concept_number_on_its_mask():
+    from skinapp.ui.handlers import numbered_photo
+
+    pixels = np.full((120, 160, 3), 128, np.uint8)
+    masks = np.zeros((2, 120, 160), bool)
+    masks[0, 10:50, 10:60], masks[1, 70:110, 90:150] = True, True
+    out = numbered_photo(pixels, masks, [0, 1])
+    changed = np.any(out != pixels, axis=2)
+    assert changed[10:50, 10:60].any() and changed[70:110, 90:150].any()
+    assert not changed[:, 65:85].any(), "numbers are drawn on their own masks only"
+    assert np.array_equal(pixels, np.full((120, 160, 3), 128, np.uint8)), "the input is not modified"

@@ -103,7 +103,7 @@ def build_demo(analyzer: Analyzer, store: ReviewStore, *, gpu: Callable[[Callabl
             with gr.Column(scale=3):
                 explain_banner = gr.HTML(visible=False)  # the API's copy; the top banner says it on screen
                 gallery = gr.Gallery(label="photo / Grad-CAM / Grad E-CLIP / MedGrad E-CLIP", columns=4,
-                                     object_fit="contain", height="auto", elem_id="heatmaps", show_label=True)
+                                     object_fit="contain", height="auto", elem_id="heatmaps", show_label=False)
                 sims = gr.Dataframe(headers=["photo", "phrase", "CLIP similarity", "note"], label="CLIP similarity",
                                     interactive=False, elem_id="similarities")
 

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import cv2
 import gradio as gr
 import numpy as np
 import pandas as pd
@@ -59,6 +60,25 @@ def banner_html(banner: str, weights: tuple[WeightsInfo, ...]) -> str:
             f'border-radius:6px;"><b style="font-size:1.15em;">&#9888; {html.escape(banner.splitlines()[0])}</b>'
             f'<span style="font-size:0.9em;margin-left:10px;">{which}How to fix: {html.escape(WEIGHTS_HELP)}'
             f'</span></div>')
+
+
+def numbered_photo(pixels: np.ndarray, masks: Any, numbers: list[int]) -> np.ndarray:
+    """A copy of the photo (uint8 [H, W, 3]) with each concept's number written at its mask's centre.
+
+    ``masks``: bool [n, H, W] (or a list of [H, W] masks), ``numbers``: the n concept numbers. The masks
+    themselves are drawn translucently by gr.AnnotatedImage; the numbers let "concept #2" be found.
+    """
+    out = np.ascontiguousarray(np.array(pixels, dtype=np.uint8, copy=True))
+    scale = max(0.4, min(out.shape[:2]) / 500)
+    for mask, number in zip(masks, numbers):
+        ys, xs = np.nonzero(np.asarray(mask) > 0)
+        if len(xs) == 0:
+            continue
+        x, y = int(np.median(xs)), int(np.median(ys))
+        for colour, thickness in (((0, 0, 0), 4), ((255, 255, 255), 1)):
+            cv2.putText(out, f"#{number}", (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, colour,
+                        max(1, int(thickness * scale)), cv2.LINE_AA)
+    return out
 
 
 def review_table(concepts) -> pd.DataFrame:
@@ -196,7 +216,9 @@ class Handlers:
             banner_html(result.banner, result.weights),
             result.image_key,
             review_table(result.concepts),
-            gr.AnnotatedImage(value=(result.image.pixels, numbered), label=f"Photo {k} with numbered concepts"),
+            gr.AnnotatedImage(value=(numbered_photo(result.image.pixels, result.concepts.masks,
+                                                    list(range(len(result.concepts)))), numbered),
+                              label=f"Photo {k} with numbered concepts"),
             f"{len(result.concepts)} concepts of photo `{k}` ready for review; nothing is stored until you press "
             "Save review.",
             details,
@@ -317,8 +339,11 @@ class Handlers:
             if review is None:
                 raise ValueError("That review no longer exists.")
             photo = self.store.load_photo(key)
-            annotations = [(self.store.load_mask(key, c.index).astype(np.float32) * MASK_OPACITY,
-                            f"#{c.index} {c.final_label or c.phrase} ({c.decision})") for c in review.concepts]
+            masks = [self.store.load_mask(key, c.index) for c in review.concepts]
+            annotations = [(m.astype(np.float32) * MASK_OPACITY,
+                            f"#{c.index} {c.final_label or c.phrase} ({c.decision})")
+                           for m, c in zip(masks, review.concepts)]
+            photo = numbered_photo(photo, masks, [c.index for c in review.concepts])
         except (ValueError, OSError) as exc:
             raise self._refuse("open_review", exc, request) from exc
         k = short_key(key)
