@@ -219,8 +219,8 @@ def test_two_concurrent_clients_get_their_own_results(app, photos):
 
 
 def test_review_survives_kill_9_and_restart(workdir, photos):
-    data = workdir / "killed"
-    with AppProcess(data, profile="tiny", extra_args=["--no-warmup"]) as first:
+    data, temp = workdir / "killed", ["--temp-dir", str(workdir / "killed-tmp")]  # the restart cleans it
+    with AppProcess(data, profile="tiny", extra_args=["--no-warmup", *temp]) as first:
         client = _client(first)
         out = _analyse(client, photos[1], "lesion")
         table = out[TABLE]
@@ -229,7 +229,7 @@ def test_review_survives_kill_9_and_restart(workdir, photos):
         assert "revision 1" in status
         first.kill()  # SIGKILL right after the save was confirmed
         assert first.proc.returncode == -9
-    with AppProcess(data, profile="tiny", extra_args=["--no-warmup"]) as second:
+    with AppProcess(data, profile="tiny", extra_args=["--no-warmup", *temp]) as second:
         client = _client(second)
         key = load_image(photos[1]).key
         _, table, reviewer, note, preview, status = client.predict(key, api_name="/open_review")

@@ -132,7 +132,9 @@ def test_issue15_sequences_in_chromium(browser, tmp_path):
         _tab(browser, "Explain")
         _wait(browser, 30).until(ec.element_to_be_clickable((By.ID, "explain-btn"))).click()
         _wait(browser).until(lambda d: _images_in(d, "heatmaps") >= 12 and key_a in _text(d, "explain-status"))
-        assert key_a in _text(browser, "heatmaps") and "MedGrad E-CLIP" in _text(browser, "heatmaps")
+        captions = _text(browser, "heatmaps")  # every tile: method and similarity, untruncated
+        assert captions.count("MedGrad E-CLIP \u00b7 sim ") == 3 and captions.count("Grad-CAM \u00b7 sim ") == 3
+        assert "ulcer with undermined edges" in captions
         _screenshot(browser, "after-explain.png", tmp_path)
 
         # Review: numbered masks on the photo, save, reopen; statuses name photo A only
