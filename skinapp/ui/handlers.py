@@ -69,13 +69,13 @@ def numbered_photo(pixels: np.ndarray, masks: Any, numbers: list[int]) -> np.nda
     themselves are drawn translucently by gr.AnnotatedImage; the numbers let "concept #2" be found.
     """
     out = np.ascontiguousarray(np.array(pixels, dtype=np.uint8, copy=True))
-    scale = max(0.4, min(out.shape[:2]) / 500)
+    scale = max(0.7, min(out.shape[:2]) / 350)
     for mask, number in zip(masks, numbers):
         ys, xs = np.nonzero(np.asarray(mask) > 0)
         if len(xs) == 0:
             continue
         x, y = int(np.median(xs)), int(np.median(ys))
-        for colour, thickness in (((0, 0, 0), 4), ((255, 255, 255), 1)):
+        for colour, thickness in (((0, 0, 0), 5), ((255, 255, 255), 2)):
             cv2.putText(out, f"#{number}", (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, colour,
                         max(1, int(thickness * scale)), cv2.LINE_AA)
     return out
