@@ -1,6 +1,8 @@
 """skinapp web app: ``python app.py [--host 127.0.0.1] [--port 7860] [--profile auto|tiny|full] [--data-dir D]``.
 
 Binds 127.0.0.1 unless ``--host`` says otherwise. Optional login: set SKINAPP_USER and SKINAPP_PASSWORD.
+Uploads and everything derived from them (output images, exports) live in the app's own temporary folder
+(``--temp-dir``), emptied at start and shutdown and swept of files older than ``--retention`` seconds.
 Reviews go to ``--data-dir`` (or $SKINAPP_DATA_DIR, default ./data/reviews). Without checkpoints the app
 starts in demo mode (tiny untrained models, weight-free concepts) and says so on every result.
 
@@ -11,9 +13,13 @@ SKINAPP_PROFILE, SKINAPP_DATA_DIR, SKINAPP_SAM_VARIANT, SKINAPP_DEVICE. Importin
 from __future__ import annotations
 
 import argparse
+import atexit
 import logging
 import os
+import signal
 import sys
+import tempfile
+from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -23,12 +29,15 @@ from skinapp.pipeline import Analyzer  # noqa: E402
 from skinapp.review import DATA_DIR_ENV, ReviewStore, default_data_dir  # noqa: E402
 from skinapp.ui import build_demo  # noqa: E402
 from skinapp.ui.blocks import CSS  # noqa: E402
+from skinapp.ui.privacy import ExportGuard, TempSweeper  # noqa: E402
 
 log = logging.getLogger("skinapp.app")
 
 #: Queue bounds: events waiting at most, and model events running at once.
 QUEUE_MAX_SIZE = 32
 MODEL_CONCURRENCY = 1
+#: Seconds an upload or anything derived from it (overlays, plots, exports) is kept on disk.
+DEFAULT_RETENTION_S = 600
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -44,6 +53,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=MODEL_CONCURRENCY, help="model events running at once")
     p.add_argument("--share", action="store_true", help="create a public Gradio share link")
     p.add_argument("--no-warmup", action="store_true", help="skip the warm-up pass at start-up")
+    p.add_argument("--retention", type=float, default=float(os.environ.get("SKINAPP_RETENTION_S",
+                                                                           DEFAULT_RETENTION_S)),
+                   help="seconds uploads and their derivatives are kept (default %(default)s)")
+    p.add_argument("--temp-dir", default=os.environ.get("SKINAPP_TEMP_DIR") or None,
+                   help="the app's own temporary folder (default: <system temp>/skinapp-<port>); emptied at start")
     return p.parse_args(argv)
 
 
@@ -71,30 +85,53 @@ def quiet_request_logs() -> None:
     logging.getLogger("uvicorn.access").disabled = True
 
 
-def build_app(args: argparse.Namespace) -> tuple[gr.Blocks, ReviewStore]:
+def temp_root(args: argparse.Namespace) -> Path:
+    return Path(args.temp_dir or Path(tempfile.gettempdir()) / f"skinapp-{args.port}").resolve()
+
+
+def build_app(args: argparse.Namespace) -> tuple[gr.Blocks, ReviewStore, dict[str, str | None], TempSweeper]:
+    """The Blocks, the review store, the export-owner registry and the sweeper of our temporary folder.
+
+    The folder is emptied first (what a killed run left behind), then Gradio is pointed at it.
+    """
+    root = temp_root(args)
+    sweeper = TempSweeper(root, args.retention)
+    sweeper.wipe()
+    os.environ["GRADIO_TEMP_DIR"] = str(root / "gradio")  # read by every component and the upload route
     analyzer = Analyzer.create(profile=args.profile, device=args.device, sam_variant=args.sam_variant,
                                warmup=not args.no_warmup)
     store = ReviewStore(args.data_dir)
-    demo = build_demo(analyzer, store, gpu=gpu_decorator(), model_concurrency=args.concurrency)
+    owners: dict[str, str | None] = {}
+    retention = max(1, int(args.retention))
+    demo = build_demo(analyzer, store, gpu=gpu_decorator(), model_concurrency=args.concurrency,
+                      delete_cache=(max(1, retention // 4), retention), export_dir=root / "exports",
+                      export_owners=owners)
     demo.queue(max_size=QUEUE_MAX_SIZE)
-    log.info("Reviews are stored in %s", store.data_dir.resolve())
-    return demo, store
+    sweeper.keep_current()  # example photos Gradio copied in: the app's own, not derived from uploads
+    log.info("Reviews are stored in the data directory; temporary files live %d s", retention)
+    return demo, store, owners, sweeper
 
 
-def launch(demo: gr.Blocks, store: ReviewStore, args: argparse.Namespace) -> None:
+def launch(demo: gr.Blocks, store: ReviewStore, args: argparse.Namespace,
+           owners: dict[str, str | None] | None = None, sweeper: TempSweeper | None = None) -> None:
+    from starlette.middleware import Middleware
+
     quiet_request_logs()
     auth = login()
+    sweeper = (sweeper or TempSweeper(temp_root(args), args.retention)).start()
+    atexit.register(sweeper.stop)  # shutdown: empty the folder again
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # SIGTERM runs the atexit clean-up too
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, auth=auth,
                 auth_message="skinapp: clinic login" if auth else None, max_file_size="60mb",
-                allowed_paths=[str(store.data_dir / "exports")], show_error=False, ssr_mode=False,
-                css=CSS, footer_links=["api"])
+                show_error=False, ssr_mode=False, css=CSS, footer_links=["api"],
+                app_kwargs={"middleware": [Middleware(ExportGuard, registry=owners if owners is not None else {})]})
 
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    app, store = build_app(args)
-    launch(app, store, args)
+    app, store, owners, sweeper = build_app(args)
+    launch(app, store, args, owners, sweeper)
 
 
 _DEMO: gr.Blocks | None = None
@@ -110,7 +147,7 @@ def __getattr__(name: str) -> gr.Blocks:
     if name != "demo":
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     if _DEMO is None:
-        _DEMO, _ = build_app(parse_args([]))
+        _DEMO, _, _, _ = build_app(parse_args([]))
     return _DEMO
 
 

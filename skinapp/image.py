@@ -13,6 +13,7 @@ import hashlib
 import io
 import logging
 import os
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,10 @@ log = logging.getLogger(__name__)
 
 #: Refuse to decode more pixels than this (decompression-bomb guard): 100 megapixels.
 MAX_DECODED_PIXELS = 100_000_000
+#: Pillow's own decompression-bomb guard must never refuse a photo below our limit (it warns at
+#: MAX_IMAGE_PIXELS and refuses at twice that): raise it to our limit, keep it where it is higher.
+if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < MAX_DECODED_PIXELS:
+    Image.MAX_IMAGE_PIXELS = MAX_DECODED_PIXELS
 #: Refuse files larger than this many bytes before decoding.
 MAX_FILE_BYTES = 60 * 1024 * 1024
 #: Images are downscaled so that their long side is at most this for all models and displays.
@@ -102,7 +107,7 @@ def _open(source: Any) -> Image.Image:
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if not path.is_file():
-            raise InvalidImageError(f"No such file: {path.name}")
+            raise InvalidImageError("The photo file could not be found; upload it again.")
         size = path.stat().st_size
         if size == 0:
             raise InvalidImageError("The file is empty.")
@@ -115,21 +120,28 @@ def _open(source: Any) -> Image.Image:
     raise InvalidImageError(f"Unsupported input type: {type(source).__name__}")
 
 
+def _too_large(width: int, height: int) -> InvalidImageError:
+    return InvalidImageError(f"The image is too large to process ({width}x{height} = {width * height / 1e6:.0f} MP; "
+                             f"limit {MAX_DECODED_PIXELS / 1e6:.0f} MP).")
+
+
 def _open_stream(stream: io.BytesIO) -> Image.Image:
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Pillow warns between its limit and twice it: our own check below decides, with the size in the message.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(stream)
-            w, h = img.size
-            if w * h > MAX_DECODED_PIXELS:
-                raise InvalidImageError(
-                    f"The image is too large to process ({w}x{h} = {w * h / 1e6:.0f} MP; limit "
-                    f"{MAX_DECODED_PIXELS / 1e6:.0f} MP).")
-            img.load()
+        w, h = img.size
+        if w * h > MAX_DECODED_PIXELS:
+            raise _too_large(w, h)
+        img.load()
     except InvalidImageError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise InvalidImageError("The image is too large to process (decompression limit).") from exc
+    except Image.DecompressionBombError as exc:  # over twice Pillow's limit: refused before the size is known
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(found.group(1)) / 1e6:.0f} MP; " if found else ""
+        raise InvalidImageError(f"The image is too large to process ({size}limit "
+                                f"{MAX_DECODED_PIXELS / 1e6:.0f} MP).") from exc
     except UnidentifiedImageError as exc:
         raise InvalidImageError("This file is not an image we can read (try JPEG or PNG).") from exc
     except (OSError, SyntaxError, ValueError) as exc:
@@ -145,7 +157,7 @@ def _from_array(arr: np.ndarray) -> Image.Image:
     if arr.size == 0:
         raise InvalidImageError("The image is empty.")
     if arr.shape[0] * arr.shape[1] > MAX_DECODED_PIXELS:
-        raise InvalidImageError("The image is too large to process.")
+        raise _too_large(arr.shape[1], arr.shape[0])
     if arr.dtype != np.uint8:
         arr = _to_uint8(arr.astype(np.float64))
     return Image.fromarray(arr)
@@ -209,6 +221,10 @@ def load_image(source: Any, max_side: int = MAX_WORKING_SIDE) -> LoadedImage:
         raise InvalidImageError("No image was given.")
     img = _open(source)
     notes: list[str] = []
+    frames = int(getattr(img, "n_frames", 1) or 1)
+    if frames > 1:
+        notes.append(f"{'animated' if img.format == 'GIF' else 'multi-frame'} image ({frames} frames): only the "
+                     "first frame is analysed")
     upright = img
     try:
         orientation = img.getexif().get(0x0112, 1)

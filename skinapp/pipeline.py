@@ -160,6 +160,8 @@ class ExplainResult:
         banner: UNTRAINED_WARNING plus details when the CLIP weights are untrained, else "".
         weights: provenance of the CLIP weights.
         timings: seconds per stage ("image_pass", "explain", "render", "total"); image_pass is 0 when cached.
+        truncated: per phrase, True when CLIP's text encoder saw only its first ``context_length`` tokens.
+        context_length: the CLIP text context in tokens (77 for OpenAI CLIP).
     """
 
     image_key: str
@@ -172,15 +174,22 @@ class ExplainResult:
     banner: str
     weights: tuple[WeightsInfo, ...]
     timings: dict[str, float] = field(default_factory=dict)
+    truncated: list[bool] = field(default_factory=list)
+    context_length: int = 77
+
+    def truncation_note(self, t: int) -> str:
+        """"" or "(cut to 77 tokens)" for phrase ``t``."""
+        return f"(cut to {self.context_length} tokens)" if t < len(self.truncated) and self.truncated[t] else ""
 
     def gallery(self) -> list[tuple[np.ndarray, str]]:
-        """(image, caption) row by row: original, then each method, captions with the CLIP similarity."""
+        """(image, caption) row by row: original, then each method; captions: method, CLIP similarity, phrase."""
         items = []
         for t, phrase in enumerate(self.phrases):
             s = float(self.similarities[t])
             titles = ["photo", *(METHOD_TITLES.get(m, m) for m in self.methods)]
+            cut = self.truncation_note(t)
             for image, title in zip(self.overlays[t], titles):
-                items.append((image, f"{phrase} | {title} | CLIP sim {s:.3f}"))
+                items.append((image, f"{title} \u00b7 sim {s:.3f} \u00b7 {phrase}" + (f" {cut}" if cut else "")))
         return items
 
 
@@ -504,6 +513,19 @@ class Analyzer:
             return None
         return state.analyses.get(state.latest) if state.latest else None
 
+    def analyses_of(self, key: str) -> list[AnalysisResult]:
+        """The cached analyses of the photo with this key, most recent first ([] when it is not cached).
+
+        Looks the key up without touching the photo's place in the LRU of anything else.
+        """
+        state = self.states.get(key) if isinstance(key, str) and _is_key(key) else None
+        if state is None:
+            return []
+        results = list(state.analyses.values())[::-1]
+        if state.latest in state.analyses:
+            results.sort(key=lambda r: r.ref != state.latest)
+        return results
+
     def _global_tokens(self, state: ImageState) -> torch.Tensor:
         with state.lock:
             if state.global_tokens is None:
@@ -671,4 +693,6 @@ class Analyzer:
         return ExplainResult(image_key=state.image.key, phrases=cleaned,
                              similarities=np.asarray(explanation.similarities, np.float32).reshape(-1),
                              methods=tuple(methods), overlays=rows, maps=maps, clip_label=choice, banner=banner,
-                             weights=(bundle.weights,), timings=timings)
+                             weights=(bundle.weights,), timings=timings,
+                             truncated=list(explanation.truncated) or [False] * len(cleaned),
+                             context_length=int(getattr(bundle.tokenizer, "context_length", None) or 77))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import gradio as gr
 import numpy as np
 import pandas as pd
@@ -9,6 +11,7 @@ import pytest
 from PIL import Image
 
 from skinapp.examples import example_paths
+from skinapp.image import load_image
 from skinapp.pipeline import Analyzer
 from skinapp.provenance import UNTRAINED_WARNING
 from skinapp.review import ReviewStore
@@ -38,6 +41,20 @@ def _analyse(handlers, path, prompts="lesion . arm . leg"):
     return handlers.analyze(path, prompts, 0.3, 0.25)
 
 
+# analyse outputs
+ANNOTATED, LABEL, FIG, DECISIVE, TEXT, BANNER, KEY, TABLE, REVIEW_IMAGE, REVIEW_STATUS, DETAILS, STATUS = range(12)
+
+
+def _other_photo(tmp_path) -> str:
+    path = tmp_path / "other.png"
+    Image.fromarray(make_skin_photo(seed=9, size=(200, 240), lesion_colour="red").pixels).save(path)
+    return str(path)
+
+
+def _tile(gallery, i: int) -> np.ndarray:
+    return np.asarray(Image.open(gallery.value[i]["image"]["path"]).convert("RGB"))
+
+
 def test_example_photos_exist():
     assert len(example_paths()) == 3
 
@@ -45,38 +62,73 @@ def test_example_photos_exist():
 def test_build_demo_has_named_endpoints(handlers):
     demo = build_demo(handlers.analyzer, handlers.store)
     names = {fn.api_name for fn in demo.fns.values()}
-    assert {"analyze", "explain", "save_review", "export_reviews", "open_review"} <= names
+    assert {"analyze", "explain", "save_review", "export_reviews", "open_review", "list_reviews"} <= names
+    assert not any(type(b).__name__ == "State" for b in demo.blocks.values()), "no per-session photo state"
 
 
-def test_analyze_outputs_carry_the_banner(handlers, photo_path):
-    annotated, label, fig, decisive, text, banner, key, table, status, details = _analyse(handlers, photo_path)
+def test_analyze_outputs_carry_the_banner_and_the_photo_key(handlers, photo_path):
+    out = _analyse(handlers, photo_path)
+    annotated, label, fig, decisive, text, banner, key, table = out[:8]
     pixels, annotations = annotated.value["image"], annotated.value["annotations"]
     assert len(annotations) == len(table) >= 1
-    assert UNTRAINED_WARNING in banner and 'role="alert"' in banner
+    assert UNTRAINED_WARNING in banner and 'role="alert"' in banner and len(banner) < 600, "one concise banner"
     assert UNTRAINED_WARNING in label.label and UNTRAINED_WARNING in text
     assert UNTRAINED_WARNING in fig.axes[0].get_title()
-    assert isinstance(decisive, np.ndarray) and decisive.ndim == 3
-    assert len(key) == 64 and ":" not in key  # gr.State holds only the photo key
+    assert isinstance(decisive.value, dict) or decisive.value is not None
+    assert len(key) == 64 and ":" not in key
+    short = key[:12]
+    for shown in (annotated.label, label.label, fig.axes[0].get_title(), decisive.label, text, out[REVIEW_STATUS],
+                  out[DETAILS], out[STATUS], out[REVIEW_IMAGE].label):
+        assert short in shown, f"a result without its photo key: {shown!r}"
     assert list(table.columns) == REVIEW_COLUMNS and set(table["decision"]) == {"pending"}
-    assert "nothing is stored" in status and key[:12] in details
+    assert "nothing is stored" in out[REVIEW_STATUS]
+    numbers = [a["label"].split(" ")[0] for a in out[REVIEW_IMAGE].value["annotations"]]
+    assert numbers == [f"#{i}" for i in range(len(table))], "the review photo numbers its concept masks"
     assert pixels is not None
 
 
+def test_explain_acts_on_the_photo_given_not_the_last_analysis(handlers, photo_path, tmp_path):
+    """Issue 15 sequence: analyse A, explain B -> B's heatmaps (and B's key), never A's."""
+    other = _other_photo(tmp_path)
+    key_a = _analyse(handlers, photo_path)[KEY]
+    gallery_b, sims_b, _, status_b = handlers.explain(other, "irregular streaks", None)
+    gallery_a, sims_a, _, status_a = handlers.explain(photo_path, "irregular streaks", None)
+    key_b = load_image(other).key
+    assert key_b[:12] in gallery_b.label and key_b[:12] in status_b and key_a[:12] not in gallery_b.label
+    assert key_a[:12] in gallery_a.label and set(sims_a["photo"]) == {key_a[:12]}
+    assert not np.array_equal(_tile(gallery_a, 0), _tile(gallery_b, 0)), "B's photo, not A's, heads B's row"
+    assert sims_a["CLIP similarity"][0] != sims_b["CLIP similarity"][0]
+    # a 1x1 image is refused, not explained as the previous photo
+    tiny = tmp_path / "one.png"
+    Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(tiny)
+    with pytest.raises(gr.Error, match="too small"):
+        handlers.explain(str(tiny), "irregular streaks", None)
+
+
 def test_explain_grid_and_similarities(handlers, photo_path):
-    key = _analyse(handlers, photo_path)[6]
-    gallery, sims, banner = handlers.explain(key, None, "irregular streaks\nblue-whitish veil", None)
+    gallery, sims, banner, status = handlers.explain(photo_path, "irregular streaks\nblue-whitish veil", None)
     assert len(gallery.value) == 2 * 4
     assert "Grad-CAM" in gallery.label and "MedGrad E-CLIP" in gallery.label
     assert list(sims["phrase"]) == ["irregular streaks", "blue-whitish veil"]
-    assert UNTRAINED_WARNING in banner
-    # without the key (as from gradio_client) the photo itself finds the same cached image pass
-    gallery2, sims2, _ = handlers.explain(None, photo_path, "irregular streaks\nblue-whitish veil", None)
-    assert np.allclose(sims["CLIP similarity"], sims2["CLIP similarity"])
+    captions = [item["caption"] for item in gallery.value]
+    assert captions[1].startswith("Grad-CAM \u00b7 sim ") and "irregular streaks" in captions[1]
+    assert UNTRAINED_WARNING in banner and "Times" not in gallery.label, "timings go to the status, not the header"
+
+
+def test_truncated_phrase_is_flagged_in_the_result_and_the_explain_screen(handlers, photo_path):
+    long_phrase = " ".join("abcdefghij"[i % 10] for i in range(90))  # 179 characters, 90 BPE tokens: over 77
+    gallery, sims, _, status = handlers.explain(photo_path, f"blue-whitish veil\n{long_phrase}", None)
+    assert list(sims["note"]) == ["", "(cut to 77 tokens)"]
+    assert "77-token" in status and "only its start was used" in status
+    captions = [item["caption"] for item in gallery.value]
+    assert all("cut to 77 tokens" in c for c in captions[4:]) and not any("cut to" in c for c in captions[:4])
+    result = handlers.analyzer.explain(photo_path, [long_phrase])
+    assert result.truncated == [True] and result.context_length == 77
 
 
 @pytest.mark.parametrize("image, prompts, box, text, match", [
     (None, "lesion", 0.3, 0.25, "Upload a photo"),
-    ("missing.png", "lesion", 0.3, 0.25, "No such file"),
+    ("missing.png", "lesion", 0.3, 0.25, "could not be found"),
     ("PHOTO", "", 0.3, 0.25, ""),  # empty prompts fall back to the defaults: no error
     ("PHOTO", "?? . !!", 0.3, 0.25, "No prompt phrases"),
     ("PHOTO", "lesion . 42", 0.3, 0.25, "not a prompt"),
@@ -85,11 +137,22 @@ def test_explain_grid_and_similarities(handlers, photo_path):
 def test_analyze_bad_input_is_a_readable_gr_error(handlers, photo_path, image, prompts, box, text, match):
     image = photo_path if image == "PHOTO" else image
     if image == photo_path and prompts == "":
-        assert len(handlers.analyze(image, prompts, box, text)[7]) >= 1
+        assert len(handlers.analyze(image, prompts, box, text)[TABLE]) >= 1
         return
     with pytest.raises(gr.Error) as info:
         handlers.analyze(image, prompts, box, text)
     assert match in str(info.value.message) and "Traceback" not in str(info.value.message)
+    assert info.value.print_exception is False, "a user error is one log line, not a traceback"
+
+
+def test_user_errors_log_one_line_without_file_names(handlers, tmp_path, caplog):
+    secret = tmp_path / "Jane_Doe_forearm.pdf"
+    secret.write_bytes(b"%PDF-1.4 not really")
+    with caplog.at_level("INFO"), pytest.raises(gr.Error):
+        handlers.analyze(str(secret), "lesion", 0.3, 0.25)
+    lines = [r.getMessage() for r in caplog.records if r.name == "skinapp.ui.handlers"]
+    assert len(lines) == 1 and "refused" in lines[0] and "Jane" not in caplog.text
+    assert not any(r.exc_info for r in caplog.records)
 
 
 def test_analyze_rejects_non_images_and_tiny_photos(handlers, tmp_path):
@@ -104,66 +167,86 @@ def test_analyze_rejects_non_images_and_tiny_photos(handlers, tmp_path):
 
 @pytest.mark.parametrize("phrases", ["", "   \n ", "123\n$$$", "x" * 300])
 def test_explain_bad_phrases(handlers, photo_path, phrases):
-    key = _analyse(handlers, photo_path)[6]
     with pytest.raises(gr.Error):
-        handlers.explain(key, photo_path, phrases, None)
+        handlers.explain(photo_path, phrases, None)
 
 
 def test_explain_without_photo(handlers):
     with pytest.raises(gr.Error, match="Upload a photo"):
-        handlers.explain(None, None, "streaks", None)
+        handlers.explain(None, "streaks", None)
 
 
 def test_review_save_reopen_amend_export(handlers, photo_path):
     out = _analyse(handlers, photo_path)
-    key, table = out[6], out[7].copy()
+    key, table = out[KEY], out[TABLE].copy()
     assert not handlers.store.photo_path(key).exists(), "the photo is stored only when a review is saved"
     table.loc[0, "decision"] = "accept"
     table.loc[0, "comment"] = "sharp border"
-    status, choices, saved_table = handlers.save_review(key, photo_path, table, "dr a", "")
-    assert "revision 1" in status and handlers.store.photo_path(key).exists()
+    status, choices, saved_table = handlers.save_review(key, table, "dr a", "")
+    assert "revision 1" in status and key[:12] in status and handlers.store.photo_path(key).exists()
     assert saved_table.loc[0, "decision"] == "accept"
     assert key in [value for _, value in choices.choices]
-    # reopen and amend (the key is what the Reopen button puts in gr.State)
-    key2, table2, reviewer, note, preview, status2 = handlers.open_review(key)
-    assert key2 == key and reviewer == "dr a" and len(preview[1]) == len(table2)
+    # reopen (by the short key, as a fresh API client would) and amend
+    key2, table2, reviewer, note, preview, status2 = handlers.open_review(key[:12])
+    assert key2 == key and reviewer == "dr a" and len(preview.value["annotations"]) == len(table2)
+    assert key[:12] in status2 and key[:12] in preview.label
     table2.loc[0, "decision"] = "relabel"
     table2.loc[0, "new label"] = "nodule"
-    status3, _, table3 = handlers.save_review(key2, None, table2, "dr b", "amended")
+    status3, _, table3 = handlers.save_review(key2, table2, "dr b", "amended")
     assert "revision 2" in status3 and table3.loc[0, "new label"] == "nodule"
     archive, message = handlers.export_reviews()
     assert archive.endswith(".zip") and "1 reviewed concepts" in message
+    assert Path(archive).is_relative_to(handlers.export_dir) and not Path(archive).is_relative_to(
+        handlers.store.data_dir), "exports are temporary, never in the review data directory"
 
 
-def test_review_from_api_shape_without_state(handlers, photo_path):
-    """gradio_client sends no State and the table as {"headers", "data"}: the photo names the analysis."""
+def test_save_refuses_a_table_of_another_photo(handlers, photo_path, tmp_path):
+    """Issue 15 sequence: analyse A, analyse B, save B's key with A's table -> refused; A's key -> A saved."""
+    out_a = _analyse(handlers, photo_path)
+    out_b = _analyse(handlers, _other_photo(tmp_path))
+    with pytest.raises(gr.Error, match="does not belong to photo"):
+        handlers.save_review(out_b[KEY], out_a[TABLE], "", "")
+    assert handlers.store.load(out_b[KEY]) is None
+    status, _, _ = handlers.save_review(out_a[KEY], out_a[TABLE], "", "")
+    assert out_a[KEY][:12] in status and out_b[KEY][:12] not in status
+    # a reopened review: the table of A cannot amend B's saved review
+    handlers.save_review(out_b[KEY], out_b[TABLE], "", "")
+    reopened = handlers.open_review(out_a[KEY])
+    with pytest.raises(gr.Error, match="does not belong to photo"):
+        handlers.save_review(out_b[KEY], reopened[1].assign(score=0.123), "", "")
+
+
+def test_review_from_api_shape(handlers, photo_path):
+    """gradio_client sends the table as {"headers", "data"} with the key from /analyze."""
     out = _analyse(handlers, photo_path)
-    table = {"headers": REVIEW_COLUMNS, "data": out[7].assign(decision="reject").values.tolist()}
-    status, _, saved = handlers.save_review(None, photo_path, table, "", "")
+    table = {"headers": REVIEW_COLUMNS, "data": out[TABLE].assign(decision="reject").values.tolist()}
+    status, _, saved = handlers.save_review(out[KEY], table, "", "")
     assert "revision 1" in status and set(saved["decision"]) == {"reject"}
 
 
 @pytest.mark.parametrize("decision, label, match", [("maybe", "", "decision must be"), ("relabel", "", "new label")])
 def test_review_bad_verdicts(handlers, photo_path, decision, label, match):
     out = _analyse(handlers, photo_path)
-    table = out[7].copy()
+    table = out[TABLE].copy()
     table.loc[0, "decision"], table.loc[0, "new label"] = decision, label
     with pytest.raises(gr.Error, match=match):
-        handlers.save_review(out[6], photo_path, table, "", "")
-    assert handlers.store.load(out[6]) is None
+        handlers.save_review(out[KEY], table, "", "")
+    assert handlers.store.load(out[KEY]) is None
 
 
 def test_review_errors_without_analysis(handlers):
     empty = pd.DataFrame(columns=REVIEW_COLUMNS)
     with pytest.raises(gr.Error, match="no concepts"):
-        handlers.save_review(None, None, empty, "", "")
+        handlers.save_review(None, empty, "", "")
     with pytest.raises(gr.Error, match="Analyse a photo"):
-        handlers.save_review(None, None, pd.DataFrame([[0, "lesion", 0.5, "accept", "", ""]],
-                                                      columns=REVIEW_COLUMNS), "", "")
-    with pytest.raises(gr.Error, match="Nothing to export|No reviews"):
+        handlers.save_review(None, pd.DataFrame([[0, "lesion", 0.5, "accept", "", ""]], columns=REVIEW_COLUMNS),
+                             "", "")
+    with pytest.raises(gr.Error, match="No reviews"):
         handlers.export_reviews()
     with pytest.raises(gr.Error, match="Choose a saved review"):
         handlers.open_review(None)
+    with pytest.raises(gr.Error, match="no saved review"):
+        handlers.open_review("abcdef0123")
 
 
 def test_app_module_cli_and_login(monkeypatch):
@@ -186,3 +269,24 @@ def test_app_module_cli_and_login(monkeypatch):
     assert app.login() == ("clinic", "s3cret")
     with pytest.raises(SystemExit):
         app.parse_args(["--profile", "huge"])
+
+
+def test_rtl_and_cjk_phrases_are_shown_whole(handlers, photo_path):
+    phrases = ["قرحة ذات حواف متآكلة", "皮肤溃疡边缘不规则"]
+    gallery, sims, _, status = handlers.explain(photo_path, "\n".join(phrases), None)
+    assert list(sims["phrase"]) == phrases
+    captions = [item["caption"] for item in gallery.value]
+    assert all(phrases[0] in c for c in captions[:4]) and all(phrases[1] in c for c in captions[4:])
+
+
+def test_numbered_photo_writes_each_concept_number_on_its_mask():
+    from skinapp.ui.handlers import numbered_photo
+
+    pixels = np.full((120, 160, 3), 128, np.uint8)
+    masks = np.zeros((2, 120, 160), bool)
+    masks[0, 10:50, 10:60], masks[1, 70:110, 90:150] = True, True
+    out = numbered_photo(pixels, masks, [0, 1])
+    changed = np.any(out != pixels, axis=2)
+    assert changed[10:50, 10:60].any() and changed[70:110, 90:150].any()
+    assert not changed[:, 65:85].any(), "numbers are drawn on their own masks only"
+    assert np.array_equal(pixels, np.full((120, 160, 3), 128, np.uint8)), "the input is not modified"

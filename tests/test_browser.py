@@ -1,8 +1,12 @@
 """End to end in real headless Chromium (Debian's ``chromium`` + ``chromedriver``, driven by selenium).
 
-Uploads a photo, waits for the concept masks, the diagnosis, the CAM plot and the phrase heatmaps,
-checks the untrained banner, saves a review, and writes a screenshot sheet (the Analyse page above the
-Explain page). ``SKINAPP_SCREENSHOT=docs/screenshot.png`` refreshes the README's picture.
+Issue 15 sequences in the browser: analyse photo A; upload photo B whose analysis fails (it stays in the
+Photo box): A's results are gone and Explain refuses B with a message next to its button (never A's
+heatmaps under B); analyse A again, explain it, review it (numbered masks), save and reopen. Checks the
+untrained banner and that the diagnosis is visible without scrolling at 1400x1000.
+
+``SKINAPP_SCREENSHOT_DIR=docs/screenshots`` writes the Analyse / Explain / Review screenshots (1400x1000)
+and ``docs/screenshot.png`` (the README's picture); a plain test run never rewrites a tracked file.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -22,9 +27,9 @@ from skinapp.ui.server import AppProcess
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
 selenium = pytest.importorskip("selenium", reason="selenium is not installed")
-pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
-                                reason="chromium and chromedriver are not installed (apt-get install chromium "
-                                       "chromium-driver)")
+pytestmark = [pytest.mark.browser, pytest.mark.skipif(
+    not (CHROMIUM and CHROMEDRIVER),
+    reason="chromium and chromedriver are not installed (apt-get install chromium chromium-driver)")]
 
 from selenium import webdriver  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
@@ -32,10 +37,8 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support import expected_conditions as ec  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
-#: Where the screenshot sheet goes: the test's tmp dir, or (to refresh the README's picture)
-#: SKINAPP_SCREENSHOT=docs/screenshot.png. A plain test run never rewrites a tracked file.
-SCREENSHOT_ENV = "SKINAPP_SCREENSHOT"
-WIDTH = 1400
+SCREENSHOT_ENV = "SKINAPP_SCREENSHOT_DIR"
+WIDTH, HEIGHT = 1400, 1000
 
 
 @pytest.fixture
@@ -45,10 +48,12 @@ def browser(tmp_path):
     options.binary_location = CHROMIUM
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'chrome-profile'}",
-                 f"--window-size={WIDTH},1000"):
+                 "--disable-dev-shm-usage", "--hide-scrollbars", f"--user-data-dir={tmp_path / 'chrome-profile'}",
+                 f"--window-size={WIDTH},{HEIGHT}"):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",  # the viewport itself is 1400x1000
+                           {"width": WIDTH, "height": HEIGHT, "deviceScaleFactor": 1, "mobile": False})
     driver.set_page_load_timeout(60)
     yield driver
     driver.quit()
@@ -62,63 +67,96 @@ def _images_in(driver, elem_id: str) -> int:
     return len(driver.find_elements(By.CSS_SELECTOR, f"#{elem_id} img"))
 
 
-def _full_page_screenshot(driver, path: Path) -> None:
-    height = driver.execute_script("return Math.max(document.body.scrollHeight, "
-                                   "document.documentElement.scrollHeight)")
-    driver.set_window_size(WIDTH, min(int(height) + 40, 4000))
+def _text(driver, elem_id: str) -> str:
+    """The element's text with whitespace normalised (Markdown code spans break lines in .text)."""
+    return " ".join(driver.find_element(By.ID, elem_id).text.split())
+
+
+def _tab(driver, name: str) -> None:
+    driver.find_element(By.XPATH, f"//button[@role='tab' and contains(., '{name}')]").click()
+
+
+def _screenshot(driver, name: str, tmp_path: Path) -> None:
     driver.execute_script("window.scrollTo(0, 0)")
+    folder = Path(os.environ.get(SCREENSHOT_ENV) or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
     driver.save_screenshot(str(path))
+    image = Image.open(path).convert("RGB")
+    image.save(path, optimize=True)
+    if path.stat().st_size > 500_000:  # keep docs/ light: a 256-colour palette is plenty for a screenshot
+        image.quantize(256).save(path, optimize=True)
+    assert image.size == (WIDTH, HEIGHT) and path.stat().st_size < 500_000
 
 
-def test_upload_analyse_explain_in_chromium(browser, tmp_path):
-    photo = example_paths()[0]
+def _upload(driver, path) -> None:
+    driver.find_element(By.CSS_SELECTOR, "#photo input[type=file]").send_keys(str(path))
+
+
+def test_issue15_sequences_in_chromium(browser, tmp_path):
+    photo_a, photo_c = example_paths()[0], example_paths()[1]
+    key_a, key_c = load_image(photo_a).key[:12], load_image(photo_c).key[:12]
+    tiny = tmp_path / "b_too_small.png"
+    Image.fromarray(np.full((20, 20, 3), 128, np.uint8)).save(tiny)
     with AppProcess(tmp_path / "data", profile="tiny", extra_args=["--no-warmup"]) as app:
         browser.get(app.url)
-        upload = _wait(browser, 60).until(
-            ec.presence_of_element_located((By.CSS_SELECTOR, "#photo input[type=file]")))
-        upload.send_keys(str(photo))  # the upload event runs the analysis
-        # masks, diagnosis, CAM plot, decisive concept and the banner
-        _wait(browser).until(lambda d: UNTRAINED_WARNING in d.find_element(By.ID, "decisive-text").text)
+        _wait(browser, 60).until(ec.presence_of_element_located((By.CSS_SELECTOR, "#photo input[type=file]")))
+        _upload(browser, photo_a)  # the upload event runs the analysis
+        _wait(browser).until(lambda d: f"Analysed photo {key_a}" in _text(d, "analyse-status"))
         _wait(browser).until(lambda d: _images_in(d, "concepts") >= 2 and _images_in(d, "cam-plot") >= 1
                              and _images_in(d, "decisive") >= 1)
-        diagnosis = browser.find_element(By.ID, "diagnosis").text
-        assert any(name in diagnosis for name in ("Eczema", "Urticaria", "Psoriasis", "Insect Bite",
-                                                  "Allergic Contact Dermatitis"))
-        assert UNTRAINED_WARNING in browser.find_element(By.ID, "analysis-banner").text
-        _full_page_screenshot(browser, tmp_path / "analyse.png")
+        assert UNTRAINED_WARNING in _text(browser, "decisive-text") and key_a in _text(browser, "decisive-text")
+        assert UNTRAINED_WARNING in _text(browser, "startup-banner")
+        assert len(browser.find_elements(By.CSS_SELECTOR, ".untrained-banner")) == 1, "one banner, not one per panel"
+        diagnosis = browser.find_element(By.ID, "diagnosis")
+        assert any(n in diagnosis.text for n in ("Eczema", "Urticaria", "Psoriasis", "Insect Bite", "Allergic"))
+        bottom = browser.execute_script("return arguments[0].getBoundingClientRect().bottom", diagnosis)
+        assert bottom <= browser.execute_script("return window.innerHeight"), "diagnosis below the fold"
+        _screenshot(browser, "after-analyse.png", tmp_path)
 
-        # Explain: three phrases, one row of four images each
-        browser.set_window_size(WIDTH, 1000)
-        browser.find_element(By.XPATH, "//button[@role='tab' and contains(., 'Explain')]").click()
+        # photo B fails: A's results disappear, the error stays next to the button
+        _upload(browser, tiny)
+        _wait(browser).until(lambda d: "too small" in _text(d, "analyse-status"))
+        assert _images_in(browser, "concepts") == 0 and key_a not in _text(browser, "analysis-details")
+        assert key_a not in _text(browser, "decisive-text")
+        # Explain acts on B (shown in the Photo box): refused with a message, never A's heatmaps
+        _tab(browser, "Explain")
         _wait(browser, 30).until(ec.element_to_be_clickable((By.ID, "explain-btn"))).click()
-        _wait(browser).until(lambda d: _images_in(d, "heatmaps") >= 12)
-        captions = browser.find_element(By.ID, "heatmaps").text
-        assert "MedGrad E-CLIP" in captions or "Grad E-CLIP" in captions
-        _full_page_screenshot(browser, tmp_path / "explain.png")
+        _wait(browser).until(lambda d: "too small" in _text(d, "explain-status"))
+        assert _images_in(browser, "heatmaps") == 0
 
-        # Review: accept every concept and save; the status confirms the stored revision
-        browser.set_window_size(WIDTH, 1000)
-        browser.find_element(By.XPATH, "//button[@role='tab' and contains(., 'Review')]").click()
-        _wait(browser, 30).until(ec.element_to_be_clickable(
-            (By.XPATH, "//button[contains(., 'Mark all pending as accepted')]"))).click()
-        _wait(browser, 30).until(lambda d: "accept" in d.find_element(By.ID, "review-table").text)
+        # photo A again: explained, every tile captioned, the key on the gallery
+        _tab(browser, "Analyse")
+        _upload(browser, photo_a)
+        _wait(browser).until(lambda d: f"Analysed photo {key_a}" in _text(d, "analyse-status"))
+        _tab(browser, "Explain")
+        _wait(browser, 30).until(ec.element_to_be_clickable((By.ID, "explain-btn"))).click()
+        _wait(browser).until(lambda d: _images_in(d, "heatmaps") >= 12 and key_a in _text(d, "explain-status"))
+        captions = _text(browser, "heatmaps")  # every tile: method and similarity, untruncated
+        assert captions.count("MedGrad E-CLIP \u00b7 sim ") == 3 and captions.count("Grad-CAM \u00b7 sim ") == 3
+        assert "ulcer with undermined edges" in captions
+        _screenshot(browser, "after-explain.png", tmp_path)
+
+        # Review: numbered masks on the photo, save, reopen; statuses name photo A only
+        _tab(browser, "Review")
+        _wait(browser, 30).until(lambda d: _images_in(d, "review-image") >= 2)
+        key_box = browser.find_element(By.CSS_SELECTOR, "#review-key input, #review-key textarea")
+        assert key_box.get_attribute("value").startswith(key_a)
+        browser.find_element(By.XPATH, "//button[contains(., 'Mark all pending as accepted')]").click()
+        _wait(browser, 30).until(lambda d: "accept" in _text(d, "review-table"))
         browser.find_element(By.ID, "save-review").click()
-        _wait(browser, 60).until(lambda d: "revision 1" in d.find_element(By.ID, "review-status").text)
+        _wait(browser, 60).until(lambda d: "revision 1" in _text(d, "review-status"))
+        assert key_a in _text(browser, "review-status")
+        browser.find_element(By.ID, "reopen").click()
+        _wait(browser, 60).until(lambda d: f"Reopened review of photo {key_a}" in _text(d, "review-status"))
+        _screenshot(browser, "after-review.png", tmp_path)
 
-        # clicking an example photo analyses it: the details switch to the example's key
-        browser.find_element(By.XPATH, "//button[@role='tab' and contains(., 'Analyse')]").click()
-        first_key = load_image(photo).key[:12]
-        second_key = load_image(example_paths()[1]).key[:12]
-        assert first_key in browser.find_element(By.ID, "analysis-details").text
+        # clicking an example photo analyses it: every status switches to its key
+        _tab(browser, "Analyse")
         thumbs = _wait(browser, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".gallery-item, button.gallery"))
         thumbs[1].click()
-        _wait(browser).until(lambda d: second_key in d.find_element(By.ID, "analysis-details").text)
-    # the README screenshot: the Analyse page above the Explain page, both as the browser drew them
-    analyse, explain = Image.open(tmp_path / "analyse.png"), Image.open(tmp_path / "explain.png")
-    sheet = Image.new("RGB", (max(analyse.width, explain.width), analyse.height + explain.height + 8), "#9e9e9e")
-    sheet.paste(analyse, (0, 0))
-    sheet.paste(explain, (0, analyse.height + 8))
-    target = Path(os.environ.get(SCREENSHOT_ENV) or tmp_path / "screenshot.png")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(target, optimize=True)
-    assert target.stat().st_size > 20_000
+        _wait(browser).until(lambda d: key_c in _text(d, "analysis-details"))
+        assert key_a not in _text(browser, "analyse-status")
+    if os.environ.get(SCREENSHOT_ENV):  # the README's picture
+        shutil.copyfile(Path(os.environ[SCREENSHOT_ENV]) / "after-analyse.png",
+                        Path(os.environ[SCREENSHOT_ENV]).parent / "screenshot.png")

@@ -53,9 +53,10 @@ def test_truncated_jpeg(skin_photo):
         load_image(data[: len(data) // 2])
 
 
-def test_missing_file(tmp_path):
-    with pytest.raises(InvalidImageError, match="No such file"):
-        load_image(tmp_path / "nope.jpg")
+def test_missing_file_message_names_no_file(tmp_path):
+    with pytest.raises(InvalidImageError, match="could not be found") as info:
+        load_image(tmp_path / "Jane_Doe_forearm.jpg")
+    assert "Jane" not in str(info.value), "file names may hold patient names: never in messages or logs"
 
 
 def test_none_and_wrong_type():
@@ -91,8 +92,26 @@ def test_huge_image_is_downscaled_and_keeps_original_coordinates():
 def test_decompression_bomb_refused():
     # A 12000x12000 PNG header is cheap to write as a 1-bit image; decoding it would be 144 MP.
     bomb = Image.new("1", (12000, 12000))
-    with pytest.raises(InvalidImageError, match="too large"):
+    with pytest.raises(InvalidImageError, match=r"12000x12000 = 144 MP; limit 100 MP"):
         load_image(_png_bytes(bomb))
+    # over twice Pillow's limit: Pillow refuses before we see the size; the message still says both numbers
+    with pytest.raises(InvalidImageError, match=r"\(\d+ MP; limit 100 MP\)"):
+        load_image(_png_bytes(Image.new("1", (20000, 15000))))
+
+
+def test_pillow_limit_does_not_refuse_images_below_ours():
+    # 95 MP: above Pillow's default 89.5 MP warning threshold, below our 100 MP limit
+    image = Image.new("1", (10000, 9500))
+    li = load_image(_png_bytes(image))
+    assert li.original_size == (9500, 10000)
+
+
+def test_animated_gif_says_first_frame(skin_photo):
+    frames = [Image.fromarray(skin_photo.pixels), Image.fromarray(255 - skin_photo.pixels)]
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    li = load_image(buf.getvalue())
+    assert any("first frame" in n and "2 frames" in n for n in li.notes)
 
 
 def test_grayscale_rgba_16bit_cmyk_palette(skin_photo):

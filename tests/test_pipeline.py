@@ -95,7 +95,7 @@ def test_explain_five_phrases(analyzer):
     for m in pipeline.EXPLAIN_METHODS:
         assert expl.maps[m].shape[0] == 5 and expl.maps[m].min() >= 0 and expl.maps[m].max() <= 1
     assert expl.banner.startswith(UNTRAINED_WARNING)
-    assert len(expl.gallery()) == 5 * 4 and "CLIP sim" in expl.gallery()[1][1]
+    assert len(expl.gallery()) == 5 * 4 and expl.gallery()[1][1].startswith("Grad-CAM \u00b7 sim ")
     # heatmaps differ between phrases (they depend on the text)
     assert not np.allclose(expl.maps["grad_eclip"][0], expl.maps["grad_eclip"][1])
 
@@ -213,3 +213,12 @@ def test_concurrent_requests_do_not_mix_photos(analyzer):
     for job, result in zip(jobs, results):
         assert np.array_equal(result.image.pixels, job)
     assert results[0] is results[3] and len({r.image_key for r in results}) == 3
+
+
+def test_explain_result_flags_phrases_cut_to_the_clip_context(analyzer):
+    """Issue 9: a phrase over CLIP's 77 tokens is flagged in the result (and so in the Explain screen)."""
+    long_phrase = " ".join("abcdefghij"[i % 10] for i in range(90))  # 90 single-letter tokens
+    result = analyzer.explain(_photo(31), ["blue-whitish veil", long_phrase])
+    assert result.truncated == [False, True] and result.context_length == 77
+    assert result.truncation_note(1) == "(cut to 77 tokens)" and result.truncation_note(0) == ""
+    assert "(cut to 77 tokens)" in result.gallery()[4][1] and "cut to" not in result.gallery()[0][1]

@@ -1,14 +1,18 @@
 """The Gradio Blocks layout: Analyse, Explain and Review tabs wired to :class:`~skinapp.ui.handlers.Handlers`.
 
-Named API endpoints (usable from ``gradio_client``): ``/analyze``, ``/explain``, ``/save_review``,
-``/open_review``, ``/list_reviews``, ``/export_reviews``. ``gr.State`` holds only the photo's key
-(``LoadedImage.key``); gradio_client leaves State out, so the API endpoints name the photo by the
-image input instead (the per-photo cache makes that cheap: the photo's hash finds its analysis).
+Named API endpoints (usable from ``gradio_client``; the README lists their inputs and outputs):
+``/analyze``, ``/explain``, ``/save_review``, ``/open_review``, ``/list_reviews``, ``/export_reviews``.
+No ``gr.State`` holds a photo: Analyse and Explain act on the Photo input, Review on the photo key shown
+next to the review table (set together with the table by an analysis or a reopened review).
+
+Every action first clears what it will replace and shows its status next to its button; a failed action
+leaves its message there (``.failure``) until the next action.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import gradio as gr
 
@@ -20,9 +24,11 @@ from skinapp.ui.components import photo_input
 from skinapp.ui.handlers import REVIEW_COLUMNS, Handlers, banner_html
 
 CSS = """
-.untrained-banner { box-shadow: 0 0 0 3px #ffcdd2; }
 .untrained-banner, .untrained-banner * { color: #fff !important; }
 .weights-ok { color: #2e7d32; font-size: 0.9em; }
+.action-error { color: #b00020; font-weight: 600; }
+#heatmaps .caption-label, #heatmaps figcaption { white-space: normal !important; overflow: visible !important;
+  text-overflow: clip !important; unicode-bidi: plaintext; }
 """
 
 #: Model events share one concurrency group: at most this many run at once (Gradio's queue).
@@ -30,7 +36,8 @@ MODEL_CONCURRENCY = 1
 
 
 def build_demo(analyzer: Analyzer, store: ReviewStore, *, gpu: Callable[[Callable], Callable] | None = None,
-               model_concurrency: int = MODEL_CONCURRENCY, delete_cache: tuple[int, int] = (300, 600)) -> gr.Blocks:
+               model_concurrency: int = MODEL_CONCURRENCY, delete_cache: tuple[int, int] = (300, 600),
+               export_dir: str | Path | None = None, export_owners: dict[str, str | None] | None = None) -> gr.Blocks:
     """Build the app.
 
     Args:
@@ -38,24 +45,25 @@ def build_demo(analyzer: Analyzer, store: ReviewStore, *, gpu: Callable[[Callabl
         store: the review store.
         gpu: a decorator for GPU handlers (``spaces.GPU`` on Hugging Face Spaces), or None.
         model_concurrency: concurrent model events (Gradio queue concurrency limit).
-        delete_cache: (every, older than) seconds: Gradio's temporary files (uploads, outputs) are deleted.
+        delete_cache: (every, older than) seconds: Gradio's own sweep of its temporary files.
+        export_dir, export_owners: see :class:`~skinapp.ui.handlers.Handlers`.
     """
-    h = Handlers(analyzer, store)
+    h = Handlers(analyzer, store, export_dir=export_dir, export_owners=export_owners)
     wrap = gpu or (lambda fn: fn)
-    start_banner = _start_banner(analyzer)
     phrase_examples = [[p] for group in SUGGESTED_PHRASES.values() for p in group]
 
     with gr.Blocks(title="skinapp \u2014 skin photo concepts, diagnosis and explanations",
                    delete_cache=delete_cache) as demo:
-        photo_key = gr.State(None)
-        gr.Markdown("## skinapp \u2014 visual concepts, fused diagnosis and phrase explanations for skin photos")
-        gr.HTML(start_banner, elem_id="startup-banner")
+        gr.HTML(_start_banner(analyzer), elem_id="startup-banner")
 
         with gr.Tab("Analyse", id="analyse"):
             with gr.Row():
                 with gr.Column(scale=2):
-                    image = photo_input(label="Photo", type="filepath", sources=["upload", "webcam", "clipboard"],
-                                     height=360, elem_id="photo")
+                    image = photo_input(label="Photo", sources=["upload", "webcam", "clipboard"], height=300,
+                                        elem_id="photo")
+                    with gr.Row():
+                        analyse_btn = gr.Button("Analyse", variant="primary", elem_id="analyse-btn", scale=1)
+                        analyse_status = gr.Markdown(elem_id="analyse-status")
                     examples = example_paths()
                     photo_examples = gr.Examples([[str(p)] for p in examples], inputs=[image], label="Example photos",
                                                  cache_examples=False) if examples else None
@@ -66,16 +74,18 @@ def build_demo(analyzer: Analyzer, store: ReviewStore, *, gpu: Callable[[Callabl
                                           label="Box threshold")
                         text_t = gr.Slider(0.05, 0.95, value=analyzer.text_threshold, step=0.01,
                                            label="Text threshold")
-                    analyse_btn = gr.Button("Analyse", variant="primary", elem_id="analyse-btn")
                 with gr.Column(scale=3):
-                    banner = gr.HTML(elem_id="analysis-banner")
-                    annotated = gr.AnnotatedImage(label="Concepts", height=360, elem_id="concepts")
-                    diagnosis = gr.Label(label="Diagnosis", num_top_classes=5, elem_id="diagnosis")
+                    # the API's copy of the banner; on screen the one banner at the top says it
+                    banner = gr.HTML(elem_id="analysis-banner", visible=False)
+                    diagnosis = gr.Label(label="Diagnosis", num_top_classes=3, elem_id="diagnosis")
+                    annotated = gr.AnnotatedImage(label="Concepts", height=300, elem_id="concepts")
             with gr.Row():
-                cam_plot = gr.Plot(label="CAM: concept x class", elem_id="cam-plot")
+                cam_plot = gr.Plot(label="CAM: concept x class", elem_id="cam-plot", show_label=False)
                 with gr.Column():
-                    decisive_img = gr.Image(label="Decisive concept", interactive=False, elem_id="decisive")
                     decisive_txt = gr.Markdown(elem_id="decisive-text")
+                    # no label or toolbar over the image: they would hide the burned-in warning strip
+                    decisive_img = gr.Image(label="Decisive concept", interactive=False, elem_id="decisive",
+                                            show_label=False, buttons=[])
             details = gr.Markdown(elem_id="analysis-details")
 
         with gr.Tab("Explain", id="explain"), gr.Row():
@@ -85,59 +95,94 @@ def build_demo(analyzer: Analyzer, store: ReviewStore, *, gpu: Callable[[Callabl
                                      elem_id="phrases")
                 clip_choice = gr.Radio(analyzer.clip_choices, value=analyzer.clip_choices[0],
                                        label="CLIP weights", visible=len(analyzer.clip_choices) > 1)
-                explain_btn = gr.Button("Explain", variant="primary", elem_id="explain-btn")
+                explain_btn = gr.Button("Explain the photo on the Analyse tab", variant="primary",
+                                        elem_id="explain-btn")
+                explain_status = gr.Markdown(elem_id="explain-status")
                 gr.Examples(phrase_examples, inputs=[phrases], label="Suggested phrases (7-point checklist, PH2, "
                             "NTD)", examples_per_page=8)
             with gr.Column(scale=3):
-                explain_banner = gr.HTML()
+                explain_banner = gr.HTML(visible=False)  # the API's copy; the top banner says it on screen
                 gallery = gr.Gallery(label="photo / Grad-CAM / Grad E-CLIP / MedGrad E-CLIP", columns=4,
-                                     object_fit="contain", height=700, elem_id="heatmaps")
-                sims = gr.Dataframe(headers=["phrase", "CLIP similarity"], label="CLIP similarity",
-                                    interactive=False)
+                                     object_fit="contain", height="auto", elem_id="heatmaps", show_label=False)
+                sims = gr.Dataframe(headers=["photo", "phrase", "CLIP similarity", "note"], label="CLIP similarity",
+                                    interactive=False, elem_id="similarities")
 
         with gr.Tab("Review", id="review"):
-            gr.Markdown("For each concept of the current photo set **decision** to one of "
-                        f"{', '.join(d for d in DECISIONS if d != 'pending')} (relabel needs a new label) and add a "
-                        "comment if useful. The photo and its masks are stored only when you save.")
             with gr.Row():
+                with gr.Column(scale=2):
+                    review_image = gr.AnnotatedImage(label="Photo with numbered concepts", height=380,
+                                                     elem_id="review-image")
+                    review_key = gr.Textbox(label="Photo key (the photo this review belongs to)", interactive=False,
+                                            elem_id="review-key")
                 with gr.Column(scale=3):
-                    table = gr.Dataframe(headers=REVIEW_COLUMNS, interactive=True, static_columns=[0, 1, 2],
-                                         label="Concepts", elem_id="review-table")
+                    table = gr.Dataframe(headers=REVIEW_COLUMNS, interactive=False, label="Concepts",
+                                         elem_id="review-table", wrap=True)
+                    with gr.Row():
+                        pick = gr.Dropdown(label="Concept #", choices=[], allow_custom_value=True, scale=1,
+                                           elem_id="pick-concept")
+                        decision = gr.Dropdown(list(DECISIONS), value="accept", label="Decision", scale=1,
+                                               elem_id="pick-decision")
+                        new_label = gr.Textbox(label="New label (relabel)", scale=1)
+                    comment = gr.Textbox(label="Comment", lines=2)
+                    with gr.Row():
+                        apply_btn = gr.Button("Set decision for this concept", elem_id="apply-verdict")
+                        accept_all = gr.Button("Mark all pending as accepted")
                     with gr.Row():
                         reviewer = gr.Textbox(label="Reviewer", scale=1)
                         note = gr.Textbox(label="Note on the photo", scale=2)
-                    with gr.Row():
-                        accept_all = gr.Button("Mark all pending as accepted")
-                        save_btn = gr.Button("Save review", variant="primary", elem_id="save-review")
+                    save_btn = gr.Button("Save review", variant="primary", elem_id="save-review")
                     review_status = gr.Markdown(elem_id="review-status")
-                with gr.Column(scale=2):
-                    saved = gr.Dropdown(label="Saved reviews", choices=[], interactive=True)
-                    with gr.Row():
-                        refresh_btn = gr.Button("Refresh list")
-                        open_btn = gr.Button("Reopen")
-                    preview = gr.AnnotatedImage(label="Reopened review")
+            with gr.Row():
+                saved = gr.Dropdown(label="Saved reviews", choices=[], interactive=True, allow_custom_value=True,
+                                    elem_id="saved-reviews")
+                with gr.Column():
+                    refresh_btn = gr.Button("Refresh list")
+                    open_btn = gr.Button("Reopen", elem_id="reopen")
+                with gr.Column():
                     export_btn = gr.Button("Export reviewed concepts (COCO JSON + PNG masks)")
-                    export_file = gr.File(label="Export", interactive=False)
+                    export_file = gr.File(label="Export (this session only, temporary)", interactive=False)
                     export_status = gr.Markdown()
 
         model_events = {"concurrency_id": "models", "concurrency_limit": model_concurrency}
-        analyse_outputs = [annotated, diagnosis, cam_plot, decisive_img, decisive_txt, banner, photo_key, table,
-                           review_status, details]
+        analyse_outputs = [annotated, diagnosis, cam_plot, decisive_img, decisive_txt, banner, review_key, table,
+                           review_image, review_status, details, analyse_status]
+        cleared = [*analyse_outputs, gallery, sims, explain_banner, explain_status]
         analyse_inputs = [image, prompts, box_t, text_t]
-        analyse_btn.click(wrap(h.analyze), analyse_inputs, analyse_outputs, api_name="analyze", **model_events)
-        image.upload(wrap(h.analyze), analyse_inputs, analyse_outputs, api_visibility="private", **model_events)
+
+        def analyse_after(trigger, api_name: str | None) -> None:
+            """Clear every photo-derived output, then analyse; a failure stays next to the button."""
+            names = {"api_name": api_name} if api_name else {"api_visibility": "private"}
+            event = trigger(lambda: h.cleared("Analysing\u2026"), None, cleared, api_visibility="private",
+                            queue=False, show_progress="hidden")
+            event = event.then(wrap(h.analyze), analyse_inputs, analyse_outputs, **names, **model_events)
+            event.failure(h.error_text("analyze"), None, [analyse_status], api_visibility="private", queue=False)
+
+        analyse_after(analyse_btn.click, "analyze")
+        analyse_after(image.upload, None)
+        image.clear(lambda: h.cleared(""), None, cleared, api_visibility="private", queue=False)
         if photo_examples is not None:  # clicking an example photo analyses it too
-            photo_examples.load_input_event.then(wrap(h.analyze), analyse_inputs, analyse_outputs,
-                                                 api_visibility="private", **model_events)
-        explain_btn.click(wrap(h.explain), [photo_key, image, phrases, clip_choice], [gallery, sims, explain_banner],
-                          api_name="explain", **model_events)
-        save_btn.click(h.save_review, [photo_key, image, table, reviewer, note], [review_status, saved, table],
-                       api_name="save_review")
+            analyse_after(photo_examples.load_input_event.then, None)
+
+        explain = explain_btn.click(lambda: (None, None, "", "Explaining\u2026"), None,
+                                    [gallery, sims, explain_banner, explain_status], api_visibility="private",
+                                    queue=False, show_progress="hidden")
+        explain = explain.then(wrap(h.explain), [image, phrases, clip_choice],
+                               [gallery, sims, explain_banner, explain_status], api_name="explain", **model_events)
+        explain.failure(h.error_text("explain"), None, [explain_status], api_visibility="private", queue=False)
+
+        save = save_btn.click(h.save_review, [review_key, table, reviewer, note], [review_status, saved, table],
+                              api_name="save_review")
+        save.failure(h.error_text("save_review"), None, [review_status], api_visibility="private", queue=False)
+        table.change(_concept_choices, [table], [pick], api_visibility="private", queue=False)
+        apply_btn.click(_apply_verdict, [table, pick, decision, new_label, comment], [table],
+                        api_visibility="private", queue=False)
         accept_all.click(_accept_all, [table], [table], api_visibility="private")
         refresh_btn.click(h.review_choices, None, [saved], api_name="list_reviews")
-        open_btn.click(h.open_review, [saved], [photo_key, table, reviewer, note, preview, review_status],
-                       api_name="open_review")
-        export_btn.click(h.export_reviews, None, [export_file, export_status], api_name="export_reviews")
+        reopen = open_btn.click(h.open_review, [saved], [review_key, table, reviewer, note, review_image,
+                                                         review_status], api_name="open_review")
+        reopen.failure(h.error_text("open_review"), None, [review_status], api_visibility="private", queue=False)
+        export = export_btn.click(h.export_reviews, None, [export_file, export_status], api_name="export_reviews")
+        export.failure(h.error_text("export_reviews"), None, [export_status], api_visibility="private", queue=False)
         demo.load(h.review_choices, None, [saved], api_visibility="private")
     return demo
 
@@ -149,6 +194,26 @@ def _start_banner(analyzer: Analyzer) -> str:
         text = banner_text(weights, [r for items in analyzer.reasons.values() for r in items])
         text += "\nDemo mode: see the README for how to download or train real weights."
     return banner_html(text, weights)
+
+
+def _concept_choices(table) -> gr.Dropdown:
+    rows = [] if table is None or "#" not in getattr(table, "columns", []) else table.to_dict("records")
+    choices = [(f"#{r['#']} {r['concept']}", str(r["#"])) for r in rows if str(r.get("#", "")) != ""]
+    return gr.Dropdown(choices=choices, value=choices[0][1] if choices else None)
+
+
+def _apply_verdict(table, concept, decision, label, comment):
+    """The table with one concept's decision / new label / comment set (the Review tab's editor)."""
+    frame = table.copy()
+    if concept in (None, "") or "#" not in frame:
+        raise gr.Error("Choose a concept first.", print_exception=False)
+    hit = frame["#"].astype(str) == str(concept)
+    if not hit.any():
+        raise gr.Error(f"There is no concept #{concept} in this review.", print_exception=False)
+    frame.loc[hit, "decision"] = decision or "pending"
+    frame.loc[hit, "new label"] = label or ""
+    frame.loc[hit, "comment"] = comment or ""
+    return frame
 
 
 def _accept_all(table):

@@ -2,30 +2,33 @@
 
 from __future__ import annotations
 
-import functools
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
-from PIL import UnidentifiedImageError
 
 
 def photo_input(**kwargs: Any) -> gr.Image:
-    """A ``gr.Image`` whose upload check gives a readable message for files that are not images.
+    """A ``gr.Image`` whose handlers receive the uploaded file itself, byte for byte.
 
-    Gradio opens every uploaded image with PIL before the handler runs; a PDF or text file would fail
-    there with an internal error. The instance's ``preprocess`` is wrapped to turn that into a
-    ``gr.Error`` the user can act on (a subclass would make Gradio write a .pyi stub into the source tree).
+    Gradio's own ``Image.preprocess`` re-encodes every upload before a handler sees it: 16-bit PNGs are
+    clipped to 8 bits, transparency is dropped (revealing the colours under it), CMYK and animated GIFs
+    lose what made them special. The instance's ``preprocess`` is replaced so the handler gets the path
+    of the original upload and :func:`skinapp.image.load_image` applies the conversions the README
+    promises (with their notes). Files that are not images get our loader's readable message.
+    (A subclass would make Gradio write a .pyi stub into the source tree.)
     """
+    kwargs["type"] = "filepath"
     image = gr.Image(**kwargs)
-    preprocess = image.preprocess
 
-    @functools.wraps(preprocess)
-    def readable_preprocess(payload: Any) -> Any:
-        try:
-            return preprocess(payload)
-        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-            raise gr.Error("This file is not a readable image: upload a JPEG, PNG, WebP, TIFF or BMP photo.",
-                           title="Not a photo") from exc
+    def original_file(payload: Any) -> str | None:
+        if payload is None:
+            return None
+        path = getattr(payload, "path", None) or (payload.get("path") if isinstance(payload, dict) else None)
+        if not path or not Path(path).is_file():
+            raise gr.Error("The uploaded photo is no longer available; upload it again.", title="Photo missing",
+                           print_exception=False)
+        return str(path)
 
-    image.preprocess = readable_preprocess  # type: ignore[method-assign]
+    image.preprocess = original_file  # type: ignore[method-assign]
     return image

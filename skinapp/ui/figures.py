@@ -17,7 +17,7 @@ MAX_ROWS = 30
 
 
 def cam_figure(cam: np.ndarray, rows: list[str], class_names: list[str], predicted_index: int,
-               highlight_row: int | None = None, untrained: bool = False) -> Figure:
+               highlight_row: int | None = None, untrained: bool = False, photo: str = "") -> Figure:
     """A concept x class heatmap of the CAM.
 
     Args:
@@ -26,29 +26,35 @@ def cam_figure(cam: np.ndarray, rows: list[str], class_names: list[str], predict
         class_names: C class names; ``predicted_index`` is outlined.
         highlight_row: the decisive concept's row (marked with an arrow), or None.
         untrained: put UNTRAINED_WARNING in the title.
+        photo: the photo's short key, named in the title.
     """
     cam = np.asarray(cam, dtype=np.float32)
     order = np.arange(len(rows))
     if len(rows) > MAX_ROWS:
         order = np.argsort(-cam[:, predicted_index], kind="stable")[:MAX_ROWS]
     shown = cam[order]
-    labels = [rows[i] for i in order]
-    height = 1.6 + 0.32 * max(len(order), 1)
-    fig = Figure(figsize=(1.6 + 1.1 * len(class_names), height), dpi=100)
+    n = max(len(order), 1)
+    decisive = (int(np.flatnonzero(order == highlight_row)[0])
+                if highlight_row is not None and highlight_row in set(order.tolist()) else None)
+    labels = [("\u25b6 " if i == decisive else "") + rows[r] for i, r in enumerate(order)]
+    # 0.22 inch per row keeps 8-pt labels apart; room above for the title and below for the class names
+    fig = Figure(figsize=(3.2 + 0.9 * len(class_names), 2.4 + 0.22 * n), dpi=100, layout="constrained")
     ax = fig.subplots()
     image = ax.imshow(shown if len(order) else np.zeros((1, len(class_names))), aspect="auto", cmap="viridis")
     ax.set_xticks(range(len(class_names)), class_names, rotation=30, ha="right", fontsize=8)
     ax.set_yticks(range(len(labels)), labels, fontsize=8)
-    ax.add_patch(Rectangle((predicted_index - 0.5, -0.5), 1, max(len(order), 1), fill=False, ec="red", lw=2))
-    if highlight_row is not None and highlight_row in set(order.tolist()):
-        y = int(np.flatnonzero(order == highlight_row)[0])
-        ax.annotate("decisive", xy=(predicted_index, y), xytext=(len(class_names) - 0.4, y), fontsize=8,
-                    color="red", va="center", arrowprops={"arrowstyle": "->", "color": "red"},
-                    annotation_clip=False)
-    fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02, label="CAM score")
-    title = "Concept x class activation (CAM)"
+    ax.add_patch(Rectangle((predicted_index - 0.5, -0.5), 1, n, fill=False, ec="red", lw=2))
+    if decisive is not None:  # the decisive concept: its cell outlined and its label red, inside the heatmap
+        ax.add_patch(Rectangle((predicted_index - 0.5, decisive - 0.5), 1, 1, fill=False, ec="white", lw=2.5,
+                               ls="--"))
+        tick = ax.get_yticklabels()[decisive]
+        tick.set_color("red")
+        tick.set_fontweight("bold")
+    fig.colorbar(image, ax=ax, fraction=0.05, pad=0.02, label="CAM score")
+    title = "CAM: concept x class" + (f" \u00b7 photo {photo}" if photo else "")
+    if decisive is not None:
+        title += "\n\u25b6 = decisive concept (dashed cell)"
     if untrained:
         title = f"{UNTRAINED_WARNING}\n{title}"
     ax.set_title(title, fontsize=9, color="red" if untrained else "black")
-    fig.tight_layout()
     return fig

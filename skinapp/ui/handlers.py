@@ -1,56 +1,89 @@
 """Event handlers: turn pipeline / review-store results into Gradio component values.
 
-Each handler is a plain method (testable without a browser). Bad input raises ``gr.Error`` with the
-pipeline's own readable message; the app stays responsive. The only per-session state is the
-photo key (``LoadedImage.key``) the UI keeps in ``gr.State``.
+Each handler is a plain method (testable without a browser) that acts on the photo it is given: the
+Analyse and Explain handlers on the photo input, the Review handlers on the photo key that travels with
+the review table. Nothing about "the current photo" is kept per session; the only shared state is the
+Analyzer's cache keyed by the photo's content. Every result names the photo it was computed for by its
+short key (:func:`short_key`).
+
+Bad input raises ``gr.Error`` with the pipeline's readable message, logged as one line without file
+names (no traceback); the UI shows the message next to the action until the next action.
 """
 
 from __future__ import annotations
 
 import html
 import logging
+import re
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import cv2
 import gradio as gr
 import numpy as np
 import pandas as pd
 
+from skinapp.cache import LRUCache
 from skinapp.pipeline import METHOD_TITLES, AnalysisResult, Analyzer
 from skinapp.provenance import UNTRAINED_WARNING, WeightsInfo
-from skinapp.review import ConceptReview, ReviewStore, export_zip
+from skinapp.review import ConceptReview, Review, ReviewStore, export_zip
 from skinapp.ui.figures import cam_figure
+from skinapp.ui.privacy import new_export_path, session_cookie
 
 log = logging.getLogger(__name__)
 
 #: Opacity of the concept masks drawn over the photo (Gradio uses the mask value as alpha).
 MASK_OPACITY = 0.5
+#: Characters of the photo key shown on screen.
+SHORT_KEY = 12
+#: Where the README explains how to get real weights (the banner's one pointer).
+WEIGHTS_HELP = "README \u2192 Real weights (python -m skinapp.checkpoints download ...)"
 
 REVIEW_COLUMNS = ["#", "concept", "score", "decision", "new label", "comment"]
 
 
+def short_key(key: str) -> str:
+    return key[:SHORT_KEY]
+
+
 def banner_html(banner: str, weights: tuple[WeightsInfo, ...]) -> str:
-    """An unmissable red banner when ``banner`` is set; else a quiet line naming the weights used."""
-    used = "; ".join(html.escape(w.describe()) for w in weights)
+    """One concise red banner when ``banner`` is set (the warning, which models, one link); else a quiet line."""
     if not banner:
+        used = "; ".join(html.escape(w.describe()) for w in weights)
         return f'<div class="weights-ok">Weights used: {used}</div>'
-    lines = banner.split("\n")
-    details = "<br>".join(html.escape(line) for line in lines[1:])
-    return (f'<div class="untrained-banner" role="alert" style="background:#b00020;color:#fff;padding:14px 18px;'
-            f'border-radius:8px;border:4px solid #ff5252;">'
-            f'<div style="font-size:1.6em;font-weight:800;letter-spacing:0.03em;color:#fff;">'
-            f'&#9888; {html.escape(lines[0])}'
-            f'</div><div style="font-size:0.9em;margin-top:6px;color:#fff;">{details}</div></div>')
+    bad = [w.name for w in weights if not w.trained]
+    which = f"Untrained: {html.escape(', '.join(dict.fromkeys(bad)))}. " if bad else ""
+    return (f'<div class="untrained-banner" role="alert" style="background:#b00020;color:#fff;padding:8px 14px;'
+            f'border-radius:6px;"><b style="font-size:1.15em;">&#9888; {html.escape(banner.splitlines()[0])}</b>'
+            f'<span style="font-size:0.9em;margin-left:10px;">{which}How to fix: {html.escape(WEIGHTS_HELP)}'
+            f'</span></div>')
 
 
-def _error(exc: Exception) -> gr.Error:
-    return gr.Error(str(exc), title="Cannot do that")
+def numbered_photo(pixels: np.ndarray, masks: Any, numbers: list[int]) -> np.ndarray:
+    """A copy of the photo (uint8 [H, W, 3]) with each concept's number written at its mask's centre.
+
+    ``masks``: bool [n, H, W] (or a list of [H, W] masks), ``numbers``: the n concept numbers. The masks
+    themselves are drawn translucently by gr.AnnotatedImage; the numbers let "concept #2" be found.
+    """
+    out = np.ascontiguousarray(np.array(pixels, dtype=np.uint8, copy=True))
+    scale = max(0.7, min(out.shape[:2]) / 350)
+    for mask, number in zip(masks, numbers):
+        ys, xs = np.nonzero(np.asarray(mask) > 0)
+        if len(xs) == 0:
+            continue
+        x, y = int(np.median(xs)), int(np.median(ys))
+        for colour, thickness in (((0, 0, 0), 5), ((255, 255, 255), 2)):
+            cv2.putText(out, f"#{number}", (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, colour,
+                        max(1, int(thickness * scale)), cv2.LINE_AA)
+    return out
 
 
-def review_table(result: AnalysisResult) -> pd.DataFrame:
-    c = result.concepts
-    rows = [[i, c.phrases[i], round(float(c.scores[i]), 3), "pending", "", ""] for i in range(len(c))]
+def review_table(concepts) -> pd.DataFrame:
+    rows = [[i, concepts.phrases[i], round(float(concepts.scores[i]), 3), "pending", "", ""]
+            for i in range(len(concepts))]
     return pd.DataFrame(rows, columns=REVIEW_COLUMNS)
 
 
@@ -65,23 +98,25 @@ def _table_rows(table: Any) -> list[dict[str, Any]]:
     missing = set(REVIEW_COLUMNS) - set(table.columns)
     if missing:
         raise ValueError(f"The review table lacks the columns {sorted(missing)}.")
-    rows = []
-    for rec in table.to_dict("records"):
-        if rec.get("#") in (None, "") or (isinstance(rec.get("#"), float) and np.isnan(rec["#"])):
-            continue
-        rows.append(rec)
-    return rows
+    return [rec for rec in table.to_dict("records") if _text(rec.get("#")) != ""]
 
 
-def _rows_match(rows: list[dict[str, Any]], result: AnalysisResult) -> bool:
-    """True when every table row names a concept of ``result`` by its index and phrase."""
-    phrases = result.concepts.phrases
+def _index(row: dict[str, Any]) -> int:
+    try:
+        return int(float(row["#"]))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"Row '#' must be a concept number; got {row['#']!r}.") from exc
+
+
+def _rows_match(rows: list[dict[str, Any]], phrases: list[str], scores: list[float]) -> bool:
+    """True when every row names a concept of this photo by its number, phrase and score."""
     for row in rows:
         try:
-            index = int(row["#"])
+            i = _index(row)
+            score = float(row.get("score"))
         except (TypeError, ValueError):
             return False
-        if not 0 <= index < len(phrases) or _text(row.get("concept")) != phrases[index]:
+        if not 0 <= i < len(phrases) or _text(row.get("concept")) != phrases[i] or abs(score - scores[i]) > 1e-3:
             return False
     return True
 
@@ -92,167 +127,245 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+def _photo_key(value: Any) -> str:
+    key = _text(value).strip().lower()
+    if not re.fullmatch(r"[0-9a-f]{64}", key):
+        raise ValueError("Analyse a photo (or reopen a saved review) before saving: the review has no photo key.")
+    return key
+
+
 class Handlers:
     """The app's event handlers over one :class:`Analyzer` and one :class:`ReviewStore`.
 
     Args:
         analyzer: the loaded models.
         store: where reviews go.
-        export_dir: where review exports are written (default: ``<store data dir>/exports``).
+        export_dir: a temporary folder for review exports (swept by the app's retention).
+        export_owners: {export token: session cookie}, shared with :class:`~skinapp.ui.privacy.ExportGuard`.
     """
 
-    def __init__(self, analyzer: Analyzer, store: ReviewStore, export_dir: str | Path | None = None):
+    def __init__(self, analyzer: Analyzer, store: ReviewStore, export_dir: str | Path | None = None,
+                 export_owners: dict[str, str | None] | None = None):
         self.analyzer = analyzer
         self.store = store
-        self.export_dir = Path(export_dir) if export_dir else store.data_dir / "exports"
+        self.export_dir = Path(export_dir) if export_dir else Path(tempfile.gettempdir()) / "skinapp-exports"
+        self.export_owners = export_owners if export_owners is not None else {}
+        self._errors: LRUCache[str] = LRUCache(1024)  # (session, action) -> the last error message shown
+
+    # -- errors -------------------------------------------------------------------------------
+    def _refuse(self, action: str, exc: Exception, request: gr.Request | None) -> gr.Error:
+        """A user error: one log line (no file names, no traceback), remembered for :meth:`error_text`."""
+        message = str(exc)
+        log.info("%s refused: %s", action, message)
+        session = getattr(request, "session_hash", None)
+        if session:
+            self._errors.put((session, action), message)
+        return gr.Error(message, title="Cannot do that", print_exception=False, visible=False)
+
+    def error_text(self, action: str):
+        """A handler for ``.failure``: the message of this session's failed ``action``, shown next to it."""
+        def show(request: gr.Request) -> str:
+            message = self._errors.get((getattr(request, "session_hash", None), action))
+            return f'<div class="action-error" role="alert">&#10060; {html.escape(message or "That failed.")}</div>'
+        return show
 
     # -- analyse ------------------------------------------------------------------------------
+    @staticmethod
+    def cleared(status: str = "") -> tuple:
+        """Empty values for every photo-derived output (analysis, review, explain), and ``status``.
+
+        Order: annotated, diagnosis, CAM plot, decisive image, decisive text, banner, review key, review table,
+        review image, review status, details, analyse status, gallery, similarities, explain banner, explain status.
+        """
+        empty = pd.DataFrame(columns=REVIEW_COLUMNS)
+        return (None, None, None, None, "", "", "", empty, None, "", "", status, None, None, "", "")
+
     def analyze(self, image: Any, prompts: str, box_threshold: float, text_threshold: float,
-                progress: gr.Progress = gr.Progress()) -> tuple:  # noqa: B008 (Gradio injects the tracker)
-        """Outputs: annotated image, diagnosis, CAM plot, decisive image, decisive text, banner, photo key,
-        review table, review status, details."""
+                progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio injects the tracker)
+                request: gr.Request | None = None) -> tuple:
+        """Analyse the photo given. Outputs: annotated image, diagnosis, CAM plot, decisive image, decisive
+        text, banner, photo key, review table, review image, review status, details, analyse status."""
         try:
             result = self.analyzer.analyze(image, prompts, box_threshold, text_threshold, progress=progress)
         except ValueError as exc:
-            raise _error(exc) from exc
-        p = result.prediction
+            raise self._refuse("analyze", exc, request) from exc
+        p, k = result.prediction, short_key(result.image_key)
         untrained = bool(result.banner)
         fig = cam_figure(p.cam, result.cam_rows, p.class_names, p.predicted_index, result.decisive_row,
-                         untrained=untrained)
-        label_title = f"Diagnosis \u2014 {UNTRAINED_WARNING}" if untrained else "Diagnosis (class probabilities)"
-        times = ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items())
+                         untrained=untrained, photo=k)
+        label_title = f"Diagnosis \u00b7 photo {k}" + (f" \u2014 {UNTRAINED_WARNING}" if untrained else "")
+        times = ", ".join(f"{name} {v:.2f}s" for name, v in result.timings.items())
         notes = "; ".join(result.notes)
-        details = (f"**Photo** `{result.image_key[:12]}` ({result.image.width}x{result.image.height}), "
-                   f"{len(result.concepts)} concepts ({result.concepts.source}). **Timings:** {times}."
+        details = (f"**Photo** `{k}` ({result.image.width}x{result.image.height}), {len(result.concepts)} concepts "
+                   f"({result.concepts.source}). **Timings:** {times}."
                    + (f"\n\n**Notes:** {html.escape(notes)}" if notes else ""))
+        masks = [(m * MASK_OPACITY, t) for m, t in result.annotations]
+        numbered = [(m * MASK_OPACITY, f"#{i} {result.concepts.phrases[i]}") for i, (m, _) in
+                    enumerate(result.annotations)]
+        status = f"Analysed photo `{k}`: {len(result.concepts)} concepts, '{p.predicted}'."
+        if notes:
+            status += f" Note: {html.escape(notes)}."
         return (
-            gr.AnnotatedImage(value=(result.image.pixels, [(m * MASK_OPACITY, t) for m, t in result.annotations]),
-                              label=f"Concepts ({len(result.concepts)})" + (" \u2014 untrained" if untrained else "")),
+            gr.AnnotatedImage(value=(result.image.pixels, masks),
+                              label=f"Concepts ({len(result.concepts)}) \u00b7 photo {k}"
+                              + (" \u2014 untrained" if untrained else "")),
             gr.Label(value=result.class_probabilities(), label=label_title),
             fig,
-            result.decisive_image,
-            result.decisive_text,
+            gr.Image(value=result.decisive_image, label=f"Decisive concept \u00b7 photo {k}"),
+            f"Photo `{k}`: {result.decisive_text}",
             banner_html(result.banner, result.weights),
             result.image_key,
-            review_table(result),
-            f"{len(result.concepts)} concepts ready for review (photo `{result.image_key[:12]}`); nothing is "
-            "stored until you press Save review.",
+            review_table(result.concepts),
+            gr.AnnotatedImage(value=(numbered_photo(result.image.pixels, result.concepts.masks,
+                                                    list(range(len(result.concepts)))), numbered),
+                              label=f"Photo {k} with numbered concepts"),
+            f"{len(result.concepts)} concepts of photo `{k}` ready for review; nothing is stored until you press "
+            "Save review.",
             details,
+            status,
         )
 
     # -- explain ------------------------------------------------------------------------------
-    def explain(self, key: str | None, image: Any, phrases: str, clip_choice: str | None,
-                progress: gr.Progress = gr.Progress()) -> tuple:  # noqa: B008
-        """Outputs: gallery (row per phrase: photo, Grad-CAM, Grad E-CLIP, MedGrad E-CLIP), similarities, banner."""
-        source = key if key else image
+    def explain(self, image: Any, phrases: str, clip_choice: str | None,
+                progress: gr.Progress = gr.Progress(),  # noqa: B008
+                request: gr.Request | None = None) -> tuple:
+        """Heatmaps for the photo given. Outputs: gallery (row per phrase: photo, Grad-CAM, Grad E-CLIP,
+        MedGrad E-CLIP), similarities, banner, status."""
         try:
-            if source is None:
+            if image is None:
                 raise ValueError("Upload a photo on the Analyse tab first.")
-            try:
-                result = self.analyzer.explain(source, phrases, clip_choice or None, progress=progress)
-            except ValueError:
-                if key and image is not None:  # the cached photo was evicted: read it again
-                    result = self.analyzer.explain(image, phrases, clip_choice or None, progress=progress)
-                else:
-                    raise
+            result = self.analyzer.explain(image, phrases, clip_choice or None, progress=progress)
         except ValueError as exc:
-            raise _error(exc) from exc
+            raise self._refuse("explain", exc, request) from exc
+        k = short_key(result.image_key)
         similarity = np.round(result.similarities.astype(np.float64), 4)
-        sims = pd.DataFrame({"phrase": result.phrases, "CLIP similarity": similarity})
+        cut = [result.truncation_note(t) for t in range(len(result.phrases))]
+        sims = pd.DataFrame({"photo": k, "phrase": result.phrases, "CLIP similarity": similarity,
+                             "note": cut})
         titles = " / ".join(["photo", *(METHOD_TITLES.get(m, m) for m in result.methods)])
-        header = (f"{titles} \u2014 CLIP weights: {result.clip_label}. "
-                  f"Times: {', '.join(f'{k} {v:.2f}s' for k, v in result.timings.items())}.")
-        return gr.Gallery(value=result.gallery(), label=header), sims, banner_html(result.banner, result.weights)
+        status = (f"Explained {len(result.phrases)} phrase(s) for photo `{k}` with CLIP weights {result.clip_label} "
+                  f"({', '.join(f'{name} {v:.2f}s' for name, v in result.timings.items())}).")
+        for phrase, note in zip(result.phrases, cut):
+            if note:
+                status += (f"\n\n&#9888; '{html.escape(phrase[:60])}\u2026' is longer than CLIP's "
+                           f"{result.context_length}-token text input: only its start was used {note}.")
+        return (gr.Gallery(value=result.gallery(), label=f"Photo {k}: {titles}"), sims,
+                banner_html(result.banner, result.weights), status)
 
     # -- review -------------------------------------------------------------------------------
-    def save_review(self, key: str | None, image: Any, table: Any, reviewer: str, note: str) -> tuple:
-        """Save the review of the analysed photo, or amend a reopened one. Outputs: status, review list, table.
+    def save_review(self, photo_key: str | None, table: Any, reviewer: str, note: str,
+                    request: gr.Request | None = None) -> tuple:
+        """Save the review of the photo ``photo_key`` names (a fresh analysis, or amend its saved review).
 
-        Args:
-            key: the photo key kept in gr.State (None from gradio_client: then ``image`` names the photo).
-            image: the photo input (used only when ``key`` is empty).
-            table: the review table (decision / new label / comment per concept).
+        Outputs: status, review list, table. The table must belong to that photo: its rows name the photo's
+        concepts by number, phrase and score; otherwise the save is refused.
         """
         try:
             rows = _table_rows(table)
             if not rows:
                 raise ValueError("There are no concepts to review: analyse a photo (or reopen a review) first.")
-            if not key and image is not None:
-                key = self.analyzer.state_for(image).image.key
-            if not key:
-                raise ValueError("Analyse a photo (or reopen a saved review) before saving.")
-            key = key.split(":")[0]
-            result = self.analyzer.latest_analysis(key)
-            if result is not None and _rows_match(rows, result):
-                review = self._save_analysis(result, rows, reviewer or "", note or "")
-            elif self.store.load(key) is not None:
+            key = _photo_key(photo_key)
+            result = next((a for a in self.analyzer.analyses_of(key)
+                           if _rows_match(rows, a.concepts.phrases, [float(s) for s in a.concepts.scores])), None)
+            saved = self.store.load(key)
+            if result is not None:
+                review = self.store.save(key, result.image.pixels, result.concepts.masks,
+                                         [self._verdict(r, result) for r in rows], reviewer=reviewer or "",
+                                         note=note or "", prompts=list(result.prompts))
+            elif saved is not None and _rows_match(rows, *self._saved_concepts(saved)):
                 review = self.store.amend(key, [self._verdict(r, None) for r in rows], reviewer or "", note or "")
-            elif result is not None:
-                raise ValueError("The review table does not match this photo's analysis; analyse the photo again.")
+            elif saved is not None or self.analyzer.analyses_of(key):
+                raise ValueError(f"The review table does not belong to photo {short_key(key)}: analyse that photo "
+                                 "again (or reopen its review).")
             else:
-                raise ValueError("This photo is no longer in the app's memory; analyse it again before saving.")
+                raise ValueError(f"Photo {short_key(key)} is no longer in the app's memory and has no saved review; "
+                                 "analyse it again before saving.")
         except ValueError as exc:
-            raise _error(exc) from exc
+            raise self._refuse("save_review", exc, request) from exc
         counts = {d: sum(c.decision == d for c in review.concepts) for d in ("accept", "reject", "relabel", "pending")}
-        status = (f"Saved review of `{review.image_key[:12]}` (revision {review.revision}) at "
+        status = (f"Saved review of photo `{short_key(review.image_key)}` (revision {review.revision}) at "
                   f"{time.strftime('%H:%M:%S', time.localtime(review.updated_at))}: "
                   + ", ".join(f"{n} {d}" for d, n in counts.items()) + ".")
         return status, self.review_choices(selected=review.image_key), self._review_frame(review)
 
+    @staticmethod
+    def _saved_concepts(review: Review) -> tuple[list[str], list[float]]:
+        phrases: dict[int, str] = {c.index: c.phrase for c in review.concepts}
+        scores: dict[int, float] = {c.index: c.score for c in review.concepts}
+        n = max(phrases, default=-1) + 1
+        return [phrases.get(i, "\0") for i in range(n)], [round(scores.get(i, -9.0), 3) for i in range(n)]
+
     def _verdict(self, row: dict[str, Any], result: AnalysisResult | None) -> ConceptReview:
-        try:
-            index = int(row["#"])
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"Row '#' must be a concept number; got {row['#']!r}.") from exc
+        index = _index(row)
         if result is not None:
             c = result.concepts
-            if not 0 <= index < len(c):
-                raise ValueError(f"Concept #{index} does not exist in this analysis.")
             phrase, score, box = c.phrases[index], float(c.scores[index]), tuple(float(v) for v in c.boxes[index])
         else:
-            phrase, score, box = _text(row.get("concept")), 0.0, (0.0, 0.0, 0.0, 0.0)
+            phrase, score, box = _text(row.get("concept")), float(row.get("score") or 0.0), (0.0, 0.0, 0.0, 0.0)
         return ConceptReview(index=index, phrase=phrase, score=score, box=box,
                              decision=_text(row.get("decision")) or "pending", label=_text(row.get("new label")),
                              comment=_text(row.get("comment")))
 
-    def _save_analysis(self, result: AnalysisResult, rows: list[dict[str, Any]], reviewer: str, note: str):
-        verdicts = [self._verdict(r, result) for r in rows]
-        return self.store.save(result.image_key, result.image.pixels, result.concepts.masks, verdicts,
-                               reviewer=reviewer, note=note, prompts=list(result.prompts))
-
-    def _review_frame(self, review) -> pd.DataFrame:
+    def _review_frame(self, review: Review) -> pd.DataFrame:
         rows = [[c.index, c.phrase, round(c.score, 3), c.decision, c.label, c.comment] for c in review.concepts]
         return pd.DataFrame(rows, columns=REVIEW_COLUMNS)
 
     def review_choices(self, selected: str | None = None) -> gr.Dropdown:
-        choices = [(f"{r.image_key[:12]} \u00b7 rev {r.revision} \u00b7 {len(r.concepts)} concepts \u00b7 "
+        choices = [(f"{short_key(r.image_key)} \u00b7 rev {r.revision} \u00b7 {len(r.concepts)} concepts \u00b7 "
                     f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(r.updated_at))}"
                     + (f" \u00b7 {r.reviewer}" if r.reviewer else ""), r.image_key)
                    for r in self.store.list_reviews()]
         return gr.Dropdown(choices=choices, value=selected if selected else None)
 
-    def open_review(self, image_key: str | None) -> tuple:
-        """Reopen a saved review. Outputs: photo key (state), table, reviewer, note, preview, status."""
+    def _find_review(self, key: str) -> str:
+        """The full key of the saved review ``key`` names (the full key, or a unique prefix of 8+ characters)."""
+        key = _text(key).strip().lower()
+        if not key:
+            raise ValueError("Choose a saved review first.")
+        if not re.fullmatch(r"[0-9a-f]{8,64}", key):
+            raise ValueError("A review is named by its photo key (hexadecimal, at least 8 characters).")
+        matches = [r.image_key for r in self.store.list_reviews() if r.image_key.startswith(key)]
+        if not matches:
+            raise ValueError(f"There is no saved review of photo {short_key(key)}.")
+        if len(matches) > 1:
+            raise ValueError(f"Several saved reviews start with {key}; give more of the key.")
+        return matches[0]
+
+    def open_review(self, image_key: str | None, request: gr.Request | None = None) -> tuple:
+        """Reopen a saved review. Outputs: photo key, table, reviewer, note, photo with masks, status."""
         try:
-            if not image_key:
-                raise ValueError("Choose a saved review first.")
-            review = self.store.load(image_key)
+            key = self._find_review(image_key)
+            review = self.store.load(key)
             if review is None:
                 raise ValueError("That review no longer exists.")
-            photo = self.store.load_photo(image_key)
-            annotations = [(self.store.load_mask(image_key, c.index, review.version).astype(np.float32),
-                            f"#{c.index} {c.final_label or c.phrase} ({c.decision})") for c in review.concepts]
+            photo = self.store.load_photo(key)
+            masks = [self.store.load_mask(key, c.index, review.version) for c in review.concepts]
+            annotations = [(m.astype(np.float32) * MASK_OPACITY,
+                            f"#{c.index} {c.final_label or c.phrase} ({c.decision})")
+                           for m, c in zip(masks, review.concepts)]
+            photo = numbered_photo(photo, masks, [c.index for c in review.concepts])
         except (ValueError, OSError) as exc:
-            raise _error(exc) from exc
-        status = (f"Reopened review of `{image_key[:12]}` (revision {review.revision}); edit and press Save review "
-                  "to amend it.")
-        return image_key, self._review_frame(review), review.reviewer, review.note, (photo, annotations), status
+            raise self._refuse("open_review", exc, request) from exc
+        k = short_key(key)
+        status = f"Reopened review of photo `{k}` (revision {review.revision}); edit and press Save review to amend it."
+        return (key, self._review_frame(review), review.reviewer, review.note,
+                gr.AnnotatedImage(value=(photo, annotations), label=f"Photo {k} (saved review, numbered concepts)"),
+                status)
 
-    def export_reviews(self) -> tuple:
-        """Export every saved review (COCO JSON with RLE masks + PNG masks, zipped). Outputs: file, status."""
+    def export_reviews(self, request: gr.Request | None = None) -> tuple:
+        """Export every saved review (COCO JSON with RLE masks + PNG masks, zipped) for this session only.
+
+        Outputs: file, status. The archive is temporary (deleted after the app's retention); only the session
+        that asked may download it (see :class:`~skinapp.ui.privacy.ExportGuard`).
+        """
         reviews = self.store.list_reviews()
         if not reviews:
-            raise gr.Error("No reviews have been saved yet.", title="Nothing to export")
-        archive = export_zip(self.store, self.export_dir)
+            raise self._refuse("export_reviews", ValueError("No reviews have been saved yet."), request)
+        owner = session_cookie(request.headers.get("cookie")) if request is not None else None
+        target = new_export_path(self.export_dir, self.export_owners, owner)
+        archive = export_zip(self.store, target.parent)
+        shutil.move(str(archive), target)
+        shutil.rmtree(archive.with_suffix(""), ignore_errors=True)  # the unzipped copy
         n = sum(1 for r in reviews for c in r.concepts if c.final_label)
-        return str(archive), f"Exported {n} reviewed concepts from {len(reviews)} photos to `{archive.name}`."
+        return str(target), (f"Exported {n} reviewed concepts from {len(reviews)} photos. The download is for this "
+                             "session only and is deleted after the retention time: save it now.")

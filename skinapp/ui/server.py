@@ -63,6 +63,9 @@ class AppProcess:
                 with urllib.request.urlopen(f"{self.url}/gradio_api/info", timeout=5) as resp:
                     if resp.status == 200:
                         return self
+            except urllib.error.HTTPError as exc:
+                if exc.code == 401:  # up, behind the login
+                    return self
             except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
                 pass
             time.sleep(0.5)
