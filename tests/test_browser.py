@@ -93,8 +93,14 @@ def _upload(driver, path) -> None:
     driver.find_element(By.CSS_SELECTOR, "#photo input[type=file]").send_keys(str(path))
 
 
+#: A real smartphone photo (PAD-UFES-20, CC BY 4.0, Pacheco et al. 2020) when ../shared/data is there.
+REAL_PHOTO = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "pad_ufes_20" / "images" / \
+    "PAT_1516_1765_530.jpg"
+
+
 def test_issue15_sequences_in_chromium(browser, tmp_path):
-    photo_a, photo_c = example_paths()[0], example_paths()[1]
+    photo_a = REAL_PHOTO if REAL_PHOTO.is_file() else example_paths()[0]
+    photo_c = example_paths()[1]
     key_a, key_c = load_image(photo_a).key[:12], load_image(photo_c).key[:12]
     tiny = tmp_path / "b_too_small.png"
     Image.fromarray(np.full((20, 20, 3), 128, np.uint8)).save(tiny)
