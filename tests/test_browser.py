@@ -96,6 +96,7 @@ def _upload(driver, path) -> None:
 #: A real smartphone photo (PAD-UFES-20, CC BY 4.0, Pacheco et al. 2020) when ../shared/data is there.
 REAL_PHOTO = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "pad_ufes_20" / "images" / \
     "PAT_1516_1765_530.jpg"
+REAL_PHOTO = REAL_PHOTO.resolve()
 
 
 def test_issue15_sequences_in_chromium(browser, tmp_path):
