@@ -311,8 +311,8 @@ def test_multi_file_entry_lands_in_one_directory(toy):
 
 def test_resolution_order_explicit_then_env_then_dir_then_download(toy, monkeypatch):
     explicit, from_env = toy["tmp"] / "explicit.pth", toy["tmp"] / "env.pth"
-    explicit.write_bytes(b"explicit")
-    from_env.write_bytes(b"env")
+    explicit.write_bytes(toy["sam"])  # good copies in three places: the order alone decides
+    from_env.write_bytes(toy["sam"])
     in_dir = toy["dir"] / "toy_sam.pth"
     in_dir.parent.mkdir(parents=True)
     in_dir.write_bytes(toy["sam"])
