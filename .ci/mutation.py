@@ -78,6 +78,10 @@ def run_group(name: str, group: dict, workdir: Path, max_children: int) -> dict:
     run = subprocess.run([mutmut, "run", "--max-children", str(max_children)], cwd=dest, env=env,
                          capture_output=True, text=True)
     (dest / "run.log").write_text(run.stdout + run.stderr)
+    if run.returncode != 0:
+        tail = (run.stdout + run.stderr).replace("\r", "\n").strip().splitlines()[-15:]
+        raise RuntimeError(f"mutmut failed in {dest} (exit {run.returncode}; add debug = true to its "
+                           "[tool.mutmut] to see the tests' output):\n" + "\n".join(tail))
     listing = subprocess.run([mutmut, "results", "--all", "true"], cwd=dest, env=env, capture_output=True,
                              text=True, check=True).stdout
     statuses = dict(re.findall(r"^\s+(\S+): (.+)$", listing, flags=re.MULTILINE))

@@ -186,3 +186,14 @@ def test_app_refuses_to_start_on_a_tampered_official_checkpoint(tmp_path, monkey
     with ckpt.use_manifest(REPO_MANIFEST), \
             pytest.raises(ckpt.ChecksumMismatchError, match="Checkpoint 'sam_vit_b' .* refused before loading"):
         Analyzer.create(profile="auto", device="cpu", warmup=False)
+
+
+def test_without_a_manifest_the_loader_warns_instead_of_checking(tmp_path, caplog):
+    """The package used without the repository's manifest: loading works, and the log says it was not checked."""
+    path = tmp_path / "sam_vit_b_01ec64.pth"
+    torch.save({"w": torch.ones(2)}, path)
+    with ckpt.use_manifest(tmp_path / "absent.json"):
+        assert set(ckpt.load_tensors(path)) == {"w"}
+        with pytest.raises(ckpt.ManifestError, match="manifest not found"):
+            ckpt.load_state_dict(path, verify=True)  # an explicit check cannot be skipped
+    assert "sam_vit_b_01ec64.pth is loaded without a SHA-256 check" in caplog.text

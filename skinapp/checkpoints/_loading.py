@@ -83,7 +83,12 @@ def _auto_spec(path: Path, name: str | None) -> FileSpec | None:
     """The pinned spec ``path`` must match in the default mode: by ``name``, else by a single-file entry's name."""
     if name is not None:
         return _pinned_spec(path, name)
-    matches = [entry.files[0] for entry in manifest().values()
+    try:
+        entries = manifest()
+    except ManifestError as err:  # e.g. the package used without its repository's checkpoints/manifest.json
+        log.warning("%s is loaded without a SHA-256 check: %s", path.name, err)
+        return None
+    matches = [entry.files[0] for entry in entries.values()
                if not entry.is_directory and entry.files[0].filename == path.name and entry.files[0].sha256]
     return matches[0] if len(matches) == 1 else None
 
