@@ -119,7 +119,7 @@ def test_rewritten_in_place_with_old_mtime_is_refused(pinned):
         fh.write(b"\0" * 16)
     os.utime(pinned["path_a"], ns=(before.st_atime_ns, before.st_mtime_ns))
 
-    with pytest.raises(ckpt.ChecksumMismatchError):
+    with pytest.raises(ckpt.ChecksumMismatchError, match="SHA-256 mismatch .*refused before loading"):
         ckpt.resolve("model_a")
 
 

@@ -60,7 +60,8 @@ def test_installed_adapted_packages_match_the_lock():
 def test_drift_is_reported_by_name_and_versions():
     lock = {"transformers": "5.24.0", "gradio": "6.31.0"}
     fake = {"transformers": "5.25.0", "gradio": "6.31.0"}.__getitem__
-    assert drift(lock, ["transformers", "gradio"], fake) == ["transformers 5.25.0 is installed but the lock says 5.24.0"]
+    assert drift(lock, ["transformers", "gradio"], fake) == [
+        "transformers 5.25.0 is installed but the lock says 5.24.0"]
     assert drift(lock, ["timm"], fake) == ["timm is not in the lock"]
 
 
