@@ -72,6 +72,7 @@ def run_group(name: str, group: dict, workdir: Path, max_children: int) -> dict:
     dest = workdir / name
     _copy_tree(dest)
     _narrow_config(dest, group)
+    (dest / "mutants" / "checkpoints").mkdir(parents=True)  # mutmut copies also_copy files but not their folders
     mutmut = str(Path(sys.executable).with_name("mutmut"))
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     t0 = time.perf_counter()
