@@ -17,6 +17,7 @@ accuracy = 6/10; specificity per class = TN / (TN + FP) = [4/6, 7/8, 5/6] -> 57/
 from __future__ import annotations
 
 import copy
+import csv
 
 import numpy as np
 import pytest
@@ -64,6 +65,15 @@ def test_classes_absent_from_truth_and_prediction_are_not_averaged():
 
 def test_macro_specificity_by_hand():
     assert macro_specificity(Y_TRUE, Y_PRED, 3) == pytest.approx(57 / 72, abs=1e-12)
+    assert macro_specificity(Y_TRUE, Y_PRED, 5) == pytest.approx(57 / 72, abs=1e-12)  # absent classes ignored
+    # every sample is class 0: class 0 has no negatives (specificity 0 by convention), class 1 is a false alarm
+    # once out of two negatives (1/2)
+    assert macro_specificity([0, 0], [0, 1], 2) == pytest.approx(0.25, abs=1e-12)
+
+
+def test_no_samples_give_zeros_not_nan():
+    assert classification_metrics([], [], 3) == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "accuracy": 0.0}
+    assert macro_specificity([], [], 3) == 0.0
 
 
 def _row(ratio, variant, seed, precision):
@@ -72,24 +82,35 @@ def _row(ratio, variant, seed, precision):
 
 
 def test_summary_is_mean_and_population_std_over_seeds(tmp_path):
-    rows = [_row(0.5, "cross_attention", s, p) for s, p in enumerate((0.5, 0.7, 0.9))]
-    rows += [_row(0.5, "global", s, p) for s, p in enumerate((0.2, 0.4))]
+    # run order: "global" before "cross_attention" (not alphabetical), ratio 0.5 before 0.1
+    rows = [_row(0.5, "global", s, p) for s, p in enumerate((0.2, 0.4))]
+    rows += [_row(0.5, "cross_attention", s, p) for s, p in enumerate((0.5, 0.7, 0.9))]
     rows += [_row(0.1, "cross_attention", 0, 0.3)]
     summary = summarise(rows)
 
+    # sorted by train ratio; within a ratio, variants keep the order they were run in
     assert [(r["train_ratio"], r["variant"], r["seeds"]) for r in summary] == [
-        (0.1, "cross_attention", 1), (0.5, "cross_attention", 3), (0.5, "global", 2)]
-    ca = summary[1]
+        (0.1, "cross_attention", 1), (0.5, "global", 2), (0.5, "cross_attention", 3)]
+    ca = summary[2]
     assert ca["precision_mean"] == pytest.approx(0.7, abs=1e-12)
     assert ca["precision_std"] == pytest.approx(np.sqrt(0.08 / 3), abs=1e-12)  # population std, not 0.2 (sample)
     assert ca["f1_mean"] == pytest.approx(0.35, abs=1e-12) and ca["recall_std"] == 0.0
-    assert summary[2]["precision_mean"] == pytest.approx(0.3, abs=1e-12)
-    assert summary[2]["precision_std"] == pytest.approx(0.1, abs=1e-12)
+    assert summary[1]["precision_mean"] == pytest.approx(0.3, abs=1e-12)
+    assert summary[1]["precision_std"] == pytest.approx(0.1, abs=1e-12)
     assert summary[0]["precision_std"] == 0.0
 
     write_table(summary, tmp_path / "m.csv", tmp_path / "m.md")
-    lines = (tmp_path / "m.md").read_text().splitlines()
-    assert lines[3] == "| 0.5 | cross_attention | 3 | 0.700 ± 0.163 | 0.500 ± 0.000 | 0.350 ± 0.082 | 1.000 ± 0.000 |"
+    md = (tmp_path / "m.md").read_text()
+    assert md.endswith(" |\n") and md.count("\n") == 5
+    lines = md.splitlines()
+    assert lines[:2] == ["| train/total | variant | seeds | precision | recall | F1 | accuracy |",
+                         "|---|---|---|---|---|---|---|"]
+    assert lines[4] == "| 0.5 | cross_attention | 3 | 0.700 ± 0.163 | 0.500 ± 0.000 | 0.350 ± 0.082 | 1.000 ± 0.000 |"
+    with (tmp_path / "m.csv").open() as f:
+        table = list(csv.DictReader(f))
+    assert [(t["train_ratio"], t["variant"], t["seeds"]) for t in table] == [
+        ("0.1", "cross_attention", "1"), ("0.5", "global", "2"), ("0.5", "cross_attention", "3")]
+    assert float(table[2]["precision_std"]) == pytest.approx(np.sqrt(0.08 / 3), abs=1e-12)
 
 
 # --------------------------------------------------------------------------------------- best-epoch selection
