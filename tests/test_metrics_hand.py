@@ -69,6 +69,7 @@ def test_macro_specificity_by_hand():
     # every sample is class 0: class 0 has no negatives (specificity 0 by convention), class 1 is a false alarm
     # once out of two negatives (1/2)
     assert macro_specificity([0, 0], [0, 1], 2) == pytest.approx(0.25, abs=1e-12)
+    assert macro_specificity([0, 0, 1], [0, 0, 1], 2) == 1.0  # class 0 has exactly one negative, rightly rejected
 
 
 def test_no_samples_give_zeros_not_nan():
@@ -107,6 +108,8 @@ def test_summary_is_mean_and_population_std_over_seeds(tmp_path):
                          "|---|---|---|---|---|---|---|"]
     assert lines[4] == "| 0.5 | cross_attention | 3 | 0.700 ± 0.163 | 0.500 ± 0.000 | 0.350 ± 0.082 | 1.000 ± 0.000 |"
     with (tmp_path / "m.csv").open() as f:
+        assert f.readline().startswith("train_ratio,variant,seeds,precision_mean,precision_std,")  # no index column
+        f.seek(0)
         table = list(csv.DictReader(f))
     assert [(t["train_ratio"], t["variant"], t["seeds"]) for t in table] == [
         ("0.1", "cross_attention", "1"), ("0.5", "global", "2"), ("0.5", "cross_attention", "3")]
