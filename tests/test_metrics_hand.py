@@ -33,7 +33,9 @@ Y_PRED = [0, 0, 1, 2, 1, 1, 2, 2, 0, 0]
 
 
 def test_confusion_matrix_rows_are_truth_columns_predictions():
-    np.testing.assert_array_equal(confusion_matrix(Y_TRUE, Y_PRED, 3), [[2, 1, 1], [0, 2, 0], [2, 0, 2]])
+    cm = confusion_matrix(Y_TRUE, Y_PRED, 3)
+    np.testing.assert_array_equal(cm, [[2, 1, 1], [0, 2, 0], [2, 0, 2]])
+    assert cm.dtype == np.int64  # counts: the confusion plot prints "2", not "2.0"
 
 
 def test_macro_precision_recall_f1_accuracy_by_hand():
@@ -53,6 +55,11 @@ def test_macro_metrics_agree_with_scikit_learn():
     p, r, f, _ = precision_recall_fscore_support(Y_TRUE, Y_PRED, labels=[0, 1, 2], average="macro", zero_division=0)
     m = classification_metrics(Y_TRUE, Y_PRED, 3)
     assert (m["precision"], m["recall"], m["f1"]) == pytest.approx((p, r, f), abs=1e-12)
+
+
+def test_a_class_never_predicted_has_precision_zero_not_nan():
+    m = classification_metrics([0, 1], [0, 0], 2)  # class 1: in the truth, never predicted
+    assert m == pytest.approx({"precision": 0.25, "recall": 0.5, "f1": 1 / 3, "accuracy": 0.5}, abs=1e-12)
 
 
 def test_classes_absent_from_truth_and_prediction_are_not_averaged():
