@@ -8,6 +8,7 @@ does not re-read gigabytes, while a file swapped in with its old mtime restored 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 from pathlib import Path
@@ -72,7 +73,37 @@ def test_good_file_resolves_and_is_hashed_once_per_version(pinned, hash_calls):
     _hashing._memory.clear()  # a new process: the stamp written beside the file is used
     assert ckpt.resolve("model_a") == pinned["path_a"]
     assert hash_calls == ["model_a.pth"]
-    assert _hashing.stamp_path(pinned["path_a"]).is_file()
+    assert (pinned["dir"] / "model_a.pth.sha256").is_file()  # the stamp the README documents
+
+
+def test_unwritable_stamp_falls_back_to_the_in_process_cache(pinned, hash_calls, monkeypatch, caplog):
+    nowhere = pinned["tmp"] / "no-such-dir"
+    monkeypatch.setattr(_hashing, "stamp_path", lambda path: nowhere / (path.name + ".sha256"))
+
+    assert ckpt.resolve("model_a") == pinned["path_a"]
+    assert ckpt.resolve("model_a") == pinned["path_a"]
+
+    assert hash_calls == ["model_a.pth"]  # hashed once: the second start of the same process asks memory
+    assert f"could not write verification stamp {nowhere / 'model_a.pth.sha256'}: " in caplog.text
+    pinned["path_a"].write_bytes(pinned["b"])  # a new version of the file is not served from memory
+    with pytest.raises(ckpt.ChecksumMismatchError, match="SHA-256 mismatch"):
+        ckpt.resolve("model_a")
+    assert hash_calls == ["model_a.pth", "model_a.pth"]
+
+
+def test_status_without_recompute_hashes_nothing(pinned, hash_calls):
+    assert ckpt.status("model_a").files[0].state is ckpt.FileState.NOT_CHECKED
+    ckpt.resolve("model_a")
+    assert ckpt.status("model_a").files[0].state is ckpt.FileState.VERIFIED
+    assert hash_calls == ["model_a.pth"]  # only resolve read the file
+
+
+def test_a_stamp_with_a_non_text_digest_is_ignored(pinned):
+    ckpt.resolve("model_a")
+    stamp = pinned["dir"] / "model_a.pth.sha256"
+    record = json.loads(stamp.read_text())
+    stamp.write_text(json.dumps({**record, "sha256": 12345}))
+    assert _hashing.read_stamp(pinned["path_a"]) is None
 
 
 def test_corrupt_file_is_refused_with_a_clear_message_and_left_in_place(pinned):
