@@ -284,7 +284,7 @@ def test_checksum_mismatch_is_refused_and_leaves_nothing_behind(toy):
 
     assert err.value.actual == _sha(bytes(tampered))
     assert sorted(p.name for p in toy["dir"].iterdir()) == []
-    with pytest.raises(ckpt.CheckpointMissing):
+    with pytest.raises(ckpt.CheckpointMissing, match=r"Checkpoint 'toy_sam' \(toy_sam\.pth\) is missing"):
         ckpt.resolve("toy_sam")
 
 
@@ -311,8 +311,8 @@ def test_multi_file_entry_lands_in_one_directory(toy):
 
 def test_resolution_order_explicit_then_env_then_dir_then_download(toy, monkeypatch):
     explicit, from_env = toy["tmp"] / "explicit.pth", toy["tmp"] / "env.pth"
-    explicit.write_bytes(b"explicit")
-    from_env.write_bytes(b"env")
+    explicit.write_bytes(toy["sam"])  # good copies in three places: the order alone decides
+    from_env.write_bytes(toy["sam"])
     in_dir = toy["dir"] / "toy_sam.pth"
     in_dir.parent.mkdir(parents=True)
     in_dir.write_bytes(toy["sam"])
@@ -325,8 +325,8 @@ def test_resolution_order_explicit_then_env_then_dir_then_download(toy, monkeypa
     assert toy["state"].requests == []  # nothing downloaded while a local copy exists
 
     in_dir.unlink()
-    with pytest.raises(ckpt.CheckpointMissing):
-        ckpt.resolve("toy_sam")  # download=False
+    with pytest.raises(ckpt.CheckpointMissing, match=r"Downloading was not requested \(download=False\)"):
+        ckpt.resolve("toy_sam")
     assert toy["state"].requests == []
     assert ckpt.resolve("toy_sam", download=True) == in_dir
     assert in_dir.read_bytes() == toy["sam"] and len(toy["state"].requests) == 1
@@ -373,7 +373,7 @@ def test_offline_mode_never_opens_a_socket(toy, monkeypatch):
 
     monkeypatch.setattr(socket.socket, "connect", record_connect)
     # control: online, a download does try to connect (so the watch would see one)
-    with pytest.raises(ckpt.DownloadError):
+    with pytest.raises(ckpt.DownloadError, match="sockets are watched"):
         ckpt.download("toy_sam", progress=False, retries=0)
     assert connects
 
@@ -399,7 +399,7 @@ def test_load_state_dict_reads_safetensors_and_plain_torch_files(tmp_path):
 
     assert set(loaded) == {"w", "b"} and torch.equal(loaded["w"], weights["w"])
     assert torch.equal(nested["model"]["b"], weights["b"])
-    with pytest.raises(ckpt.CheckpointMissing):
+    with pytest.raises(ckpt.CheckpointMissing, match="checkpoint file not found: .*absent.pth"):
         ckpt.load_state_dict(tmp_path / "absent.pth")
 
 
@@ -428,9 +428,9 @@ def test_load_state_dict_verify_checks_the_manifest_hash(toy):
     data = bytearray(path.read_bytes())
     data[-100] ^= 0x01
     path.write_bytes(bytes(data))
-    with pytest.raises(ckpt.ChecksumMismatchError):
+    with pytest.raises(ckpt.ChecksumMismatchError, match="SHA-256 mismatch .*refused before loading"):
         ckpt.load_state_dict(path, verify=True)
-    with pytest.raises(ckpt.ChecksumMismatchError):
+    with pytest.raises(ckpt.ChecksumMismatchError, match="SHA-256 mismatch"):
         ckpt.load_state_dict(path, verify=True, name="toy_sam")
     unpinned = ckpt.resolve("toy_unpinned", download=True)
     with pytest.raises(ckpt.ManifestError, match="pins no SHA-256"):

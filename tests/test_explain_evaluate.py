@@ -38,10 +38,11 @@ def test_evaluate_cli_writes_csv_and_plots(tmp_path):
     assert sorted(p.name for p in (out / "overlays").iterdir()) == ["case1.png", "case2.png"]
 
 
-def test_evaluate_cli_rejects_bad_arguments(tmp_path):
+def test_evaluate_cli_rejects_bad_arguments(tmp_path, capsys):
     (tmp_path / "empty.txt").write_text("\n# nothing\n")
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exc:
         main(["--images", str(tmp_path / "missing"), "--phrases", str(tmp_path / "empty.txt"), "--out", str(tmp_path)])
+    assert exc.value.code == 2 and "missing is not a folder" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
         main(["--images", str(tmp_path), "--phrases", str(tmp_path / "empty.txt"), "--out", str(tmp_path / "o")])
-    assert exc.value.code == 2
+    assert exc.value.code == 2 and "empty.txt holds no phrases" in capsys.readouterr().err

@@ -89,7 +89,7 @@ def test_extract_shapes_order_and_provenance(segmenter, image):
     emb = extractor.embedding(image)
     expected = segmenter.pool_features(emb, concepts.masks, concepts.boxes)
     torch.testing.assert_close(concepts.features, expected)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="read-only"):
         concepts.masks[0, 0, 0] = True  # the cached result is shared: read-only
 
 
@@ -154,7 +154,7 @@ def test_bad_arguments(segmenter, image):
         extractor.extract(image, ["lesion"], box_threshold=1.5)
     with pytest.raises(ValueError, match="max_concepts"):
         GroundedSamExtractor(ScriptedDetector(SCRIPT), segmenter, max_concepts=0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"too small \(4x4\)"):
         extractor.extract(np.zeros((4, 4, 3), np.uint8), ["lesion"])  # too small to be a photo
 
 
@@ -197,7 +197,7 @@ def test_lru_cache_bounds_counts_and_threads():
     with pytest.raises(RuntimeError, match="model failed"):
         cache.get_or_compute("bad", fail)
     assert "bad" not in cache and cache._inflight == {} and cache.get_or_compute("bad", lambda: 7) == 7
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="maxsize must be >= 1"):
         LRUCache(0)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 import pytest
 from synthetic_derm import make_ph2
@@ -52,15 +53,15 @@ def test_bad_rows_are_skipped_counted_and_named(ph2, caplog):
         assert any(table in m and f"line {first_bad + offset}" in m and needle in m for m in messages), needle
 
 
-@pytest.mark.parametrize("bad", [
-    ["IMD1", "", "1", "3", "T", "A", "A", "A", "A", "3"],     # asymmetry 3
-    ["IMD1", "", "1", "0", "X", "A", "A", "A", "A", "3"],     # pigment network X
-    ["IMD1", "", "1", "0", "T", "A", "A", "A", "A", "3 9"],   # colour 9
-    ["IMD1", "", "1", "0", "T", "A", "A", "A", "A", ""],      # no colours
-    ["NOTANAME", "", "1", "0", "T", "A", "A", "A", "A", "3"],
+@pytest.mark.parametrize("bad, message", [
+    (["IMD1", "", "1", "3", "T", "A", "A", "A", "A", "3"], "Asymmetry='3' is not one of"),
+    (["IMD1", "", "1", "0", "X", "A", "A", "A", "A", "3"], "Pigment Network='X' is not one of"),
+    (["IMD1", "", "1", "0", "T", "A", "A", "A", "A", "3 9"], "Colors='9' is not one of"),
+    (["IMD1", "", "1", "0", "T", "A", "A", "A", "A", ""], "no colours"),
+    (["NOTANAME", "", "1", "0", "T", "A", "A", "A", "A", "3"], "bad image name 'NOTANAME'"),
 ])
-def test_malformed_fields_raise_value_error(bad):
-    with pytest.raises(ValueError):
+def test_malformed_fields_raise_value_error(bad, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
         parse_fields(bad)
 
 

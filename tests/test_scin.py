@@ -86,9 +86,9 @@ def test_top_condition_rule():
     assert top_condition("{'A': 0.4, 'B': 0.6}") == "B"
     assert top_condition("{'A': 0.5, 'B': 0.5}") is None
     assert top_condition("") is None and top_condition("{}") is None
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="not a Python dict literal"):
         top_condition("__import__('os')")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="expected a dict of condition -> weight"):
         top_condition("{'A': 'high'}")
 
 

@@ -173,7 +173,7 @@ def test_mismatching_checkpoints_are_refused_clearly(segmenter, tmp_path):
     torch.save({"weight": torch.zeros(1), "obj": argparse.Namespace(a=1)}, tmp_path / "pickle.pth")
     with pytest.raises(ValueError, match="weights_only"):
         build_segmenter("tiny", checkpoint=tmp_path / "pickle.pth")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match="SAM checkpoint not found: .*missing.pth"):
         build_segmenter("tiny", checkpoint=tmp_path / "missing.pth")
 
 

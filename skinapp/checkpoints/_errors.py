@@ -31,9 +31,9 @@ class CheckpointMissing(FileNotFoundError):  # noqa: N818 (public name fixed by 
 class ChecksumMismatchError(ValueError):
     """A file's SHA-256 (or size) differs from the manifest; the file was not accepted."""
 
-    def __init__(self, path: Path | str, expected: str, actual: str, what: str = "SHA-256"):
+    def __init__(self, path: Path | str, expected: str, actual: str, what: str = "SHA-256", hint: str | None = None):
         super().__init__(f"{what} mismatch for {path}: expected {expected}, got {actual}. "
-                         "The file was refused (deleted if it was a download); fetch it again.")
+                         + (hint or "The file was refused (deleted if it was a download); fetch it again."))
         self.path = Path(path)
         self.expected = expected
         self.actual = actual

@@ -1,8 +1,10 @@
 """SHA-256 of checkpoint files, and the small stamps that remember a verification.
 
-A stamp ``<file>.sha256`` (JSON) records the digest, size and mtime of a file whose hash was computed
-(after a download or ``verify``). ``list`` trusts a stamp only while the file's size and mtime are
-unchanged; ``verify`` always recomputes.
+A stamp ``<file>.sha256`` (JSON) records the digest of a file whose hash was computed (after a download,
+``verify`` or the check before a first load) together with the file's identity: size, mtime, ctime and
+inode. A stamp is trusted only while all four are unchanged, so rewriting, truncating or swapping the file
+(even with its mtime set back by ``touch -r``, which changes the ctime) invalidates it; ``verify`` always
+recomputes. :func:`cached_sha256` adds an in-process cache with the same key, for read-only directories.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
+#: stat fields that identify one version of a file: a stamp or cache entry is valid only while all match.
+_IDENTITY = ("st_size", "st_mtime_ns", "st_ctime_ns", "st_ino")
+_memory: dict[str, tuple[tuple[int, ...], str]] = {}
 
 
 class FileState(str, enum.Enum):
@@ -42,10 +47,16 @@ def stamp_path(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
+def _identity(st: os.stat_result) -> tuple[int, ...]:
+    return tuple(int(getattr(st, field)) for field in _IDENTITY)
+
+
 def write_stamp(path: Path, digest: str) -> None:
     """Record ``digest`` for ``path`` (best effort: an unwritable directory only logs a warning)."""
     st = path.stat()
-    record = {"sha256": digest, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    _memory[str(path.resolve())] = (_identity(st), digest)
+    record = {"sha256": digest, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns,
+              "ino": st.st_ino}
     target = stamp_path(path)
     tmp = target.with_name(target.name + ".tmp")
     try:
@@ -56,16 +67,40 @@ def write_stamp(path: Path, digest: str) -> None:
 
 
 def read_stamp(path: Path) -> str | None:
-    """The recorded digest of ``path`` if its stamp is still valid (same size and mtime), else None."""
+    """The recorded digest of ``path`` if its stamp is still valid (same size, mtime, ctime, inode), else None."""
     try:
         record = json.loads(stamp_path(path).read_text())
         st = path.stat()
     except (OSError, ValueError):
         return None
-    if record.get("size") != st.st_size or record.get("mtime_ns") != st.st_mtime_ns:
+    if not isinstance(record, dict):
+        return None
+    recorded = tuple(record.get(key) for key in ("size", "mtime_ns", "ctime_ns", "ino"))
+    if recorded != _identity(st):
         return None
     digest = record.get("sha256")
     return digest if isinstance(digest, str) else None
+
+
+def cached_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of ``path``, computed at most once per version of the file.
+
+    Looks in an in-process cache, then in the file's stamp (both keyed by size, mtime, ctime and inode),
+    and hashes the file only when neither matches, leaving a stamp for the next start.
+    """
+    path = Path(path)
+    st = path.stat()
+    hit = _memory.get(str(path.resolve()))
+    if hit is not None and hit[0] == _identity(st):
+        return hit[1]
+    digest = read_stamp(path)
+    if digest is None:
+        digest = sha256_file(path)
+        if _identity(path.stat()) == _identity(st):  # not changed while it was read
+            write_stamp(path, digest)
+    else:
+        _memory[str(path.resolve())] = (_identity(st), digest)
+    return digest
 
 
 def file_state(path: Path, expected: str | None, recompute: bool) -> tuple[FileState, str | None]:

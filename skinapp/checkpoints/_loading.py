@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from skinapp.checkpoints._errors import CheckpointMissing, ChecksumMismatchError, ManifestError, UnsafeCheckpointError
-from skinapp.checkpoints._hashing import sha256_file
+from skinapp.checkpoints._hashing import cached_sha256
 from skinapp.checkpoints._manifest import FileSpec, get_entry, manifest
 
 log = logging.getLogger(__name__)
@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 _SAFETENSORS_SUFFIXES = (".safetensors",)
 
 
-def load_state_dict(path: str | os.PathLike, verify: bool = False, name: str | None = None) -> dict[str, Any]:
+def load_state_dict(path: str | os.PathLike, verify: bool | None = None, name: str | None = None) -> dict[str, Any]:
     """Load a checkpoint file into a dict on the CPU, without running code from the file.
 
     ``*.safetensors`` is read with safetensors; anything else with ``torch.load(weights_only=True)``,
@@ -28,25 +28,35 @@ def load_state_dict(path: str | os.PathLike, verify: bool = False, name: str | N
 
     Args:
         path: the file.
-        verify: first check its SHA-256 against the manifest (the entry is ``name``, or the one
-            whose file name matches ``path``).
+        verify: first check its size and SHA-256 against the manifest (the entry is ``name``, or the
+            one whose file name matches ``path``). None (default): check when ``name`` is given or the
+            file name is that of a pinned single-file manifest entry (e.g. ``sam_vit_b_01ec64.pth``),
+            so an official file is checked however it was found. The digest is cached per version
+            of the file (size, mtime, ctime, inode), so repeated loads do not re-read it.
         name: manifest entry to verify against.
 
     Raises:
         CheckpointMissing: ``path`` does not exist.
         ChecksumMismatchError: ``verify=True`` and the digest differs from the manifest.
         ManifestError: ``verify=True`` but no pinned hash can be found for ``path``.
+        ChecksumMismatchError: also raised in the default mode for a pinned official file name.
         UnsafeCheckpointError: the file needs code execution to load, or does not hold a mapping.
     """
     path = Path(path).expanduser()
     if not path.is_file():
         raise CheckpointMissing(f"checkpoint file not found: {path}", name or path.name, [str(path)])
-    if verify:
-        spec = _pinned_spec(path, name)
-        digest = sha256_file(path)
+    spec = _pinned_spec(path, name) if verify else _auto_spec(path, name) if verify is None else None
+    if spec is not None:
+        if spec.size is not None and path.stat().st_size != spec.size:
+            raise ChecksumMismatchError(path, f"{spec.size} bytes", f"{path.stat().st_size} bytes", what="size",
+                                        hint="The file was refused before loading: it is truncated or not the "
+                                             "file the manifest pins; fetch it again.")
+        digest = cached_sha256(path)
         if digest != spec.sha256:
-            raise ChecksumMismatchError(path, spec.sha256, digest)
-        log.info("%s: SHA-256 verified", path)
+            raise ChecksumMismatchError(path, spec.sha256, digest,
+                                        hint="The file was refused before loading: it is corrupt or not the file "
+                                             "the manifest pins; fetch it again.")
+        log.debug("%s: SHA-256 verified", path)
     if path.suffix in _SAFETENSORS_SUFFIXES:
         from safetensors.torch import load_file
 
@@ -67,6 +77,20 @@ def _torch_load(path: Path) -> dict[str, Any]:
     if not isinstance(obj, Mapping):
         raise UnsafeCheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict (mapping)")
     return dict(obj)
+
+
+def _auto_spec(path: Path, name: str | None) -> FileSpec | None:
+    """The pinned spec ``path`` must match in the default mode: by ``name``, else by a single-file entry's name."""
+    if name is not None:
+        return _pinned_spec(path, name)
+    try:
+        entries = manifest()
+    except ManifestError as err:  # e.g. the package used without its repository's checkpoints/manifest.json
+        log.warning("%s is loaded without a SHA-256 check: %s", path.name, err)
+        return None
+    matches = [entry.files[0] for entry in entries.values()
+               if not entry.is_directory and entry.files[0].filename == path.name and entry.files[0].sha256]
+    return matches[0] if len(matches) == 1 else None
 
 
 def _pinned_spec(path: Path, name: str | None) -> FileSpec:

@@ -6,6 +6,12 @@ Resolution order for :func:`resolve`:
     2. the checkpoint directory (:func:`checkpoint_dir`);
     3. a download into that directory, only with ``download=True`` and without ``SKINAPP_OFFLINE=1``;
     4. otherwise :class:`CheckpointMissing`, saying what is missing, where it was looked for and how to get it.
+
+A file found on disk is checked against its pinned size and SHA-256 before :func:`resolve` returns it
+(once per version of the file: the digest is cached by size, mtime, ctime and inode, see
+:func:`~skinapp.checkpoints._hashing.cached_sha256`). A mismatch is refused with
+:class:`ChecksumMismatchError`, or, for a file in the checkpoint directory with ``download=True``,
+downloaded again.
 """
 
 from __future__ import annotations
@@ -15,8 +21,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from skinapp.checkpoints._errors import CheckpointMissing, DownloadError
-from skinapp.checkpoints._hashing import FileState, file_state, read_stamp, sha256_file, write_stamp
+from skinapp.checkpoints._errors import CheckpointMissing, ChecksumMismatchError, DownloadError
+from skinapp.checkpoints._hashing import FileState, cached_sha256, file_state
 from skinapp.checkpoints._http import fetch
 from skinapp.checkpoints._manifest import Entry, FileSpec, checkpoint_dir, get_entry, offline
 
@@ -57,20 +63,35 @@ class EntryStatus:
         return [f.spec.filename for f in self.files if f.state is FileState.MISSING]
 
 
-def resolve(name: str, path: str | os.PathLike | None = None, download: bool = False) -> Path:
+def resolve(name: str, path: str | os.PathLike | None = None, download: bool = False,
+            verify: bool = True) -> Path:
     """Path of checkpoint ``name`` (the directory for multi-file entries); see the module docstring.
+
+    Args:
+        name: manifest name.
+        path: explicit location (overrides ``SKINAPP_<NAME>`` and the checkpoint directory).
+        download: fetch it into the checkpoint directory when absent (or when the copy there is bad).
+        verify: check every pinned file's size and SHA-256 first (cached per file version). Only tools
+            that report on files (``status``) pass False.
 
     Raises:
         CheckpointMissing: not found and not downloaded, or the download failed (the message says why
             and how to get it; a failed download keeps its ``.part`` file for resuming).
         ManifestError: ``name`` is not in the manifest.
-        ChecksumMismatchError: the downloaded file failed its SHA-256 check (it was deleted).
+        ChecksumMismatchError: a file on disk does not match its pinned size / SHA-256 (refused, left in
+            place), or a downloaded file failed its check (deleted).
     """
     entry = get_entry(name)
     source, location = _candidate(entry, path)
     missing = _missing(entry, location)
     if not missing:
-        return location
+        bad = _first_mismatch(entry, location, source) if verify else None
+        if bad is None:
+            return location
+        if source == "checkpoint dir" and download and entry.downloadable and not offline():
+            log.warning("%s; downloading it again", bad)
+            return _download(entry, checkpoint_dir())
+        raise bad
     looked = [f"{source}: {location} ({_describe_missing(entry, missing)})"]
     if source != "checkpoint dir":
         raise CheckpointMissing(_missing_message(entry, looked, "The explicit path was used, so nothing else "
@@ -162,14 +183,44 @@ def _already_good(spec: FileSpec, path: Path) -> bool:
     """True for a present file matching its pinned hash (or any present file when none is pinned)."""
     if spec.sha256 is None:
         return True
-    if read_stamp(path) == spec.sha256:
-        return True
-    digest = sha256_file(path)
+    if spec.size is not None and path.stat().st_size != spec.size:
+        log.warning("%s has %d bytes, not the pinned %d; downloading it again", path, path.stat().st_size, spec.size)
+        return False
+    digest = cached_sha256(path)
     if digest == spec.sha256:
-        write_stamp(path, digest)
         return True
     log.warning("%s does not match its pinned SHA-256 (got %s); downloading it again", path, digest)
     return False
+
+
+def _first_mismatch(entry: Entry, location: Path, source: str) -> ChecksumMismatchError | None:
+    """The error for the first pinned file at ``location`` whose size or SHA-256 is wrong, else None.
+
+    The size is compared first (a truncated file is refused without reading it); unpinned files
+    (our trained checkpoints) are skipped: their JSON sidecars carry their SHA-256.
+    """
+    for spec, file_path in _files_at(entry, location):
+        if spec.sha256 is None:
+            continue
+        size = file_path.stat().st_size
+        if spec.size is not None and size != spec.size:
+            return ChecksumMismatchError(file_path, f"{spec.size} bytes", f"{size} bytes", what="size",
+                                         hint=_refusal_hint(entry, source))
+        digest = cached_sha256(file_path)
+        if digest != spec.sha256:
+            return ChecksumMismatchError(file_path, spec.sha256, digest, hint=_refusal_hint(entry, source))
+    return None
+
+
+def _refusal_hint(entry: Entry, source: str) -> str:
+    text = (f"Checkpoint {entry.name!r} ({source}) was refused before loading: the file is corrupt, truncated, "
+            "or not the one the checkpoint manifest pins. ")
+    if entry.downloadable:
+        text += (f"Get it again with: python -m skinapp.checkpoints download {entry.name} (replaces a bad copy in "
+                 f"the checkpoint directory), or set {entry.env_var} to a good copy.")
+    else:
+        text += f"Set {entry.env_var} to a good copy."
+    return text + " Weights of your own need a manifest that pins them (SKINAPP_MANIFEST)."
 
 
 def _candidate(entry: Entry, path: str | os.PathLike | None) -> tuple[str, Path]:

@@ -1,0 +1,135 @@
+"""Mutation testing with mutmut, one module group at a time, outside the default CI run.
+
+Usage (from the repository root)::
+
+    .venv/bin/python .ci/mutation.py pooling metrics checkpoints     # groups from pyproject.toml
+    .venv/bin/python .ci/mutation.py --list
+    .venv/bin/python .ci/mutation.py pipeline --workdir /scratch/mut --max-children 4
+
+The groups (files to mutate, tests that may kill them) are data in ``[tool.skinapp.mutation]`` of
+pyproject.toml. For each group the tracked files are copied to ``<workdir>/<group>`` (the repository
+never gets a ``mutants/`` directory), the copy's ``[tool.mutmut]`` is narrowed to that group, and
+``mutmut run`` works there. The score is killed / (all mutants), where timeouts count as killed
+(mutmut's convention: the mutant made the tests hang) and "no tests" / "survived" / "suspicious" as
+not killed. A summary (counts, score, surviving mutant names) is printed and written to
+``<workdir>/<group>/summary.json``; ``mutmut show NAME`` in that directory shows a mutant's diff.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+ROOT = Path(__file__).resolve().parents[1]
+KILLED = ("killed", "timeout", "caught by type check", "segfault")
+log = logging.getLogger("mutation")
+
+
+def groups() -> dict[str, dict]:
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    return data["tool"]["skinapp"]["mutation"]["groups"]
+
+
+def _copy_tree(dest: Path) -> None:
+    """Tracked and untracked-but-not-ignored files of the working tree, plus a link to its .venv."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, check=True,
+                           capture_output=True).stdout.decode().split("\0")
+    if dest.exists():
+        shutil.rmtree(dest)
+    for name in filter(None, files):
+        src = ROOT / name
+        if src.is_file() and not src.is_symlink():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+    (dest / ".venv").symlink_to(ROOT / ".venv")
+
+
+def _narrow_config(dest: Path, group: dict) -> None:
+    """Rewrite the copy's [tool.mutmut] so that only ``group`` is mutated and only its tests run."""
+    text = (dest / "pyproject.toml").read_text()
+    start = text.index("[tool.mutmut]")
+    end = text.find("\n[", start + 1)
+    base = tomllib.loads(text)["tool"]["mutmut"]
+    base.update(only_mutate=group["paths"], pytest_add_cli_args_test_selection=group["tests"])
+    lines = ["[tool.mutmut]"] + [f"{key} = {json.dumps(value)}" for key, value in base.items()]
+    (dest / "pyproject.toml").write_text(text[:start] + "\n".join(lines) + "\n" + (text[end:] if end > 0 else ""))
+
+
+def run_group(name: str, group: dict, workdir: Path, max_children: int) -> dict:
+    dest = workdir / name
+    _copy_tree(dest)
+    _narrow_config(dest, group)
+    (dest / "mutants" / "checkpoints").mkdir(parents=True)  # mutmut copies also_copy files but not their folders
+    mutmut = str(Path(sys.executable).with_name("mutmut"))
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    t0 = time.perf_counter()
+    run = subprocess.run([mutmut, "run", "--max-children", str(max_children)], cwd=dest, env=env,
+                         capture_output=True, text=True)
+    (dest / "run.log").write_text(run.stdout + run.stderr)
+    if run.returncode != 0:
+        tail = (run.stdout + run.stderr).replace("\r", "\n").strip().splitlines()[-15:]
+        raise RuntimeError(f"mutmut failed in {dest} (exit {run.returncode}; add debug = true to its "
+                           "[tool.mutmut] to see the tests' output):\n" + "\n".join(tail))
+    listing = subprocess.run([mutmut, "results", "--all", "true"], cwd=dest, env=env, capture_output=True,
+                             text=True, check=True).stdout
+    statuses = dict(re.findall(r"^\s+(\S+): (.+)$", listing, flags=re.MULTILINE))
+    counts: dict[str, int] = {}
+    for status in statuses.values():
+        counts[status] = counts.get(status, 0) + 1
+    killed = sum(counts.get(s, 0) for s in KILLED)
+    summary = {"group": name, "paths": group["paths"], "tests": group["tests"], "mutants": len(statuses),
+               "killed": killed, "score": round(killed / len(statuses), 4) if statuses else None,
+               "counts": counts, "not_killed": sorted(k for k, s in statuses.items() if s not in KILLED),
+               "seconds": round(time.perf_counter() - t0, 1), "mutmut_exit": run.returncode}
+    (dest / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("groups", nargs="*", help="group names from [tool.skinapp.mutation.groups]")
+    p.add_argument("--list", action="store_true", help="list the groups and exit")
+    p.add_argument("--workdir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "skinapp-mutation")
+    p.add_argument("--max-children", type=int, default=max(1, (os.cpu_count() or 2) - 1))
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    known = groups()
+    if args.list or not args.groups:
+        for name, group in known.items():
+            log.info("%-12s %s  <- %s", name, ", ".join(group["paths"]), ", ".join(group["tests"]))
+        return 0
+    unknown = [g for g in args.groups if g not in known]
+    if unknown:
+        log.error("unknown group(s) %s; known: %s", unknown, ", ".join(known))
+        return 2
+    rows = []
+    for name in args.groups:
+        log.info("mutating %s ...", name)
+        summary = run_group(name, known[name], args.workdir, args.max_children)
+        rows.append(summary)
+        log.info("%s: %d/%d killed (%.1f %%), %s, %.0f s", name, summary["killed"], summary["mutants"],
+                 100 * (summary["score"] or 0), summary["counts"], summary["seconds"])
+        for mutant in summary["not_killed"]:
+            log.info("    not killed: %s", mutant)
+    log.info("\n| group | files | mutants | killed | score |\n|---|---|---|---|---|")
+    for r in rows:
+        log.info("| %s | %s | %d | %d | %.1f %% |", r["group"], ", ".join(r["paths"]), r["mutants"], r["killed"],
+                 100 * (r["score"] or 0))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
