@@ -72,10 +72,15 @@ def test_fields_the_weights_fix_are_read_from_them_and_said(tiny, checkpoint, ca
 
 
 def test_defaulted_switches_are_said_in_the_log_and_the_provenance(checkpoint, caplog):
+    def drop(config):
+        del config["vision_cfg"]["pool_type"], config["text_cfg"]["pool_type"]
+
+    _edit_config(checkpoint, drop)
     with caplog.at_level(logging.WARNING, logger="skinapp.clip.model"):
         loaded = load_clip_checkpoint(checkpoint, profile="tiny")
     assert "vision_cfg.pool_type='tok' (open_clip default, not stated)" in caplog.text
     assert "assumed open_clip defaults" in loaded.weights.source and "text_cfg.pool_type" in loaded.weights.source
+    assert "no_causal_mask" not in loaded.weights.source  # stated in the config: not a default
 
 
 def test_a_config_contradicting_the_weights_is_refused(checkpoint):

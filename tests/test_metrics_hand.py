@@ -59,7 +59,8 @@ def test_macro_metrics_agree_with_scikit_learn():
 
 def test_a_class_never_predicted_has_precision_zero_not_nan():
     m = classification_metrics([0, 1], [0, 0], 2)  # class 1: in the truth, never predicted
-    assert m == pytest.approx({"precision": 0.25, "recall": 0.5, "f1": 1 / 3, "accuracy": 0.5}, abs=1e-12)
+    assert m == pytest.approx({"precision": 0.25, "recall": 0.5, "f1": 1 / 3, "f1_macro_per_class": 1 / 3,
+                               "f1_paper": 1 / 3, "accuracy": 0.5}, abs=1e-12)
 
 
 def test_classes_absent_from_truth_and_prediction_are_not_averaged():
@@ -80,13 +81,14 @@ def test_macro_specificity_by_hand():
 
 
 def test_no_samples_give_zeros_not_nan():
-    assert classification_metrics([], [], 3) == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "accuracy": 0.0}
+    assert classification_metrics([], [], 3) == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "f1_paper": 0.0,
+                                                 "f1_macro_per_class": 0.0, "accuracy": 0.0}
     assert macro_specificity([], [], 3) == 0.0
 
 
 def _row(ratio, variant, seed, precision):
     return {"train_ratio": ratio, "variant": variant, "seed": seed, "precision": precision, "recall": 0.5,
-            "f1": precision / 2, "accuracy": 1.0}
+            "f1_paper": precision / 2, "f1_macro_per_class": precision / 4, "accuracy": 1.0}
 
 
 def test_summary_is_mean_and_population_std_over_seeds(tmp_path):
@@ -102,7 +104,8 @@ def test_summary_is_mean_and_population_std_over_seeds(tmp_path):
     ca = summary[2]
     assert ca["precision_mean"] == pytest.approx(0.7, abs=1e-12)
     assert ca["precision_std"] == pytest.approx(np.sqrt(0.08 / 3), abs=1e-12)  # population std, not 0.2 (sample)
-    assert ca["f1_mean"] == pytest.approx(0.35, abs=1e-12) and ca["recall_std"] == 0.0
+    assert ca["f1_paper_mean"] == pytest.approx(0.35, abs=1e-12) and ca["recall_std"] == 0.0
+    assert ca["f1_macro_per_class_mean"] == pytest.approx(0.175, abs=1e-12)
     assert summary[1]["precision_mean"] == pytest.approx(0.3, abs=1e-12)
     assert summary[1]["precision_std"] == pytest.approx(0.1, abs=1e-12)
     assert summary[0]["precision_std"] == 0.0
@@ -111,9 +114,10 @@ def test_summary_is_mean_and_population_std_over_seeds(tmp_path):
     md = (tmp_path / "m.md").read_text()
     assert md.endswith(" |\n") and md.count("\n") == 5
     lines = md.splitlines()
-    assert lines[:2] == ["| train/total | variant | seeds | precision | recall | F1 | accuracy |",
-                         "|---|---|---|---|---|---|---|"]
-    assert lines[4] == "| 0.5 | cross_attention | 3 | 0.700 ± 0.163 | 0.500 ± 0.000 | 0.350 ± 0.082 | 1.000 ± 0.000 |"
+    assert lines[:2] == ["| train/total | variant | seeds | precision | recall | F1 (paper: 2PR/(P+R)) "
+                         "| F1 (mean per class) | accuracy |", "|---|---|---|---|---|---|---|---|"]
+    assert lines[4] == ("| 0.5 | cross_attention | 3 | 0.700 ± 0.163 | 0.500 ± 0.000 | 0.350 ± 0.082 | 0.175 ± 0.041 "
+                        "| 1.000 ± 0.000 |")
     with (tmp_path / "m.csv").open() as f:
         assert f.readline().startswith("train_ratio,variant,seeds,precision_mean,precision_std,")  # no index column
         f.seek(0)

@@ -38,18 +38,27 @@ from skinapp.provenance import WeightsInfo, untrained
 
 log = logging.getLogger(__name__)
 
+#: Parameter-free switches of OpenAI's CLIP, stated so that our checkpoints' sidecars say them (see
+#: :mod:`skinapp.clip.architecture`).
+_OPENAI_VISION_SWITCHES = {"pool_type": "tok", "final_ln_after_pool": False}
+_OPENAI_TEXT_SWITCHES = {"pool_type": "argmax", "no_causal_mask": False, "final_ln_after_pool": False}
+
 #: open_clip CLIP configs (constructor arguments), keyed by profile.
 CLIP_CONFIGS: dict[str, dict[str, Any]] = {
     "full": {
         "embed_dim": 512,
-        "vision_cfg": {"image_size": 224, "layers": 12, "width": 768, "head_width": 64, "patch_size": 16},
-        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 512, "heads": 8, "layers": 12},
+        "vision_cfg": {"image_size": 224, "layers": 12, "width": 768, "head_width": 64, "patch_size": 16,
+                       **_OPENAI_VISION_SWITCHES},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 512, "heads": 8, "layers": 12,
+                     **_OPENAI_TEXT_SWITCHES},
         "quick_gelu": True,
     },
     "tiny": {
         "embed_dim": 64,
-        "vision_cfg": {"image_size": 224, "layers": 2, "width": 96, "head_width": 8, "patch_size": 16},
-        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 2},
+        "vision_cfg": {"image_size": 224, "layers": 2, "width": 96, "head_width": 8, "patch_size": 16,
+                       **_OPENAI_VISION_SWITCHES},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 2,
+                     **_OPENAI_TEXT_SWITCHES},
         "quick_gelu": True,
     },
 }
