@@ -25,6 +25,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
 
+from skinapp.checkpoints import CheckpointMissing, ChecksumMismatchError, UnsafeCheckpointError  # noqa: E402
 from skinapp.pipeline import Analyzer  # noqa: E402
 from skinapp.review import DATA_DIR_ENV, ReviewStore, default_data_dir  # noqa: E402
 from skinapp.ui import build_demo  # noqa: E402
@@ -127,11 +128,17 @@ def launch(demo: gr.Blocks, store: ReviewStore, args: argparse.Namespace,
                 app_kwargs={"middleware": [Middleware(ExportGuard, registry=owners if owners is not None else {})]})
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    app, store, owners, sweeper = build_app(args)
+    try:
+        app, store, owners, sweeper = build_app(args)
+    except (CheckpointMissing, ChecksumMismatchError, UnsafeCheckpointError) as exc:
+        # a missing (--profile full), damaged or tampered checkpoint: the user's to fix, said in one line
+        log.error("not starting: %s", exc)
+        return 2
     launch(app, store, args, owners, sweeper)
+    return 0
 
 
 _DEMO: gr.Blocks | None = None
@@ -152,4 +159,4 @@ def __getattr__(name: str) -> gr.Blocks:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main(sys.argv[1:]))

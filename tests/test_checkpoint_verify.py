@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -228,3 +229,24 @@ def test_without_a_manifest_the_loader_warns_instead_of_checking(tmp_path, caplo
         with pytest.raises(ckpt.ManifestError, match="manifest not found"):
             ckpt.load_state_dict(path, verify=True)  # an explicit check cannot be skipped
     assert "sam_vit_b_01ec64.pth is loaded without a SHA-256 check" in caplog.text
+
+
+def test_app_start_on_a_tampered_checkpoint_is_one_log_line(tmp_path, monkeypatch, caplog):
+    """`python app.py` says why it does not start in one line (exit status 2), no traceback."""
+    import app
+
+    for var in ("SKINAPP_MANIFEST", "SKINAPP_SAM_VIT_B", "SKINAPP_GROUNDINGDINO_SWINT_OGC", "SKINAPP_BERT_BASE_UNCASED",
+                "SKINAPP_VIT_B16_AUGREG2", "SKINAPP_FUSION_CLASSIFIER", "SKINAPP_CLIP_VIT_B16_OPENAI",
+                "SKINAPP_CLIP_FINETUNED"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("SKINAPP_CHECKPOINT_DIR", str(tmp_path))
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio-before"))
+    (tmp_path / "sam_vit_b_01ec64.pth").write_bytes(b"\0" * 1024)
+    with ckpt.use_manifest(REPO_MANIFEST), caplog.at_level(logging.ERROR, logger="skinapp.app"):
+        status = app.main(["--profile", "auto", "--no-warmup", "--temp-dir", str(tmp_path / "tmp"),
+                           "--data-dir", str(tmp_path / "data")])
+    assert status == 2
+    refusals = [r for r in caplog.records if r.name == "skinapp.app"]
+    assert len(refusals) == 1 and refusals[0].getMessage().startswith("not starting: size mismatch for ")
+    assert "SKINAPP_SAM_VIT_B" in refusals[0].getMessage()
+    assert refusals[0].exc_info is None

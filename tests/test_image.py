@@ -60,7 +60,7 @@ def test_missing_file_message_names_no_file(tmp_path):
 
 
 def test_none_and_wrong_type():
-    with pytest.raises(InvalidImageError):
+    with pytest.raises(InvalidImageError, match="No image was given"):
         load_image(None)
     with pytest.raises(InvalidImageError, match="Unsupported"):
         load_image(3.5)
