@@ -4,7 +4,10 @@ concepts in top-k pooling, pretrained baselines, end-to-end training; tiny data,
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +15,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+import skinapp.checkpoints as ckpt
 from skinapp.fusion import build_baseline, build_fusion, fusion_config, load_fusion_checkpoint, topk_pool
 from skinapp.synthetic import make_skin_photo
 from train import fusion as train_fusion
@@ -157,10 +161,10 @@ def test_pool_padded_config_reaches_the_model():
 
 def test_baseline_loads_imagenet_weights_safely_and_says_so(tmp_path):
     donor = build_baseline("resnet50", 1000, "tiny", seed=7)  # stands in for timm's ImageNet release
-    path = tmp_path / "resnet50.a1_in1k.safetensors"
+    path = tmp_path / "resnet50_imagenet_donor.safetensors"  # not the official name: no manifest pin applies
     save_file({k: v.contiguous() for k, v in donor.state_dict().items()}, str(path))
     model = build_baseline("resnet50", 3, "tiny", seed=0, checkpoint=path)
-    assert model.init == "pretrained (resnet50.a1_in1k.safetensors)"
+    assert model.init == "pretrained (resnet50_imagenet_donor.safetensors)"
     assert torch.equal(model.conv1.weight, donor.conv1.weight)
     assert model.fc.out_features == 3
     assert build_baseline("resnet50", 3, "tiny", seed=0).init == "from scratch"
@@ -179,8 +183,17 @@ def test_full_profile_without_baseline_weights_is_labelled_from_scratch(tmp_path
     chosen = train_fusion.baseline_checkpoints(["vit_b16=/w/vit.safetensors"], "full")
     assert chosen == {"resnet50": None, "vit_b16": "/w/vit.safetensors"}
     assert "resnet50 baseline: no ImageNet weights" in caplog.text and "FROM SCRATCH" in caplog.text
-    (tmp_path / "resnet50.a1_in1k.safetensors").write_bytes(b"x")
-    assert train_fusion.baseline_checkpoints([], "full")["resnet50"] == str(tmp_path / "resnet50.a1_in1k.safetensors")
+    official = tmp_path / "resnet50.a1_in1k.safetensors"
+    official.write_bytes(b"x")  # a damaged copy in the checkpoint folder is refused, never trained from
+    with pytest.raises(ckpt.ChecksumMismatchError, match="resnet50_a1_in1k"):
+        train_fusion.baseline_checkpoints([], "full")
+    # pin the file this test wrote instead: then it is found in the checkpoint folder
+    manifest = json.loads((Path(__file__).resolve().parents[1] / "checkpoints" / "manifest.json").read_text())
+    for entry in manifest["checkpoints"]:
+        if entry["name"] == "resnet50_a1_in1k":
+            entry["files"][0].update(size=1, sha256=hashlib.sha256(b"x").hexdigest())
+    with ckpt.use_manifest(manifest):
+        assert train_fusion.baseline_checkpoints([], "full")["resnet50"] == str(official)
     assert train_fusion.baseline_checkpoints([], "tiny") == {"resnet50": None, "vit_b16": None}
     with pytest.raises(ValueError, match="NAME=PATH"):
         train_fusion.baseline_checkpoints(["resnet=/x"], "full")
