@@ -290,3 +290,22 @@ def test_numbered_photo_writes_each_concept_number_on_its_mask():
     assert changed[10:50, 10:60].any() and changed[70:110, 90:150].any()
     assert not changed[:, 65:85].any(), "numbers are drawn on their own masks only"
     assert np.array_equal(pixels, np.full((120, 160, 3), 128, np.uint8)), "the input is not modified"
+
+
+def test_numbers_of_nested_masks_do_not_collide():
+    """A skin mask around a lesion: both numbers inside their own masks, far enough apart to be read."""
+    from skinapp.ui.handlers import label_positions, numbered_photo
+
+    masks = np.zeros((2, 240, 320), bool)
+    masks[0, 20:220, 20:300] = True  # skin, containing ...
+    masks[1, 90:150, 130:190] = True  # ... the lesion at its centre
+    first, second = label_positions(masks, min_gap=30)
+    assert masks[0][first[1], first[0]] and masks[1][second[1], second[0]]
+    assert second == (160, 120) or np.hypot(second[0] - 160, second[1] - 120) <= 2, "the lesion keeps its centre"
+    assert np.hypot(first[0] - second[0], first[1] - second[1]) >= 30
+    out = numbered_photo(np.full((240, 320, 3), 128, np.uint8), masks, [0, 1])
+    assert np.any(out[90:150, 130:190] != 128), "the lesion's number is on the lesion"
+    assert label_positions(np.zeros((1, 8, 8), bool), 3) == [None]
+    whole = np.ones((1, 100, 200), bool)  # a mask filling the photo: its number in the middle, not on the border
+    (x, y), = label_positions(whole, 3)
+    assert min(x, y, 199 - x, 99 - y) >= 45
