@@ -29,10 +29,10 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from pycocotools import mask as mask_utils
 
 from skinapp.image import InvalidImageError
 from skinapp.pipeline import AnalysisResult, ExplainResult, stamp_banner
+from skinapp.review.export import rle_encode
 
 log = logging.getLogger(__name__)
 
@@ -117,12 +117,10 @@ def analysis_record(photo: Path, result: AnalysisResult) -> Record:
            "n_concepts": len(concepts), "trained": result.trained, "banner": bool(result.banner)}
     annotations = []
     for i in range(len(concepts)):
-        rle = mask_utils.encode(np.asfortranarray(concepts.masks[i].astype(np.uint8)))
         x0, y0, x1, y1 = (float(v) for v in concepts.boxes[i])
         annotations.append({"phrase": concepts.phrases[i], "score": float(concepts.scores[i]),
-                            "bbox": [x0, y0, x1 - x0, y1 - y0], "area": float(mask_utils.area(rle)),
-                            "segmentation": {"size": [int(s) for s in rle["size"]],
-                                             "counts": rle["counts"].decode("ascii")}})
+                            "bbox": [x0, y0, x1 - x0, y1 - y0], "area": float(concepts.masks[i].sum()),
+                            "segmentation": rle_encode(concepts.masks[i])})
     coco = {"file_name": str(photo), "width": result.image.width, "height": result.image.height,
             "image_key": result.image_key, "annotations": annotations}
     return Record(photo=str(photo), status="ok", row=row, coco=coco)

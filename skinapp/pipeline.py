@@ -239,15 +239,6 @@ def parse_phrases(phrases: str | Iterable[str]) -> list[str]:
     return list(seen)
 
 
-def check_prompts(prompts: str | Iterable[str]) -> tuple[str, ...]:
-    """Concept prompts, cleaned and bounded by the extractors' one rule (:func:`normalise_prompts`).
-
-    Raises:
-        ValueError: no prompt, too many, too long, or a prompt without any letter.
-    """
-    return normalise_prompts(prompts)
-
-
 def _missing_reason(name: str, exc: Exception) -> str:
     """One line: which checkpoint is missing and how to get it."""
     try:
@@ -567,7 +558,7 @@ class Analyzer:
         state = self.state_for(image_source)
         image = state.image
         timings["load"] = time.perf_counter() - t0
-        phrases = check_prompts(prompts if prompts not in (None, "") else self.default_prompts)
+        phrases = normalise_prompts(prompts if prompts not in (None, "") else self.default_prompts)
         box_t = check_threshold("Box threshold", self.box_threshold if box_threshold is None else box_threshold)
         text_t = check_threshold("Text threshold", self.text_threshold if text_threshold is None else text_threshold)
         ref = f"{image.key}:{_params_digest(phrases, box_t, text_t)}"

@@ -22,6 +22,10 @@ from skinapp import checkpoints as ckpt
 from skinapp.checkpoints import _hashing
 
 REPO_MANIFEST = Path(__file__).resolve().parents[1] / "checkpoints" / "manifest.json"
+#: environment variables that would point the app at other checkpoint files (cleared in the start-up tests)
+CHECKPOINT_ENV = ("SKINAPP_MANIFEST", "SKINAPP_SAM_VIT_B", "SKINAPP_GROUNDINGDINO_SWINT_OGC",
+                  "SKINAPP_BERT_BASE_UNCASED", "SKINAPP_VIT_B16_AUGREG2", "SKINAPP_FUSION_CLASSIFIER",
+                  "SKINAPP_CLIP_VIT_B16_OPENAI", "SKINAPP_CLIP_FINETUNED")
 
 
 def _sha(data: bytes) -> str:
@@ -207,10 +211,7 @@ def test_official_file_name_is_checked_by_the_loader_however_it_was_found(tmp_pa
 def test_app_refuses_to_start_on_a_tampered_official_checkpoint(tmp_path, monkeypatch):
     from skinapp.pipeline import Analyzer
 
-    monkeypatch.delenv("SKINAPP_MANIFEST", raising=False)
-    for var in ("SKINAPP_SAM_VIT_B", "SKINAPP_GROUNDINGDINO_SWINT_OGC", "SKINAPP_BERT_BASE_UNCASED",
-                "SKINAPP_VIT_B16_AUGREG2", "SKINAPP_FUSION_CLASSIFIER", "SKINAPP_CLIP_VIT_B16_OPENAI",
-                "SKINAPP_CLIP_FINETUNED"):
+    for var in CHECKPOINT_ENV:
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("SKINAPP_CHECKPOINT_DIR", str(tmp_path))
     (tmp_path / "sam_vit_b_01ec64.pth").write_bytes(b"\0" * 1024)
@@ -235,9 +236,7 @@ def test_app_start_on_a_tampered_checkpoint_is_one_log_line(tmp_path, monkeypatc
     """`python app.py` says why it does not start in one line (exit status 2), no traceback."""
     import app
 
-    for var in ("SKINAPP_MANIFEST", "SKINAPP_SAM_VIT_B", "SKINAPP_GROUNDINGDINO_SWINT_OGC", "SKINAPP_BERT_BASE_UNCASED",
-                "SKINAPP_VIT_B16_AUGREG2", "SKINAPP_FUSION_CLASSIFIER", "SKINAPP_CLIP_VIT_B16_OPENAI",
-                "SKINAPP_CLIP_FINETUNED"):
+    for var in CHECKPOINT_ENV:
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("SKINAPP_CHECKPOINT_DIR", str(tmp_path))
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio-before"))

@@ -89,6 +89,11 @@ def _median_stages(clocks: Sequence[StageClock]) -> dict[str, float]:
     return {n: statistics.median(c.seconds.get(n, 0.0) for c in clocks) for n in names}
 
 
+def _mask_ious(first: np.ndarray, second: np.ndarray) -> list[float]:
+    """IoU of each pair of bool masks [n, H, W] (1.0 for two empty masks)."""
+    return [float((a & b).sum() / max((a | b).sum(), 1)) for a, b in zip(first, second)]
+
+
 def _pearson(a: torch.Tensor, b: torch.Tensor) -> float:
     a, b = a.flatten().double(), b.flatten().double()
     a, b = a - a.mean(), b - b.mean()
@@ -106,7 +111,7 @@ def bench_upload(models: BenchModels, settings: BenchSettings) -> dict[str, Any]
     ours_total = statistics.median(c.total() for c in ours_clocks)
     naive_total = naive_clocks[0].total()
     floor = sum(ours_stages.get(n, 0.0) for n in UNAVOIDABLE)
-    ious = [float((a & b).sum() / max((a | b).sum(), 1)) for a, b in zip(ours.masks, naive.masks)]
+    ious = _mask_ious(ours.masks, naive.masks)
     feat_err = float((ours.features - naive.features).abs().max()) if len(ours.features) else 0.0
     return {
         "n_prompts": len(PROMPTS),
@@ -141,7 +146,7 @@ def bench_precision(models: BenchModels, settings: BenchSettings) -> dict[str, A
         segmenter.encoder_bf16 = default
     ref, low = runs["fp32"].pop("outputs"), runs["bf16_sam_encoder"].pop("outputs")
     same_boxes = np.array_equal(ref.detections.boxes, low.detections.boxes)
-    ious = [float((a & b).sum() / max((a | b).sum(), 1)) for a, b in zip(ref.masks, low.masks)]
+    ious = _mask_ious(ref.masks, low.masks)
     cosine = torch.nn.functional.cosine_similarity(ref.features.double(), low.features.double(), dim=1)
     return {
         **runs, "default_bf16": default, "same_boxes": same_boxes,
