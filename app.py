@@ -113,6 +113,13 @@ def build_app(args: argparse.Namespace) -> tuple[gr.Blocks, ReviewStore, dict[st
     return demo, store, owners, sweeper
 
 
+def exit_on_sigterm(signum: int, frame) -> None:
+    """Exit through the atexit clean-up; a second SIGTERM (e.g. from a supervisor and `timeout` both) is ignored,
+    so it cannot interrupt the clean-up half way and leave uploads behind."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sys.exit(0)
+
+
 def launch(demo: gr.Blocks, store: ReviewStore, args: argparse.Namespace,
            owners: dict[str, str | None] | None = None, sweeper: TempSweeper | None = None) -> None:
     from starlette.middleware import Middleware
@@ -121,7 +128,7 @@ def launch(demo: gr.Blocks, store: ReviewStore, args: argparse.Namespace,
     auth = login()
     sweeper = (sweeper or TempSweeper(temp_root(args), args.retention)).start()
     atexit.register(sweeper.stop)  # shutdown: empty the folder again
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # SIGTERM runs the atexit clean-up too
+    signal.signal(signal.SIGTERM, exit_on_sigterm)  # SIGTERM runs the atexit clean-up too
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, auth=auth,
                 auth_message="skinapp: clinic login" if auth else None, max_file_size="60mb",
                 show_error=False, ssr_mode=False, css=CSS, footer_links=["api"],

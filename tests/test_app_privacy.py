@@ -122,3 +122,19 @@ def test_login_guards_pages_api_and_files_and_cleans_up(app, workdir, photo):
         image_url = out[0]["value"]["image"]["url"]
         assert _get(image_url if image_url.startswith("http") else locked.url + image_url) == 401, \
             "an output image was served without the login"
+
+
+def test_a_second_sigterm_cannot_interrupt_the_shutdown_clean_up():
+    """Found by stopping the launched app with two SIGTERMs: the second one used to raise SystemExit inside the
+    temp-folder wipe, leaving files behind."""
+    import signal
+
+    import app
+
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(SystemExit):
+            app.exit_on_sigterm(signal.SIGTERM, None)
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, previous)
