@@ -30,8 +30,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from skinapp.drawing import stamp_banner
 from skinapp.image import InvalidImageError
-from skinapp.pipeline import AnalysisResult, ExplainResult, stamp_banner
+from skinapp.results import AnalysisResult, ExplainResult
 from skinapp.review.export import rle_encode
 
 log = logging.getLogger(__name__)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 #: The banner every output produced with untrained weights must carry.
@@ -33,3 +34,14 @@ def untrained(name: str, why: str = "random init (tiny profile)") -> WeightsInfo
 
 def all_trained(infos: list[WeightsInfo] | tuple[WeightsInfo, ...]) -> bool:
     return all(i.trained for i in infos)
+
+
+def banner_text(weights: Iterable[WeightsInfo], reasons: Sequence[str] = ()) -> str:
+    """"" when every model is trained; else the warning, the untrained models, and why."""
+    weights = tuple(weights)
+    bad = [w for w in weights if not w.trained]
+    if not bad:
+        return ""
+    lines = [UNTRAINED_WARNING, "Untrained: " + ", ".join(w.describe() for w in bad) + "."]
+    lines += list(reasons)
+    return "\n".join(lines)

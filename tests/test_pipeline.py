@@ -7,7 +7,7 @@ import io
 import numpy as np
 import pytest
 
-from skinapp import pipeline
+from skinapp import models, pipeline
 from skinapp.checkpoints import CheckpointMissing
 from skinapp.image import InvalidImageError
 from skinapp.pipeline import AnalysisResult, Analyzer, ExplainResult, parse_phrases
@@ -47,9 +47,9 @@ def test_analyze_outputs_and_banner(analyzer):
     assert n >= 1 and result.concepts.masks.shape == (n, h, w)
     assert len(result.annotations) == n and result.annotations[0][0].shape == (h, w)
     probs = result.class_probabilities()
-    assert set(probs) == set(pipeline.DEMO_CLASS_NAMES)
+    assert set(probs) == set(models.DEMO_CLASS_NAMES)
     assert sum(probs.values()) == pytest.approx(1.0, abs=1e-4)
-    assert result.prediction.cam.shape[1] == len(pipeline.DEMO_CLASS_NAMES)
+    assert result.prediction.cam.shape[1] == len(models.DEMO_CLASS_NAMES)
     assert len(result.cam_rows) == result.prediction.cam.shape[0]
     assert result.decisive_image.shape == (h, w, 3)
     # the red banner strip is stamped on the decisive-concept image

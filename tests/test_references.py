@@ -21,11 +21,12 @@ from segment_anything import SamPredictor
 from skinapp import pipeline
 from skinapp.clip.model import build_clip
 from skinapp.concepts.segmenter import build_segmenter
+from skinapp.drawing import draw_concept, stamp_banner
 from skinapp.explain import encode_image_for_explain, explain_from_pass
 from skinapp.explain.entropy import denormalise_to_uint8
 from skinapp.explain.pipeline import GRAD_CHUNK
 from skinapp.explain.render import COLORMAP
-from skinapp.pipeline import Analyzer, draw_concept, stamp_banner
+from skinapp.pipeline import Analyzer
 from skinapp.synthetic import make_skin_photo
 
 # ------------------------------------------------------------------------------------------------ SAM

@@ -18,7 +18,8 @@ import gradio as gr
 
 from skinapp.concepts.types import DEFAULT_PROMPTS
 from skinapp.examples import example_paths
-from skinapp.pipeline import SUGGESTED_PHRASES, Analyzer, banner_text
+from skinapp.pipeline import SUGGESTED_PHRASES, Analyzer
+from skinapp.provenance import banner_text
 from skinapp.review import DECISIONS, ReviewStore
 from skinapp.ui.components import photo_input
 from skinapp.ui.handlers import REVIEW_COLUMNS, Handlers, banner_html

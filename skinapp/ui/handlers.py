@@ -27,8 +27,9 @@ import numpy as np
 import pandas as pd
 
 from skinapp.cache import LRUCache
-from skinapp.pipeline import METHOD_TITLES, AnalysisResult, Analyzer
+from skinapp.pipeline import Analyzer
 from skinapp.provenance import UNTRAINED_WARNING, WeightsInfo
+from skinapp.results import METHOD_TITLES, AnalysisResult
 from skinapp.review import ConceptReview, Review, ReviewStore, export_zip
 from skinapp.ui.figures import cam_figure
 from skinapp.ui.privacy import new_export_path, session_cookie

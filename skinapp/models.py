@@ -1,0 +1,177 @@
+"""Finding and loading every model the app serves, once: :func:`load_models` returns a :class:`ModelSet`.
+
+Each stage is at full strength when its checkpoints resolve (see :mod:`skinapp.checkpoints`) and in its
+demo form otherwise (small random models, the weight-free concept extractor); why a stage is not at full
+strength is kept in ``ModelSet.reasons`` and shown in the untrained-weights banner.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from skinapp import checkpoints as ckpt
+from skinapp.clip.model import ClipBundle, build_clip
+from skinapp.concepts.detector import build_detector
+from skinapp.concepts.extractor import GroundedSamExtractor
+from skinapp.concepts.fallback import ColourConceptExtractor
+from skinapp.concepts.segmenter import build_segmenter
+from skinapp.fusion import build_fusion, build_global_encoder, load_fusion_checkpoint
+from skinapp.fusion.encoders import GlobalEncoder
+from skinapp.provenance import WeightsInfo, untrained
+
+log = logging.getLogger(__name__)
+
+#: Class names of the demo-mode (untrained) fusion model: the five SCIN conditions of the paper.
+DEMO_CLASS_NAMES: tuple[str, ...] = ("Eczema", "Allergic Contact Dermatitis", "Urticaria", "Insect Bite",
+                                     "Psoriasis")
+
+#: Manifest names of the checkpoints each stage needs for its full profile.
+CONCEPT_CHECKPOINTS = ("groundingdino_swint_ogc", "bert_base_uncased")
+GLOBAL_CHECKPOINT = "vit_b16_augreg2"
+FUSION_CHECKPOINT = "fusion_classifier"
+CLIP_CHECKPOINTS = {"pretrained": "clip_vit_b16_openai", "fine-tuned": "clip_finetuned"}
+
+PROFILES = ("auto", "tiny", "full")
+
+
+@dataclass
+class ModelSet:
+    """Every loaded model, ready to serve.
+
+    Attributes:
+        extractor: concept extractor (``GroundedSamExtractor`` or ``ColourConceptExtractor``).
+        global_encoder: the fusion model's ViT (``.tokens``, ``.preprocess``, ``.weights``).
+        fusion: the fusion model, in eval mode on ``device``.
+        class_names: its C classes.
+        clips: {choice label: ClipBundle}, the CLIP models offered by Explain (the first is the default).
+        device: where the analysis models run.
+        reasons: {"analysis" | "clip": [why that stage is not at full strength, e.g. a missing checkpoint]}.
+    """
+
+    extractor: Any
+    global_encoder: GlobalEncoder
+    fusion: torch.nn.Module
+    class_names: list[str]
+    clips: dict[str, ClipBundle]
+    device: torch.device
+    reasons: dict[str, list[str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.clips:
+            raise ValueError("At least one CLIP model is needed.")
+        self.class_names = list(self.class_names)
+        self.clips = dict(self.clips)
+        self.device = torch.device(self.device)
+        self.reasons = {stage: list(items) for stage, items in (self.reasons or {}).items()}
+
+    @property
+    def analysis_weights(self) -> tuple[WeightsInfo, ...]:
+        """Provenance of the fusion model, its ViT and the concept models, in that order."""
+        concept_weights = tuple(getattr(self.extractor, "weights", ()) or ())
+        return (getattr(self.fusion, "weights", untrained("fusion", "unknown")), self.global_encoder.weights,
+                *concept_weights)
+
+    @property
+    def mode(self) -> str:
+        """"full" when every model has trained weights, else "demo"."""
+        every = (*self.analysis_weights, *(b.weights for b in self.clips.values()))
+        return "full" if all(w.trained for w in every) else "demo"
+
+
+def missing_reason(name: str, exc: Exception) -> str:
+    """One line: which checkpoint is missing and how to get it."""
+    try:
+        downloadable = ckpt.get_entry(name).downloadable
+    except ckpt.ManifestError:
+        downloadable = False
+    how = f"python -m skinapp.checkpoints download {name}" if downloadable else "train it (see the README)"
+    return f"{str(exc).split(':')[0]}; get it: {how}."
+
+
+def load_models(profile: str = "auto", device: str | torch.device | None = None, sam_variant: str = "vit_b",
+                checkpoints: Mapping[str, str | Path] | None = None, cache_size: int = 32) -> ModelSet:
+    """Load every model once.
+
+    Args:
+        profile: "full" (official/trained checkpoints, raises CheckpointMissing when one is absent),
+            "tiny" (demo: small random models and the weight-free concept extractor), or "auto"
+            (each stage at full strength when its checkpoints resolve, else its demo form; the
+            reasons are kept in ``ModelSet.reasons`` and shown in the banner).
+        device: "cuda", "cpu", ...; None picks CUDA when present.
+        sam_variant: "vit_b", "vit_l" or "vit_h" for the full segmenter.
+        checkpoints: explicit paths by manifest name (e.g. {"sam_vit_b": "/models/sam.pth"}).
+        cache_size: photos kept in the extractor's per-image caches.
+
+    Raises:
+        ValueError: unknown profile. CheckpointMissing: a required checkpoint is absent ("full" profile).
+        ChecksumMismatchError: a checkpoint on disk differs from its pinned SHA-256 (any profile but "tiny").
+    """
+    if profile not in PROFILES:
+        raise ValueError(f"profile must be 'auto', 'tiny' or 'full'; got {profile!r}")
+    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available()
+                                                                        else "cpu")
+    paths = dict(checkpoints or {})
+    reasons: dict[str, list[str]] = {"analysis": [], "clip": []}
+
+    def find(name: str, stage: str, optional: bool = False) -> Path | None:
+        if profile == "tiny":
+            return None
+        try:
+            return ckpt.resolve(name, path=paths.get(name), download=False)
+        except ckpt.CheckpointMissing as exc:
+            if profile == "full" and not optional:
+                raise
+            reasons[stage].append(missing_reason(name, exc))
+            return None
+
+    t0 = time.perf_counter()
+    # Concepts: Grounding DINO + SAM when all three checkpoints resolve, else the colour extractor.
+    found = {name: find(name, "analysis") for name in (*CONCEPT_CHECKPOINTS, f"sam_{sam_variant}")}
+    if all(found.values()):
+        detector = build_detector("full", checkpoint=found["groundingdino_swint_ogc"],
+                                  text_encoder=found["bert_base_uncased"], device=str(dev))
+        segmenter = build_segmenter("full", variant=sam_variant, checkpoint=found[f"sam_{sam_variant}"],
+                                    device=dev)
+        extractor: Any = GroundedSamExtractor(detector, segmenter, max_concepts=30, cache_size=cache_size)
+    else:
+        reasons["analysis"].append("Concepts come from the weight-free colour extractor (demo mode).")
+        extractor = ColourConceptExtractor(max_concepts=30)
+    # Global encoder + fusion: a trained fusion checkpoint decides the encoder profile.
+    fusion_path = find(FUSION_CHECKPOINT, "analysis")
+    vit_path = find(GLOBAL_CHECKPOINT, "analysis")
+    if fusion_path is not None and vit_path is not None:
+        fusion, meta = load_fusion_checkpoint(fusion_path)
+        class_names: Sequence[str] = list(meta["class_names"])
+        vit_profile = "full" if int(fusion.config["global_dim"]) == 768 else "tiny"
+        global_encoder = build_global_encoder(vit_profile, checkpoint=vit_path if vit_profile == "full" else None)
+    else:
+        reasons["analysis"].append("The diagnosis comes from an untrained demo fusion model (tiny profile).")
+        fusion = build_fusion("cross_attention", len(DEMO_CLASS_NAMES), "tiny")
+        fusion.weights = untrained("fusion", "random init (demo, tiny profile)")
+        class_names = list(DEMO_CLASS_NAMES)
+        global_encoder = build_global_encoder("tiny")
+    # CLIP: every trained checkpoint that resolves; the tiny random model when none does. It stays on the
+    # CPU: skinapp.explain runs the last block on CPU weights (one ViT-B/16 image pass is ~0.5 s there).
+    clips: dict[str, ClipBundle] = {}
+    for choice, name in CLIP_CHECKPOINTS.items():
+        # The fine-tuned CLIP is an extra choice, never a requirement.
+        path = find(name, "clip", optional=(choice == "fine-tuned"))
+        if path is not None:
+            bundle = build_clip("full", checkpoint=path, device="cpu")
+            clips[f"{choice}: {bundle.label}"] = bundle
+    if not clips:
+        bundle = build_clip("tiny", device="cpu")
+        clips[f"demo: {bundle.label}"] = bundle
+        reasons["clip"].append("Phrase heatmaps come from an untrained demo CLIP model (tiny profile).")
+    fusion.to(dev).eval()
+    global_encoder.to(dev).eval()
+    models = ModelSet(extractor, global_encoder, fusion, class_names, clips, dev, reasons)
+    log.info("Models loaded in %.1fs on %s (mode %s)", time.perf_counter() - t0, dev, models.mode)
+    return models
