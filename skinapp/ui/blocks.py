@@ -222,7 +222,9 @@ def _download_offer(analyzer: Analyzer, sam_variant: str) -> tuple[bool, str]:
     why_not = provisioning.blocker(names)
     if why_not:
         return False, f"The real models cannot be downloaded here: {why_not}."
-    return True, f"Downloads {len(names)} official checkpoints ({size:,.0f} MiB): {', '.join(names)}."
+    failed = " ".join(analyzer.reasons.get("download", []))  # the start-up download that failed, and why
+    offer = f"Downloads {len(names)} official checkpoints ({size:,.0f} MiB): {', '.join(names)}."
+    return True, f"{failed} {offer}".strip()
 
 
 def _banner_state(analyzer: Analyzer, sam_variant: str, message: str | None = None) -> tuple:
