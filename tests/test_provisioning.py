@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -248,3 +249,30 @@ def test_hot_swap_says_exactly_why_it_cannot_download(release, monkeypatch):
     message = provisioning.hot_swap(analyzer, sam_variant="vit_b", warmup=False)
     assert message.startswith("Could not download the real models:") and "HF_HUB_OFFLINE=1" in message
     assert analyzer.mode == "demo"
+
+
+# ------------------------------------------------------------------------------- README: Spaces
+
+
+def test_readme_spaces_front_matter_and_download_sizes_are_true():
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    front = dict(line.split(": ", 1) for line in readme.split("---")[1].strip().splitlines())
+    locked = re.search(r"^gradio==([\w.]+) ", (REPO_ROOT / "requirements.txt").read_text(), re.M).group(1)
+    assert front["sdk"] == "gradio" and front["sdk_version"] == locked
+    assert front["python_version"].strip('"') == f"{sys.version_info.major}.{sys.version_info.minor}" == "3.11"
+    section = readme.split("## Deploy on Hugging Face Spaces")[1].split("\n## ")[0]
+    with ckpt.use_manifest(REPO_ROOT / "checkpoints" / "manifest.json"):
+        for variant in ("vit_b", "vit_l", "vit_h"):
+            mib = provisioning.download_size(provisioning.official_checkpoints(variant)) / 2**20
+            assert f"{mib:,.0f} MiB" in section, (variant, mib)
+
+
+def test_spaces_is_detected_from_its_environment(monkeypatch):
+    for var in ("SPACE_ID", "SYSTEM", "SKINAPP_DOWNLOAD"):
+        monkeypatch.delenv(var, raising=False)
+    assert not provisioning.download_requested() and provisioning.download_requested(True)
+    monkeypatch.setenv("SKINAPP_DOWNLOAD", "1")
+    assert provisioning.download_requested()
+    monkeypatch.delenv("SKINAPP_DOWNLOAD")
+    monkeypatch.setenv("SYSTEM", "spaces")
+    assert provisioning.on_spaces() and provisioning.download_requested()
