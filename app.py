@@ -1,10 +1,12 @@
-"""skinapp web app: ``python app.py [--host 127.0.0.1] [--port 7860] [--profile auto|tiny|full] [--data-dir D]``.
+"""skinapp web app: ``python app.py [--host 127.0.0.1] [--port 7860] [--profile auto|tiny|full] [--download]``.
 
 Binds 127.0.0.1 unless ``--host`` says otherwise. Optional login: set SKINAPP_USER and SKINAPP_PASSWORD.
 Uploads and everything derived from them (output images, exports) live in the app's own temporary folder
 (``--temp-dir``), emptied at start and shutdown and swept of files older than ``--retention`` seconds.
 Reviews go to ``--data-dir`` (or $SKINAPP_DATA_DIR, default ./data/reviews). Without checkpoints the app
 starts in demo mode (tiny untrained models, weight-free concepts) and says so on every result.
+``--download`` (or SKINAPP_DOWNLOAD=1, or running on Hugging Face Spaces) first fetches every missing official
+checkpoint; when that fails the app starts in demo mode and its banner says why.
 
 ``demo`` (what ``gradio app.py`` looks for) is built on first access, from environment settings:
 SKINAPP_PROFILE, SKINAPP_DATA_DIR, SKINAPP_SAM_VARIANT, SKINAPP_DEVICE. Importing this module loads no model.
@@ -25,7 +27,13 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
 
-from skinapp.checkpoints import CheckpointMissing, ChecksumMismatchError, UnsafeCheckpointError  # noqa: E402
+from skinapp import model_configs, provisioning  # noqa: E402
+from skinapp.checkpoints import (  # noqa: E402
+    CheckpointMissing,
+    ChecksumMismatchError,
+    ManifestError,
+    UnsafeCheckpointError,
+)
 from skinapp.pipeline import Analyzer  # noqa: E402
 from skinapp.review import DATA_DIR_ENV, ReviewStore, default_data_dir  # noqa: E402
 from skinapp.ui import build_demo  # noqa: E402
@@ -51,6 +59,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sam-variant", default=os.environ.get("SKINAPP_SAM_VARIANT", "vit_b"),
                    choices=["vit_b", "vit_l", "vit_h"])
     p.add_argument("--device", default=os.environ.get("SKINAPP_DEVICE") or None, help="cuda / cpu (default: auto)")
+    p.add_argument("--download", action="store_true",
+                   help="download every missing official checkpoint before loading (also SKINAPP_DOWNLOAD=1; "
+                        "automatic on Hugging Face Spaces)")
     p.add_argument("--concurrency", type=int, default=MODEL_CONCURRENCY, help="model events running at once")
     p.add_argument("--share", action="store_true", help="create a public Gradio share link")
     p.add_argument("--no-warmup", action="store_true", help="skip the warm-up pass at start-up")
@@ -99,14 +110,20 @@ def build_app(args: argparse.Namespace) -> tuple[gr.Blocks, ReviewStore, dict[st
     sweeper = TempSweeper(root, args.retention)
     sweeper.wipe()
     os.environ["GRADIO_TEMP_DIR"] = str(root / "gradio")  # read by every component and the upload route
+    model_configs.apply_from_env()
+    failed = None
+    if args.profile != "tiny" and provisioning.download_requested(args.download):
+        failed = provisioning.provision(args.sam_variant)
     analyzer = Analyzer.create(profile=args.profile, device=args.device, sam_variant=args.sam_variant,
                                warmup=not args.no_warmup)
+    if failed:  # the start banner says why the app is in demo mode
+        analyzer.models.reasons.setdefault("download", []).append(f"Downloading the real models failed: {failed}")
     store = ReviewStore(args.data_dir)
     owners: dict[str, str | None] = {}
     retention = max(1, int(args.retention))
     demo = build_demo(analyzer, store, gpu=gpu_decorator(), model_concurrency=args.concurrency,
                       delete_cache=(max(1, retention // 4), retention), export_dir=root / "exports",
-                      export_owners=owners)
+                      export_owners=owners, sam_variant=args.sam_variant)
     demo.queue(max_size=QUEUE_MAX_SIZE)
     sweeper.keep_current()  # example photos Gradio copied in: the app's own, not derived from uploads
     log.info("Reviews are stored in the data directory; temporary files live %d s", retention)
@@ -140,8 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         app, store, owners, sweeper = build_app(args)
-    except (CheckpointMissing, ChecksumMismatchError, UnsafeCheckpointError) as exc:
-        # a missing (--profile full), damaged or tampered checkpoint: the user's to fix, said in one line
+    except (CheckpointMissing, ChecksumMismatchError, UnsafeCheckpointError, ManifestError,
+            model_configs.ModelConfigError) as exc:
+        # a missing (--profile full), damaged or tampered checkpoint, a bad SKINAPP_MODEL_CONFIGS: said in one line
         log.error("not starting: %s", exc)
         return 2
     launch(app, store, args, owners, sweeper)

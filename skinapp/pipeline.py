@@ -25,6 +25,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +111,14 @@ def _params_digest(*parts: Any) -> str:
 
 
 # ------------------------------------------------------------------------------------------- analyzer
+@dataclass(frozen=True)
+class _Serving:
+    """What one request is served with: a model set and the per-photo cache computed by it (never mixed)."""
+
+    models: ModelSet
+    states: LRUCache[ImageState]
+
+
 class Analyzer:
     """The loaded models and the per-image cache. Build it with :meth:`create`.
 
@@ -122,11 +131,11 @@ class Analyzer:
 
     def __init__(self, models: ModelSet, cache_size: int = 32, default_prompts: Sequence[str] = DEFAULT_PROMPTS,
                  box_threshold: float = 0.3, text_threshold: float = 0.25) -> None:
-        self.models = models
+        self.cache_size = cache_size
+        self._serving = _Serving(models, LRUCache(cache_size))
         self.default_prompts = tuple(default_prompts)
         self.box_threshold = box_threshold
         self.text_threshold = text_threshold
-        self.states: LRUCache[ImageState] = LRUCache(cache_size)
         # Model calls: one lock per stage (the SAM/DINO stage keeps state while it runs).
         self._concept_lock = threading.Lock()
         self._global_lock = threading.Lock()
@@ -151,6 +160,32 @@ class Analyzer:
         return analyzer
 
     # -- the loaded models --------------------------------------------------------------------
+    @property
+    def models(self) -> ModelSet:
+        """The models new requests are served with (see :meth:`swap_models`)."""
+        return self._serving.models
+
+    @models.setter
+    def models(self, models: ModelSet) -> None:
+        self.swap_models(models)
+
+    @property
+    def states(self) -> LRUCache[ImageState]:
+        """The per-photo cache of the current models (a new, empty one after every swap)."""
+        return self._serving.states
+
+    def swap_models(self, models: ModelSet) -> ModelSet:
+        """Serve ``models`` from now on, without a restart; return the models served until now.
+
+        One attribute assignment (atomic): a request captures the models and their per-photo cache once, at its
+        start, so requests in flight finish on the old models, and nothing the old models computed (concepts,
+        ViT tokens, CLIP passes, analyses) is ever reused with the new ones: the new models get an empty cache.
+        """
+        old = self._serving.models
+        self._serving = _Serving(models, LRUCache(self.cache_size))
+        log.info("Models swapped in: mode %s -> %s", old.mode, models.mode)
+        return old
+
     @property
     def extractor(self) -> Any:
         return self.models.extractor
@@ -216,20 +251,21 @@ class Analyzer:
         return list(self.clips)
 
     # -- per-image state ----------------------------------------------------------------------
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.device.type == "cuda":
+    def _autocast(self, device: torch.device | None = None) -> contextlib.AbstractContextManager:
+        if (device or self.device).type == "cuda":
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def state_for(self, image_source: Any) -> ImageState:
+    def state_for(self, image_source: Any, states: LRUCache[ImageState] | None = None) -> ImageState:
         """The cached state of a photo: from its key (or an analysis ref), or from anything load_image reads."""
+        states = states if states is not None else self.states
         if isinstance(image_source, str) and _is_key(image_source.split(":")[0]):
-            cached = self.states.get(image_source.split(":")[0])
+            cached = states.get(image_source.split(":")[0])
             if cached is None:
                 raise ValueError("This photo is no longer in the app's memory; upload it again.")
             return cached
         image = load_image(image_source)
-        return self.states.get_or_compute(image.key, lambda: ImageState(image))
+        return states.get_or_compute(image.key, lambda: ImageState(image))
 
     def analysis(self, ref: str) -> AnalysisResult:
         """A cached analysis by its ``ref``. Raises ValueError when it has been evicted."""
@@ -260,12 +296,13 @@ class Analyzer:
             results.sort(key=lambda r: r.ref != state.latest)
         return results
 
-    def _global_tokens(self, state: ImageState) -> torch.Tensor:
+    def _global_tokens(self, state: ImageState, models: ModelSet | None = None) -> torch.Tensor:
+        models = models or self.models
         with state.lock:
             if state.global_tokens is None:
-                batch = self.global_encoder.preprocess(state.image).to(self.device)
-                with self._global_lock, torch.no_grad(), self._autocast():
-                    state.global_tokens = self.global_encoder.tokens(batch)[0].float()
+                batch = models.global_encoder.preprocess(state.image).to(models.device)
+                with self._global_lock, torch.no_grad(), self._autocast(models.device):
+                    state.global_tokens = models.global_encoder.tokens(batch)[0].float()
             return state.global_tokens
 
     @staticmethod
@@ -273,10 +310,11 @@ class Analyzer:
         """The whole-photo (letterboxed) CLIP input, so no lesion falls outside the heatmaps."""
         return whole_photo_preprocess(bundle.image_size)
 
-    def _clip_pass(self, state: ImageState, choice: str) -> ImagePass:
+    def _clip_pass(self, state: ImageState, choice: str, models: ModelSet | None = None) -> ImagePass:
+        models = models or self.models
         with state.lock:
             if choice not in state.clip_passes:
-                bundle = self.clips[choice]
+                bundle = models.clips[choice]
                 with self._clip_lock:
                     state.clip_passes[choice] = encode_image_for_explain(
                         bundle.model, state.image, preprocess=self._explain_preprocess(bundle),
@@ -293,12 +331,13 @@ class Analyzer:
             InvalidImageError / ValueError: unusable photo, no prompt, thresholds outside [0, 1].
         """
         progress = progress or _no_progress
+        serving = self._serving  # once: this request finishes on these models, whatever is swapped in meanwhile
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         progress(0.0, desc="Reading the photo")
         if image_source is None:
             raise InvalidImageError("Upload a photo first.")
-        state = self.state_for(image_source)
+        state = self.state_for(image_source, serving.states)
         image = state.image
         timings["load"] = time.perf_counter() - t0
         phrases = normalise_prompts(prompts if prompts not in (None, "") else self.default_prompts)
@@ -311,7 +350,8 @@ class Analyzer:
                 state.latest = ref
                 progress(1.0, desc="Done (cached)")
                 return cached
-            result = self._analyze_uncached(state, ref, phrases, box_t, text_t, progress, timings, t0)
+            result = self._analyze_uncached(serving.models, state, ref, phrases, box_t, text_t, progress, timings,
+                                            t0)
             state.analyses[ref] = result
             state.latest = ref
             while len(state.analyses) > MAX_ANALYSES_PER_PHOTO:  # oldest parameter sets first
@@ -321,31 +361,32 @@ class Analyzer:
                  result.prediction.predicted, result.timings["total"])
         return result
 
-    def _analyze_uncached(self, state: ImageState, ref: str, phrases: tuple[str, ...], box_t: float, text_t: float,
-                          progress: ProgressFn, timings: dict[str, float], t0: float) -> AnalysisResult:
+    def _analyze_uncached(self, models: ModelSet, state: ImageState, ref: str, phrases: tuple[str, ...],
+                          box_t: float, text_t: float, progress: ProgressFn, timings: dict[str, float],
+                          t0: float) -> AnalysisResult:
         image = state.image
         t = time.perf_counter()
         progress(0.1, desc="Finding concepts (detector + segmenter)")
-        with self._concept_lock, self._autocast():
-            concepts = self.extractor.extract(image, phrases, box_threshold=box_t, text_threshold=text_t)
+        with self._concept_lock, self._autocast(models.device):
+            concepts = models.extractor.extract(image, phrases, box_threshold=box_t, text_threshold=text_t)
         timings["concepts"] = time.perf_counter() - t
 
         t = time.perf_counter()
         progress(0.6, desc="Global image features (ViT)")
-        tokens = self._global_tokens(state)
+        tokens = self._global_tokens(state, models)
         timings["global"] = time.perf_counter() - t
 
         t = time.perf_counter()
         progress(0.8, desc="Fusion diagnosis")
-        with self._fusion_lock, torch.no_grad(), self._autocast():
-            prediction = predict(self.fusion, tokens, concepts, self.class_names,
-                                 weights=(self.global_encoder.weights,))
+        with self._fusion_lock, torch.no_grad(), self._autocast(models.device):
+            prediction = predict(models.fusion, tokens, concepts, models.class_names,
+                                 weights=(models.global_encoder.weights,))
         timings["fusion"] = time.perf_counter() - t
 
         t = time.perf_counter()
         progress(0.9, desc="Drawing")
         weights = tuple(prediction.weights)
-        banner = banner_text(weights, self.reasons.get("analysis", []))
+        banner = banner_text(weights, models.reasons.get("analysis", []))
         annotations = [(concepts.masks[i].astype(np.float32), f"#{i} {concepts.phrases[i]} {concepts.scores[i]:.2f}")
                        for i in range(len(concepts))]
         cam_concepts = prediction.cam_concepts
@@ -388,20 +429,23 @@ class Analyzer:
             clip_choice: a key of ``clips`` (None: the first).
         """
         progress = progress or _no_progress
+        serving = self._serving  # once: this request finishes on these models, whatever is swapped in meanwhile
+        models = serving.models
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
         cleaned = parse_phrases(phrases)
-        choice = clip_choice or self.clip_choices[0]
-        if choice not in self.clips:
-            raise ValueError(f"Unknown CLIP weights {choice!r}; choose one of {self.clip_choices}.")
+        choices = list(models.clips)
+        choice = clip_choice or choices[0]
+        if choice not in models.clips:
+            raise ValueError(f"Unknown CLIP weights {choice!r}; choose one of {choices}.")
         if image_source is None:
             raise InvalidImageError("Upload and analyse a photo first.")
-        state = self.state_for(image_source)
-        bundle = self.clips[choice]
+        state = self.state_for(image_source, serving.states)
+        bundle = models.clips[choice]
         t = time.perf_counter()
         progress(0.1, desc="CLIP image pass (once per photo)")
         fresh = choice not in state.clip_passes
-        image_pass = self._clip_pass(state, choice)
+        image_pass = self._clip_pass(state, choice, models)
         timings["image_pass"] = time.perf_counter() - t if fresh else 0.0
 
         t = time.perf_counter()
@@ -413,7 +457,7 @@ class Analyzer:
 
         t = time.perf_counter()
         progress(0.8, desc="Drawing heatmaps")
-        banner = banner_text((bundle.weights,), self.reasons.get("clip", []))
+        banner = banner_text((bundle.weights,), models.reasons.get("clip", []))
         # Heatmaps cover the whole photo, letterboxed to CLIP's square input: show that view, larger.
         view = clip_view(state.image.pixels, EXPLAIN_DISPLAY_SIZE)
         rows = []

@@ -167,3 +167,23 @@ def test_issue15_sequences_in_chromium(browser, tmp_path):
     if os.environ.get(SCREENSHOT_ENV):  # the README's picture
         shutil.copyfile(Path(os.environ[SCREENSHOT_ENV]) / "after-analyse.png",
                         Path(os.environ[SCREENSHOT_ENV]).parent / "screenshot.png")
+
+
+def test_app_download_full_mode_page_in_chromium(browser, tmp_path, monkeypatch):
+    """Issue 12: ``python app.py --download`` against a local Hub stand-in serves the full-mode page."""
+    from tests.hub_server import HubServer
+    from tests.test_app_download import app_env
+    from tests.test_trained_path import _small_architectures
+    from tests.tiny_release import serve_release, write_release
+
+    _small_architectures(monkeypatch)
+    with HubServer() as (state, endpoint):
+        made = write_release(tmp_path, endpoint)
+        serve_release(state, made)
+        env = app_env(tmp_path, endpoint, made)
+        with AppProcess(tmp_path / "data", profile="auto", extra_args=["--download", "--no-warmup"], env=env) as app:
+            browser.get(app.url)
+            _wait(browser, 60).until(lambda d: "Weights used:" in _text(d, "startup-banner"))
+            assert UNTRAINED_WARNING not in _text(browser, "startup-banner")
+            assert browser.find_elements(By.CSS_SELECTOR, ".untrained-banner") == []
+            assert not [b for b in browser.find_elements(By.ID, "download-models") if b.is_displayed()]

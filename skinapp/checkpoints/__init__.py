@@ -9,7 +9,8 @@ Typical use::
     bert_dir = checkpoints.resolve("bert_base_uncased")            # a directory (multi-file entry)
 
 Resolution: explicit ``path`` / ``SKINAPP_<NAME>`` -> :func:`checkpoint_dir` (``SKINAPP_CHECKPOINT_DIR``)
--> download (``download=True`` and not ``SKINAPP_OFFLINE=1``) -> :class:`CheckpointMissing`.
+-> the Hugging Face cache (Hub files) -> download (``download=True`` and not ``SKINAPP_OFFLINE=1``; Hub files
+with ``huggingface_hub``, others with our resumable downloader) -> :class:`CheckpointMissing`.
 Command line: ``python -m skinapp.checkpoints list | download NAME [--dir D] | verify [NAME]``.
 """
 
@@ -25,10 +26,12 @@ from skinapp.checkpoints._loading import load_state_dict, load_tensors
 from skinapp.checkpoints._manifest import (
     Entry,
     FileSpec,
+    HubFile,
     checkpoint_dir,
     get_entry,
     manifest,
     offline,
+    offline_reason,
     set_manifest,
     use_manifest,
 )
@@ -43,6 +46,7 @@ __all__ = [
     "FileSpec",
     "FileState",
     "FileStatus",
+    "HubFile",
     "ManifestError",
     "UnsafeCheckpointError",
     "checkpoint_dir",
@@ -52,6 +56,7 @@ __all__ = [
     "load_tensors",
     "manifest",
     "offline",
+    "offline_reason",
     "resolve",
     "set_manifest",
     "sha256_file",

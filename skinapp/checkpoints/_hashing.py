@@ -44,7 +44,9 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 
 def stamp_path(path: Path) -> Path:
-    return path.with_name(path.name + ".sha256")
+    """``<file>.sha256`` beside the file's content (a link, e.g. a Hugging Face cache snapshot, is followed)."""
+    real = Path(path).resolve()
+    return real.with_name(real.name + ".sha256")
 
 
 def _identity(st: os.stat_result) -> tuple[int, ...]:

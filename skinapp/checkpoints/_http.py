@@ -1,31 +1,31 @@
-"""Resumable, verified HTTP download of one file.
+"""Resumable, verified HTTP download of one file hosted outside the Hugging Face Hub (SAM's official URLs).
+
+Files on the Hub go through ``huggingface_hub`` (:mod:`._hub`). This module keeps only what that library does
+not offer as public API for an arbitrary URL: mirrors, a ``.part`` file kept across runs, and our pins.
 
 Data is streamed into ``<dest>.part``; an interrupted transfer keeps it, and the next attempt asks for
 the rest with an HTTP ``Range`` header (a server that ignores Range and answers 200 makes us start
 over). The finished ``.part`` is checked (size, SHA-256) and only then renamed atomically to ``dest``;
-a file that fails the check is deleted and :class:`ChecksumMismatchError` raised.
+a file that fails the check is deleted and :class:`ChecksumMismatchError` raised. A ``.locks/<name>.lock`` lock
+(the ``filelock`` package, as huggingface_hub uses) lets one process at a time write ``dest``; the others
+wait and find it done.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import requests
+from filelock import FileLock
 from tqdm.auto import tqdm
 
 from skinapp import __version__
 from skinapp.checkpoints._errors import ChecksumMismatchError, DownloadError
 from skinapp.checkpoints._hashing import read_stamp, sha256_file, write_stamp
-
-try:
-    import fcntl
-except ImportError:  # Windows: no advisory locks; concurrent downloads are still caught by the SHA check
-    fcntl = None
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,9 @@ def fetch(urls: Sequence[str], dest: Path, *, size: int | None, sha256: str | No
         raise ValueError(f"no URL to download {dest.name} from")
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
-    with _dir_lock(dest.parent), requests.Session() as session:
+    locks = dest.parent / ".locks"  # like huggingface_hub's cache: lock files stay, in their own folder
+    locks.mkdir(exist_ok=True)
+    with FileLock(locks / f"{dest.name}.lock"), requests.Session() as session:
         if sha256 is not None and dest.is_file() and read_stamp(dest) == sha256:
             return sha256  # another process finished it while we waited for the lock
         session.headers["User-Agent"] = f"skinapp-checkpoints/{__version__}"
@@ -153,18 +155,3 @@ def _is_client_error(err: Exception) -> bool:
     if not isinstance(err, requests.HTTPError) or err.response is None:
         return False
     return 400 <= err.response.status_code < 500 and err.response.status_code not in (408, 429)
-
-
-@contextlib.contextmanager
-def _dir_lock(directory: Path) -> Iterator[None]:
-    """Serialise downloads into one directory across threads and processes (POSIX advisory lock)."""
-    if fcntl is None:
-        yield
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)

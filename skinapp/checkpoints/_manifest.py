@@ -25,6 +25,8 @@ DEFAULT_MANIFEST = REPO_ROOT / "checkpoints" / "manifest.json"
 DEFAULT_CHECKPOINT_DIR = REPO_ROOT / "checkpoints"
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+_REPO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+_COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _ORIGINS = ("official", "trained")
 #: Names whose SKINAPP_<NAME> variable already means something else.
@@ -33,6 +35,31 @@ _TRUE = ("1", "true", "yes", "on")
 
 ManifestSource = str | os.PathLike | Mapping[str, Any]
 _override: ManifestSource | None = None
+
+
+@dataclass(frozen=True)
+class HubFile:
+    """Where a file lives on the Hugging Face Hub (downloaded with ``huggingface_hub.hf_hub_download``).
+
+    Attributes:
+        repo_id: "owner/name" of the model repository.
+        filename: the file's path in the repository (e.g. "open_clip_model.safetensors").
+        revision: a commit hash (pinned) or a branch/tag name such as "main" (not pinned: the SHA-256
+            still refuses any other file).
+    """
+
+    repo_id: str
+    filename: str
+    revision: str = "main"
+
+    @property
+    def pinned(self) -> bool:
+        """True when ``revision`` is a full commit hash."""
+        return bool(_COMMIT_RE.match(self.revision))
+
+    def describe(self) -> str:
+        revision = self.revision if self.pinned else f"{self.revision} (not pinned)"
+        return f"hf://{self.repo_id}/{self.filename} @ {revision}"
 
 
 @dataclass(frozen=True)
@@ -46,6 +73,8 @@ class FileSpec:
         sha256: lower-case hex SHA-256, or None when no verified hash is known (such files
             are never reported as verified).
         mirrors: further URLs tried in order when ``url`` fails.
+        hub: where it is on the Hugging Face Hub, or None for files hosted only elsewhere. A Hub file is
+            fetched with ``huggingface_hub`` into its cache (``HF_HOME``); ``url``/``mirrors`` are fallbacks.
     """
 
     filename: str
@@ -53,10 +82,20 @@ class FileSpec:
     size: int | None
     sha256: str | None
     mirrors: tuple[str, ...] = ()
+    hub: HubFile | None = None
 
     @property
     def urls(self) -> tuple[str, ...]:
         return ((self.url,) if self.url else ()) + self.mirrors
+
+    @property
+    def downloadable(self) -> bool:
+        return self.hub is not None or bool(self.urls)
+
+    @property
+    def source(self) -> str:
+        """Where it is downloaded from, for people: the Hub file, else the URL."""
+        return self.hub.describe() if self.hub else (self.url or "no download source")
 
 
 @dataclass(frozen=True)
@@ -92,7 +131,18 @@ class Entry:
 
     @property
     def downloadable(self) -> bool:
-        return all(f.urls for f in self.files)
+        return all(f.downloadable for f in self.files)
+
+    @property
+    def on_hub(self) -> bool:
+        """True when every file is a Hugging Face Hub file (the entry can be found in the Hub cache)."""
+        return all(f.hub is not None for f in self.files)
+
+    @property
+    def size(self) -> int | None:
+        """Total bytes, None when a size is unknown."""
+        sizes = [f.size for f in self.files]
+        return None if any(s is None for s in sizes) else sum(sizes)
 
     @property
     def pinned(self) -> bool:
@@ -111,8 +161,18 @@ def checkpoint_dir() -> Path:
 
 
 def offline() -> bool:
-    """True when ``SKINAPP_OFFLINE`` forbids downloads."""
+    """True when ``SKINAPP_OFFLINE`` forbids every download."""
     return os.environ.get("SKINAPP_OFFLINE", "").strip().lower() in _TRUE
+
+
+def offline_reason(hub: bool = False) -> str | None:
+    """The setting that forbids downloads ("SKINAPP_OFFLINE=1"; with ``hub=True`` also "HF_HUB_OFFLINE=1",
+    which forbids the Hugging Face Hub only), or None. Read at each call."""
+    if offline():
+        return "SKINAPP_OFFLINE=1"
+    if hub and os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE:
+        return "HF_HUB_OFFLINE=1"
+    return None
 
 
 def set_manifest(source: ManifestSource | None) -> None:
@@ -196,6 +256,12 @@ def _parse_entry(raw: Any, origin: str) -> Entry:
         _check_bare_name(directory, f"{where}: directory")
     elif len(specs) > 1:
         raise ManifestError(f"{where}: a multi-file checkpoint needs a 'directory' to land in")
+    hubs = [s.hub for s in specs if s.hub is not None]
+    # a Hub directory entry is found as one snapshot directory: one repo and revision, the files' own names
+    if directory is not None and hubs and (len(hubs) != len(specs) or len({(h.repo_id, h.revision) for h in hubs})
+                                           != 1 or any(s.hub.filename != s.filename for s in specs)):
+        raise ManifestError(f"{where}: the files of a Hub directory entry must all come from one repo and "
+                                "revision, under their own names")
     return Entry(name=name, kind=raw["kind"], origin=origin_kind, description=raw["description"],
                  licence=raw["licence"], files=specs, directory=directory, how_to_get=raw.get("how_to_get"))
 
@@ -217,7 +283,23 @@ def _parse_file(raw: Any, where: str) -> FileSpec:
         raise ManifestError(f"{where}: {filename}: size must be a non-negative integer or null")
     if sha is not None and not (isinstance(sha, str) and _SHA256_RE.match(sha)):
         raise ManifestError(f"{where}: {filename}: sha256 must be 64 lower-case hex digits or null")
-    return FileSpec(filename=filename, url=raw.get("url"), size=size, sha256=sha, mirrors=tuple(mirrors))
+    return FileSpec(filename=filename, url=raw.get("url"), size=size, sha256=sha, mirrors=tuple(mirrors),
+                    hub=_parse_hub(raw.get("hub"), f"{where}: {filename}"))
+
+
+def _parse_hub(raw: Any, where: str) -> HubFile | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        raise ManifestError(f"{where}: 'hub' must be an object with repo_id, filename and revision")
+    repo_id, filename, revision = raw.get("repo_id"), raw.get("filename"), raw.get("revision", "main")
+    if not isinstance(repo_id, str) or not _REPO_ID_RE.match(repo_id):
+        raise ManifestError(f"{where}: hub repo_id must look like 'owner/name', got {repo_id!r}")
+    if not isinstance(filename, str) or not filename or any(p in ("", ".", "..") for p in filename.split("/")):
+        raise ManifestError(f"{where}: hub filename must be a path inside the repository, got {filename!r}")
+    if not isinstance(revision, str) or not revision:
+        raise ManifestError(f"{where}: hub revision must be a commit hash or a branch name")
+    return HubFile(repo_id=repo_id, filename=filename, revision=revision)
 
 
 def _check_bare_name(value: Any, what: str) -> None:

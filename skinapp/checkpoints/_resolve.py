@@ -4,8 +4,11 @@ Resolution order for :func:`resolve`:
     1. an explicit path: the ``path`` argument, else the ``SKINAPP_<NAME>`` environment variable
        (an explicit path that does not hold the checkpoint is an error, never silently skipped);
     2. the checkpoint directory (:func:`checkpoint_dir`);
-    3. a download into that directory, only with ``download=True`` and without ``SKINAPP_OFFLINE=1``;
-    4. otherwise :class:`CheckpointMissing`, saying what is missing, where it was looked for and how to get it.
+    3. for files hosted on the Hugging Face Hub, the Hub cache (``HF_HOME``; see :mod:`._hub`);
+    4. a download, only with ``download=True`` and without ``SKINAPP_OFFLINE=1`` / ``HF_HUB_OFFLINE=1``: Hub
+       files with ``huggingface_hub`` into the Hub cache, files hosted elsewhere (SAM) into the checkpoint
+       directory;
+    5. otherwise :class:`CheckpointMissing`, saying what is missing, where it was looked for and how to get it.
 
 A file found on disk is checked against its pinned size and SHA-256 before :func:`resolve` returns it
 (once per version of the file: the digest is cached by size, mtime, ctime and inode, see
@@ -21,10 +24,14 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from skinapp.checkpoints import _hub
 from skinapp.checkpoints._errors import CheckpointMissing, ChecksumMismatchError, DownloadError
 from skinapp.checkpoints._hashing import FileState, cached_sha256, file_state
 from skinapp.checkpoints._http import fetch
 from skinapp.checkpoints._manifest import Entry, FileSpec, checkpoint_dir, get_entry, offline
+
+#: Sources :func:`resolve` may download again when the copy there is bad.
+_MANAGED = ("checkpoint dir", "Hugging Face cache")
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +50,7 @@ class EntryStatus:
 
     entry: Entry
     location: Path
-    source: str  # "argument", "$SKINAPP_<NAME>" or "checkpoint dir"
+    source: str  # "argument", "$SKINAPP_<NAME>", "checkpoint dir" or "Hugging Face cache"
     files: tuple[FileStatus, ...]
 
     @property
@@ -88,18 +95,20 @@ def resolve(name: str, path: str | os.PathLike | None = None, download: bool = F
         bad = _first_mismatch(entry, location, source) if verify else None
         if bad is None:
             return location
-        if source == "checkpoint dir" and download and entry.downloadable and not offline():
+        if source in _MANAGED and download and entry.downloadable and not offline():
             log.warning("%s; downloading it again", bad)
-            return _download(entry, checkpoint_dir())
+            return _download(entry, None)
         raise bad
     looked = [f"{source}: {location} ({_describe_missing(entry, missing)})"]
     if source != "checkpoint dir":
         raise CheckpointMissing(_missing_message(entry, looked, "The explicit path was used, so nothing else "
                                                  "was tried."), entry.name, looked)
     looked.insert(0, f"${entry.env_var}: not set")
+    if entry.on_hub:
+        looked.append(f"Hugging Face cache: {_hub.hub_cache_dir()} (not there)")
     if download and entry.downloadable and not offline():
         try:
-            return _download(entry, checkpoint_dir())
+            return _download(entry, None)
         except DownloadError as err:
             raise CheckpointMissing(_missing_message(entry, looked, f"Downloading failed: {err}"), entry.name,
                                     looked) from err
@@ -108,9 +117,11 @@ def resolve(name: str, path: str | os.PathLike | None = None, download: bool = F
 
 def download(name: str, dest_dir: str | os.PathLike | None = None, *, retries: int = 3, retry_wait_s: float = 1.0,
              progress: bool = True) -> Path:
-    """Download checkpoint ``name`` into ``dest_dir`` (default :func:`checkpoint_dir`); return its path.
+    """Download checkpoint ``name``; return its path.
 
-    Files already present with the pinned SHA-256 are kept. Every downloaded file is SHA-256 checked
+    Where: with ``dest_dir`` every file goes there (under its manifest name); without, Hub files go to the
+    Hugging Face cache and other files to :func:`checkpoint_dir`. Files already present with the pinned
+    SHA-256 are kept. Every downloaded file is SHA-256 checked
     against the manifest; a file with no pinned hash is downloaded, its hash logged, and it stays
     unverified.
 
@@ -120,9 +131,9 @@ def download(name: str, dest_dir: str | os.PathLike | None = None, *, retries: i
         DownloadError: the transfer failed; a ``.part`` file is kept for resuming.
     """
     entry = get_entry(name)
-    base = Path(dest_dir).expanduser() if dest_dir is not None else checkpoint_dir()
+    base = Path(dest_dir).expanduser() if dest_dir is not None else None
     if not entry.downloadable or offline():
-        looked = [f"download into {entry.location(base)}"]
+        looked = [f"download into {entry.location(base or checkpoint_dir())}"]
         raise CheckpointMissing(_missing_message(entry, looked, _download_note(entry, True)), entry.name, looked)
     return _download(entry, base, retries=retries, retry_wait_s=retry_wait_s, progress=progress)
 
@@ -163,13 +174,30 @@ def status(name: str, path: str | os.PathLike | None = None, recompute: bool = F
     return EntryStatus(entry, location, source, tuple(files))
 
 
-def _download(entry: Entry, base: Path, *, retries: int = 3, retry_wait_s: float = 1.0,
+def _download(entry: Entry, base: Path | None, *, retries: int = 3, retry_wait_s: float = 1.0,
               progress: bool = True) -> Path:
-    location = entry.location(base)
-    for spec, file_path in _files_at(entry, location):
+    """Fetch every file of ``entry``; ``base`` None: Hub files to the Hub cache, others to the checkpoint dir."""
+    target = entry.location(base if base is not None else checkpoint_dir())
+    if entry.on_hub and base is None and entry.is_directory:  # one snapshot directory in the Hub cache
+        paths = [_hub.fetch(spec, progress=progress) for spec in entry.files]
+        return paths[0].parent
+    if base is not None and entry.is_directory:
+        target.mkdir(parents=True, exist_ok=True)
+    location = target
+    for spec, file_path in _files_at(entry, target):
         if file_path.is_file() and _already_good(spec, file_path):
             log.info("%s already present%s", file_path, " and verified" if spec.sha256 else "")
             continue
+        if spec.hub is not None:
+            log.info("downloading %s", spec.hub.describe())
+            try:
+                got = _hub.fetch(spec, local_dir=file_path.parent if base is not None else None, progress=progress)
+                location = got if not entry.is_directory else location
+                continue
+            except DownloadError as err:
+                if not spec.urls:
+                    raise
+                log.warning("%s; trying %s", err, spec.urls[0])
         log.info("downloading %s -> %s", spec.url, file_path)
         digest = fetch(spec.urls, file_path, size=spec.size, sha256=spec.sha256, retries=retries,
                        retry_wait_s=retry_wait_s, progress=progress)
@@ -217,7 +245,7 @@ def _refusal_hint(entry: Entry, source: str) -> str:
             "or not the one the checkpoint manifest pins. ")
     if entry.downloadable:
         text += (f"Get it again with: python -m skinapp.checkpoints download {entry.name} (replaces a bad copy in "
-                 f"the checkpoint directory), or set {entry.env_var} to a good copy.")
+                 f"the checkpoint directory or the Hugging Face cache), or set {entry.env_var} to a good copy.")
     else:
         text += f"Set {entry.env_var} to a good copy."
     return text + " Weights of your own need a manifest that pins them (SKINAPP_MANIFEST)."
@@ -230,7 +258,11 @@ def _candidate(entry: Entry, path: str | os.PathLike | None) -> tuple[str, Path]
     elif os.environ.get(entry.env_var):
         source, explicit = f"${entry.env_var}", Path(os.environ[entry.env_var])
     else:
-        return "checkpoint dir", entry.location(checkpoint_dir())
+        location = entry.location(checkpoint_dir())
+        if not _missing(entry, location):
+            return "checkpoint dir", location
+        cached = _hub.cached_location(entry)
+        return ("Hugging Face cache", cached) if cached is not None else ("checkpoint dir", location)
     explicit = explicit.expanduser()
     if not entry.is_directory and explicit.is_dir():
         explicit = explicit / entry.files[0].filename
@@ -276,7 +308,7 @@ def _missing_message(entry: Entry, looked: list[str], note: str | None) -> str:
         lines.append(f"  - or skinapp.checkpoints.resolve({entry.name!r}, download=True)")
         for spec in entry.files:
             dest = target / spec.filename if entry.is_directory else target
-            lines.append(f"  - or fetch {spec.url} to {dest} (SHA-256 {spec.sha256 or 'not pinned'})")
+            lines.append(f"  - or fetch {spec.source} to {dest} (SHA-256 {spec.sha256 or 'not pinned'})")
     elif entry.how_to_get:
         lines.append(f"  - {entry.how_to_get}")
     lines.append(f"  - or set {entry.env_var}=/path/to/{what}")

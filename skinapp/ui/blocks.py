@@ -16,6 +16,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from skinapp import provisioning
 from skinapp.concepts.types import DEFAULT_PROMPTS
 from skinapp.examples import example_paths
 from skinapp.pipeline import SUGGESTED_PHRASES, Analyzer
@@ -38,7 +39,8 @@ MODEL_CONCURRENCY = 1
 
 def build_demo(analyzer: Analyzer, store: ReviewStore, *, gpu: Callable[[Callable], Callable] | None = None,
                model_concurrency: int = MODEL_CONCURRENCY, delete_cache: tuple[int, int] = (300, 600),
-               export_dir: str | Path | None = None, export_owners: dict[str, str | None] | None = None) -> gr.Blocks:
+               export_dir: str | Path | None = None, export_owners: dict[str, str | None] | None = None,
+               sam_variant: str = "vit_b") -> gr.Blocks:
     """Build the app.
 
     Args:
@@ -48,6 +50,7 @@ def build_demo(analyzer: Analyzer, store: ReviewStore, *, gpu: Callable[[Callabl
         model_concurrency: concurrent model events (Gradio queue concurrency limit).
         delete_cache: (every, older than) seconds: Gradio's own sweep of its temporary files.
         export_dir, export_owners: see :class:`~skinapp.ui.handlers.Handlers`.
+        sam_variant: the SAM the "Download the real models" button fetches and loads.
     """
     h = Handlers(analyzer, store, export_dir=export_dir, export_owners=export_owners)
     wrap = gpu or (lambda fn: fn)
@@ -55,7 +58,12 @@ def build_demo(analyzer: Analyzer, store: ReviewStore, *, gpu: Callable[[Callabl
 
     with gr.Blocks(title="skinapp \u2014 skin photo concepts, diagnosis and explanations",
                    delete_cache=delete_cache) as demo:
-        gr.HTML(_start_banner(analyzer), elem_id="startup-banner")
+        start_banner = gr.HTML(_start_banner(analyzer), elem_id="startup-banner")
+        can_download, offer = _download_offer(analyzer, sam_variant)
+        with gr.Row():
+            download_btn = gr.Button("Download the real models", elem_id="download-models", visible=can_download,
+                                     size="sm", scale=0, min_width=220)
+            download_status = gr.Markdown(offer, elem_id="download-status")
 
         with gr.Tab("Analyse", id="analyse"):
             with gr.Row():
@@ -185,7 +193,46 @@ def build_demo(analyzer: Analyzer, store: ReviewStore, *, gpu: Callable[[Callabl
         export = export_btn.click(h.export_reviews, None, [export_file, export_status], api_name="export_reviews")
         export.failure(h.error_text("export_reviews"), None, [export_status], api_visibility="private", queue=False)
         demo.load(h.review_choices, None, [saved], api_visibility="private")
+
+        # Demo mode: download the real models and swap them in; every page load shows the models now served.
+        banner_outputs = [start_banner, download_btn, download_status, clip_choice]
+
+        def download_models(progress=gr.Progress(track_tqdm=True)):  # noqa: B008 (Gradio's progress idiom)
+            message = provisioning.hot_swap(analyzer, sam_variant=sam_variant, progress=progress)
+            return _banner_state(analyzer, sam_variant, message)
+
+        download_btn.click(lambda: "Downloading\u2026", None, [download_status], api_visibility="private",
+                           queue=False, show_progress="hidden").then(
+            download_models, None, banner_outputs, api_name="download_models", concurrency_id="provision",
+            concurrency_limit=1)
+        demo.load(lambda: _banner_state(analyzer, sam_variant), None, banner_outputs, api_visibility="private")
     return demo
+
+
+def _download_offer(analyzer: Analyzer, sam_variant: str) -> tuple[bool, str]:
+    """(show the download button, the text beside it). No button in full mode, when nothing downloadable is
+    missing (what is left is ours to train: the banner says so), or where a download cannot work (the text
+    says exactly why)."""
+    if analyzer.mode == "full":
+        return False, ""
+    names = provisioning.missing(sam_variant)
+    if not names:
+        return False, ""
+    size = provisioning.download_size(names) / 2**20
+    why_not = provisioning.blocker(names)
+    if why_not:
+        return False, f"The real models cannot be downloaded here: {why_not}."
+    failed = " ".join(analyzer.reasons.get("download", []))  # the start-up download that failed, and why
+    offer = f"Downloads {len(names)} official checkpoints ({size:,.0f} MiB): {', '.join(names)}."
+    return True, f"{failed} {offer}".strip()
+
+
+def _banner_state(analyzer: Analyzer, sam_variant: str, message: str | None = None) -> tuple:
+    """Values of the start banner, the download button, its text and the CLIP choice, for the models now served."""
+    can_download, offer = _download_offer(analyzer, sam_variant)
+    choices = analyzer.clip_choices
+    return (_start_banner(analyzer), gr.Button(visible=can_download), message or offer,
+            gr.Radio(choices=choices, value=choices[0], visible=len(choices) > 1))
 
 
 def _start_banner(analyzer: Analyzer) -> str:
