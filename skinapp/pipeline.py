@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from skinapp.cache import LRUCache
-from skinapp.clip.model import ClipBundle, whole_photo_preprocess
+from skinapp.clip.model import ClipBundle
 from skinapp.concepts.prompts import check_threshold, normalise_prompts
 from skinapp.concepts.types import DEFAULT_PROMPTS
 from skinapp.drawing import clip_view, draw_concept, stamp_banner
@@ -270,8 +270,9 @@ class Analyzer:
 
     @staticmethod
     def _explain_preprocess(bundle: ClipBundle):
-        """The whole-photo (letterboxed) CLIP input, so no lesion falls outside the heatmaps."""
-        return whole_photo_preprocess(bundle.image_size)
+        """The whole-photo (letterboxed) CLIP input at the model's own size, mean and std, so no lesion falls
+        outside the heatmaps."""
+        return bundle.whole_photo_preprocess()
 
     def _clip_pass(self, state: ImageState, choice: str) -> ImagePass:
         with state.lock:

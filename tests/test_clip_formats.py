@@ -13,7 +13,6 @@ token ids as open_clip's tokenizer on the test phrases; the text features are th
 
 from __future__ import annotations
 
-import gzip
 import json
 
 import numpy as np
@@ -21,12 +20,19 @@ import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
-from open_clip.tokenizer import bytes_to_unicode, default_bpe
+from clip_writers import (
+    DERMLIP_MEAN,
+    DERMLIP_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    tiny_hf_config,
+    write_tiny_dermlip,
+    write_tiny_monet,
+)
 from PIL import Image
-from safetensors.torch import save_file
 
 from skinapp.clip.convert_hf import convert_state_dict, load_hf_clip, open_clip_config
-from skinapp.clip.model import CLIP_CONFIGS, build_clip
+from skinapp.clip.model import build_clip
 from skinapp.clip.open_clip_hub import load_open_clip_hub
 from skinapp.explain import encode_image_for_explain, explain_from_pass
 from skinapp.synthetic import make_skin_photo
@@ -34,53 +40,12 @@ from skinapp.synthetic import make_skin_photo
 transformers = pytest.importorskip("transformers")
 
 PHRASES = ["blue-whitish veil", "erythema", "irregular dots and globules", "a crusted ulcer on the shin"]
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-def write_clip_bpe(directory) -> None:
-    """vocab.json + merges.txt equivalent to open_clip's bundled BPE (as OpenAI's CLIP tokenizer is built)."""
-    merges = gzip.open(default_bpe()).read().decode("utf-8").split("\n")[1:49152 - 256 - 2 + 1]
-    pairs = [tuple(m.split()) for m in merges]
-    vocab = list(bytes_to_unicode().values())
-    vocab = vocab + [v + "</w>" for v in vocab] + ["".join(p) for p in pairs] + ["<|startoftext|>", "<|endoftext|>"]
-    (directory / "vocab.json").write_text(json.dumps({v: i for i, v in enumerate(vocab)}), encoding="utf-8")
-    (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
-
-
-def tiny_hf_config(hidden_act: str = "quick_gelu") -> transformers.CLIPConfig:
-    """ViT-L/14-shaped (14 px patches, 16x16 grid, 16 heads) at a tiny width and depth."""
-    return transformers.CLIPConfig(
-        text_config=dict(hidden_size=32, intermediate_size=80, num_hidden_layers=2, num_attention_heads=4,
-                         vocab_size=49408, max_position_embeddings=77, hidden_act=hidden_act),
-        vision_config=dict(hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=16,
-                           image_size=224, patch_size=14, hidden_act=hidden_act),
-        projection_dim=24)
-
-
-def randomise_(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Non-trivial LayerNorms and biases, so a swapped or dropped parameter cannot go unnoticed."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("bias"):
-                p.copy_(0.1 * torch.randn(p.shape, generator=g))
-            elif "norm" in name or "layrnorm" in name or "ln_" in name:
-                p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=g))
-    return model.eval()
 
 
 @pytest.fixture(scope="module")
 def monet_dir(tmp_path_factory):
     directory = tmp_path_factory.mktemp("monet")
-    torch.manual_seed(0)
-    hf = randomise_(transformers.CLIPModel(tiny_hf_config()), seed=0)
-    hf.save_pretrained(directory, safe_serialization=True)
-    (directory / "preprocessor_config.json").write_text(json.dumps({
-        "crop_size": 224, "do_center_crop": True, "do_normalize": True, "do_resize": True,
-        "feature_extractor_type": "CLIPFeatureExtractor", "image_mean": list(IMAGENET_MEAN),
-        "image_std": list(IMAGENET_STD), "resample": 3, "size": 224}))
-    write_clip_bpe(directory)
-    return directory, hf
+    return directory, write_tiny_monet(directory)
 
 
 def _features(out):
@@ -150,29 +115,11 @@ def test_gelu_monet_variant_and_bad_configs(monet_dir, tmp_path):
         load_hf_clip(other)
 
 
-def _write_dermlip(directory, weights: str = "safetensors", quick_gelu: bool | None = None, seed: int = 5):
-    directory.mkdir(parents=True, exist_ok=True)
-    model_cfg = {k: v for k, v in CLIP_CONFIGS["tiny"].items() if k != "quick_gelu"}
-    if quick_gelu is not None:
-        model_cfg["quick_gelu"] = quick_gelu
-    torch.manual_seed(seed)
-    model = randomise_(open_clip.CLIP(**model_cfg), seed=seed)
-    (directory / "open_clip_config.json").write_text(json.dumps({
-        "model_cfg": model_cfg,
-        "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}}))
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    if weights == "safetensors":
-        save_file(state, str(directory / "open_clip_model.safetensors"))
-    else:
-        torch.save(state, directory / "open_clip_pytorch_model.bin")
-    return model
-
-
 @pytest.mark.parametrize("weights", ["safetensors", "bin"])
 def test_dermlip_format_loads_as_open_clip_would(tmp_path, weights):
-    reference = _write_dermlip(tmp_path / "dermlip", weights)
+    reference = write_tiny_dermlip(tmp_path / "dermlip", weights)
     bundle = load_open_clip_hub(tmp_path / "dermlip", licence="not verified")
-    assert bundle.mean == (0.5, 0.5, 0.5) and bundle.std == (0.25, 0.25, 0.25)
+    assert (bundle.mean, bundle.std) == (DERMLIP_MEAN, DERMLIP_STD)
     # quick_gelu absent from model_cfg: open_clip's format default (GELU) is used, as create_model would
     assert not isinstance(bundle.model.visual.transformer.resblocks[0].mlp.gelu, open_clip.transformer.QuickGELU)
     assert "quick_gelu=False" in bundle.weights.source
@@ -184,7 +131,7 @@ def test_dermlip_format_loads_as_open_clip_would(tmp_path, weights):
 
 
 def test_dermlip_refuses_weights_that_do_not_fit(tmp_path):
-    _write_dermlip(tmp_path / "d", quick_gelu=True)
+    write_tiny_dermlip(tmp_path / "d", quick_gelu=True)
     cfg = json.loads((tmp_path / "d" / "open_clip_config.json").read_text())
     cfg["model_cfg"]["vision_cfg"]["width"] = 128
     (tmp_path / "d" / "open_clip_config.json").write_text(json.dumps(cfg))
@@ -196,7 +143,7 @@ def test_dermlip_refuses_weights_that_do_not_fit(tmp_path):
 
 def test_both_formats_explain_on_their_own_grid(monet_dir, tmp_path):
     directory, _ = monet_dir
-    _write_dermlip(tmp_path / "dermlip")
+    write_tiny_dermlip(tmp_path / "dermlip")
     photo = make_skin_photo(seed=4).pixels
     for bundle, grid in ((load_hf_clip(directory), (16, 16)), (load_open_clip_hub(tmp_path / "dermlip"), (14, 14))):
         ip = encode_image_for_explain(bundle.model, photo, preprocess=bundle.whole_photo_preprocess())

@@ -111,7 +111,8 @@ def convert_state_dict(hf: dict[str, torch.Tensor], config: dict[str, Any]) -> d
     out["visual.class_embedding"] = hf[f"{vm}.embeddings.class_embedding"]
     out["visual.conv1.weight"] = hf[f"{vm}.embeddings.patch_embedding.weight"]
     out["visual.positional_embedding"] = hf[f"{vm}.embeddings.position_embedding.weight"]
-    out["visual.ln_pre.weight"], out["visual.ln_pre.bias"] = hf[f"{vm}.pre_layrnorm.weight"], hf[f"{vm}.pre_layrnorm.bias"]
+    out["visual.ln_pre.weight"] = hf[f"{vm}.pre_layrnorm.weight"]
+    out["visual.ln_pre.bias"] = hf[f"{vm}.pre_layrnorm.bias"]
     _blocks(hf, vm, "visual.", int(config["vision_cfg"]["layers"]), out)
     out["visual.ln_post.weight"] = hf[f"{vm}.post_layernorm.weight"]
     out["visual.ln_post.bias"] = hf[f"{vm}.post_layernorm.bias"]
@@ -119,7 +120,8 @@ def convert_state_dict(hf: dict[str, torch.Tensor], config: dict[str, Any]) -> d
     out["token_embedding.weight"] = hf[f"{tm}.embeddings.token_embedding.weight"]
     out["positional_embedding"] = hf[f"{tm}.embeddings.position_embedding.weight"]
     _blocks(hf, tm, "", int(config["text_cfg"]["layers"]), out)
-    out["ln_final.weight"], out["ln_final.bias"] = hf[f"{tm}.final_layer_norm.weight"], hf[f"{tm}.final_layer_norm.bias"]
+    out["ln_final.weight"] = hf[f"{tm}.final_layer_norm.weight"]
+    out["ln_final.bias"] = hf[f"{tm}.final_layer_norm.bias"]
     out["text_projection"] = hf["text_projection.weight"].T.contiguous()
     out["logit_scale"] = hf["logit_scale"].reshape(())
     return out

@@ -121,7 +121,7 @@ class ClipBundle:
         return next(self.model.parameters()).device
 
     def whole_photo_preprocess(self) -> transforms.Compose:
-        """This model's letterboxed whole-photo input (its own size, mean and std): see :func:`whole_photo_preprocess`."""
+        """This model's letterboxed whole-photo input (its own size, mean and std); see whole_photo_preprocess."""
         return whole_photo_preprocess(self.image_size, self.mean, self.std)
 
 
