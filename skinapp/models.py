@@ -17,7 +17,9 @@ from typing import Any
 import torch
 
 from skinapp import checkpoints as ckpt
+from skinapp.clip.convert_hf import load_hf_clip
 from skinapp.clip.model import ClipBundle, build_clip
+from skinapp.clip.open_clip_hub import load_open_clip_hub
 from skinapp.concepts.detector import build_detector
 from skinapp.concepts.extractor import GroundedSamExtractor
 from skinapp.concepts.fallback import ColourConceptExtractor
@@ -36,7 +38,11 @@ DEMO_CLASS_NAMES: tuple[str, ...] = ("Eczema", "Allergic Contact Dermatitis", "U
 CONCEPT_CHECKPOINTS = ("groundingdino_swint_ogc", "bert_base_uncased")
 GLOBAL_CHECKPOINT = "vit_b16_augreg2"
 FUSION_CHECKPOINT = "fusion_classifier"
-CLIP_CHECKPOINTS = {"pretrained": "clip_vit_b16_openai", "fine-tuned": "clip_finetuned"}
+#: Explain's CLIP weights: {choice: manifest name}. Only "pretrained" is needed for full mode; the others are
+#: offered when their files are there (MONET: Kim et al., Nat Med 2024; DermLIP: Yan et al., ICCV 2025).
+CLIP_CHECKPOINTS = {"pretrained": "clip_vit_b16_openai", "fine-tuned": "clip_finetuned", "MONET": "monet",
+                    "DermLIP": "dermlip_vit_b16"}
+REQUIRED_CLIP = "pretrained"
 
 PROFILES = ("auto", "tiny", "full")
 
@@ -93,6 +99,38 @@ def missing_reason(name: str, exc: Exception) -> str:
         downloadable = False
     how = f"python -m skinapp.checkpoints download {name}" if downloadable else "train it (see the README)"
     return f"{str(exc).split(':')[0]}; get it: {how}."
+
+
+def unpinned_reason(name: str) -> str | None:
+    """Why an official checkpoint is refused for lack of SHA-256 pins (None when every file is pinned).
+
+    MONET's and DermLIP's hashes are not published anywhere we could check; their manifest entries say
+    ``"sha256": null`` and they load only once the user pins them (see the README, "Dermatology CLIP weights").
+    """
+    entry = ckpt.get_entry(name)
+    if entry.origin != "official" or entry.pinned:
+        return None
+    unpinned = ", ".join(f.filename for f in entry.files if not f.sha256)
+    return (f"{name}: refused, the manifest pins no SHA-256 for {unpinned}; check the files against the Hub's "
+            f"and pin them (python -m skinapp.checkpoints verify {name} prints their digests; README: "
+            "'Dermatology CLIP weights').")
+
+
+def load_clip_entry(name: str, path: Path, device: torch.device) -> ClipBundle:
+    """Load the CLIP checkpoint ``name`` from ``path`` in its manifest kind's format, with its licence.
+
+    Kinds: "hf_clip" (transformers CLIPModel directory, converted: MONET), "open_clip_hub" (open_clip's
+    hf-hub directory: DermLIP), anything else a single open_clip / OpenAI / fine-tuned file.
+    """
+    entry = ckpt.get_entry(name)
+    if entry.kind == "hf_clip":
+        bundle = load_hf_clip(path, device=device, label="MONET ViT-L/14 (dermatology)")
+    elif entry.kind == "open_clip_hub":
+        bundle = load_open_clip_hub(path, device=device, label="DermLIP ViT-B/16 (dermatology)")
+    else:
+        bundle = build_clip("full", checkpoint=path, device=device)
+    bundle.licence = entry.licence
+    return bundle
 
 
 def load_models(profile: str = "auto", device: str | torch.device | None = None, sam_variant: str = "vit_b",
@@ -157,17 +195,21 @@ def load_models(profile: str = "auto", device: str | torch.device | None = None,
         fusion.weights = untrained("fusion", "random init (demo, tiny profile)")
         class_names = list(DEMO_CLASS_NAMES)
         global_encoder = build_global_encoder("tiny")
-    # CLIP: every trained checkpoint that resolves; the tiny random model when none does. It stays on the
-    # CPU: skinapp.explain runs the last block on CPU weights (one ViT-B/16 image pass is ~0.5 s there).
+    # CLIP: every trained checkpoint that resolves, on the analyzer's device; the tiny random model when
+    # none does. Extra choices (fine-tuned, MONET, DermLIP) are never a requirement.
     clips: dict[str, ClipBundle] = {}
     for choice, name in CLIP_CHECKPOINTS.items():
-        # The fine-tuned CLIP is an extra choice, never a requirement.
-        path = find(name, "clip", optional=(choice == "fine-tuned"))
-        if path is not None:
-            bundle = build_clip("full", checkpoint=path, device="cpu")
-            clips[f"{choice}: {bundle.label}"] = bundle
+        path = find(name, "clip", optional=(choice != REQUIRED_CLIP))
+        if path is None:
+            continue
+        refusal = unpinned_reason(name)
+        if refusal:
+            reasons["clip"].append(refusal)
+            continue
+        bundle = load_clip_entry(name, path, dev)
+        clips[f"{choice}: {bundle.label}"] = bundle
     if not clips:
-        bundle = build_clip("tiny", device="cpu")
+        bundle = build_clip("tiny", device=dev)
         clips[f"demo: {bundle.label}"] = bundle
         reasons["clip"].append("Phrase heatmaps come from an untrained demo CLIP model (tiny profile).")
     fusion.to(dev).eval()

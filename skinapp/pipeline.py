@@ -33,7 +33,8 @@ import numpy as np
 import torch
 
 from skinapp.cache import LRUCache
-from skinapp.clip.model import ClipBundle, whole_photo_preprocess
+from skinapp.clip.model import ClipBundle
+from skinapp.concept_scores import DEFAULT_CONCEPTS, ConceptScores, parse_concepts, score_concepts
 from skinapp.concepts.prompts import check_threshold, normalise_prompts
 from skinapp.concepts.types import DEFAULT_PROMPTS
 from skinapp.drawing import clip_view, draw_concept, stamp_banner
@@ -307,8 +308,9 @@ class Analyzer:
 
     @staticmethod
     def _explain_preprocess(bundle: ClipBundle):
-        """The whole-photo (letterboxed) CLIP input, so no lesion falls outside the heatmaps."""
-        return whole_photo_preprocess(bundle.image_size)
+        """The whole-photo (letterboxed) CLIP input at the model's own size, mean and std, so no lesion falls
+        outside the heatmaps."""
+        return bundle.whole_photo_preprocess()
 
     def _clip_pass(self, state: ImageState, choice: str, models: ModelSet | None = None) -> ImagePass:
         models = models or self.models
@@ -474,3 +476,39 @@ class Analyzer:
                              weights=(bundle.weights,), timings=timings,
                              truncated=list(explanation.truncated) or [False] * len(cleaned),
                              context_length=int(getattr(bundle.tokenizer, "context_length", None) or 77))
+
+    # -- concept scores -----------------------------------------------------------------------
+    def concept_scores(self, image_source: Any, concepts: str | Iterable[str] | None = None,
+                       clip_choice: str | None = None) -> ConceptScores:
+        """The photo's CLIP similarity to each concept, highest first (:mod:`skinapp.concept_scores`).
+
+        Uses the photo's cached CLIP image pass for ``clip_choice`` (the one Explain uses) and one batched
+        text pass. ``concepts``: one per line or a list; None gives :data:`DEFAULT_CONCEPTS`.
+
+        Raises:
+            InvalidImageError / ValueError: no or unusable photo, bad concepts, unknown CLIP choice.
+        """
+        serving = self._serving  # once: this request finishes on these models, whatever is swapped in meanwhile
+        models = serving.models
+        t0 = time.perf_counter()
+        cleaned = parse_concepts(DEFAULT_CONCEPTS if concepts in (None, "") else concepts)
+        choice = clip_choice or next(iter(models.clips))
+        if choice not in models.clips:
+            raise ValueError(f"Unknown CLIP weights {choice!r}; choose one of {list(models.clips)}.")
+        if image_source is None:
+            raise InvalidImageError("Upload a photo first.")
+        state = self.state_for(image_source, serving.states)
+        bundle = models.clips[choice]
+        fresh = choice not in state.clip_passes
+        image_pass = self._clip_pass(state, choice, models)
+        timings = {"image_pass": time.perf_counter() - t0 if fresh else 0.0}
+        t = time.perf_counter()
+        with self._clip_lock:
+            ordered, scores = score_concepts(bundle, image_pass, cleaned)
+        timings["text"] = time.perf_counter() - t
+        timings["total"] = time.perf_counter() - t0
+        log.info("Scored %d concepts for %s with %s (%.2fs)", len(ordered), state.image.key[:12], choice,
+                 timings["total"])
+        return ConceptScores(image_key=state.image.key, concepts=ordered, scores=scores, clip_label=choice,
+                             licence=bundle.licence, weights=(bundle.weights,),
+                             banner=banner_text((bundle.weights,), models.reasons.get("clip", [])), timings=timings)

@@ -82,7 +82,8 @@ class ExplainResult:
         similarities: float [T] CLIP cosine similarity of the photo and each phrase.
         methods: the explainer methods, in column order.
         overlays: T rows of uint8 [H, W, 3] images: the photo, then one heatmap overlay per method.
-        maps: {method: float [T, 14, 14]} grid maps, min-max normalised to [0, 1] per phrase.
+        maps: {method: float [T, gh, gw]} maps on the CLIP model's patch grid (14x14 for ViT-B/16 at 224 px,
+            16x16 for ViT-L/14 such as MONET), min-max normalised to [0, 1] per phrase.
         clip_label: which CLIP weights were used (e.g. "pretrained (OpenAI)").
         banner: UNTRAINED_WARNING plus details when the CLIP weights are untrained, else "".
         weights: provenance of the CLIP weights.

@@ -2,8 +2,9 @@
 
 Issue 15 sequences in the browser: analyse photo A; upload photo B whose analysis fails (it stays in the
 Photo box): A's results are gone and Explain refuses B with a message next to its button (never A's
-heatmaps under B); analyse A again, explain it, review it (numbered masks), save and reopen. Checks the
-untrained banner and that the diagnosis is visible without scrolling at 1400x1000.
+heatmaps under B); analyse A again, explain it, score concepts and explain the top one by clicking it,
+review it (numbered masks), save and reopen. Checks the untrained banner and that the diagnosis is visible
+without scrolling at 1400x1000.
 
 ``SKINAPP_SCREENSHOT_DIR=docs/screenshots`` writes the Analyse / Explain / Review screenshots (1400x1000)
 and ``docs/screenshot.png`` (the README's picture); a plain test run never rewrites a tracked file.
@@ -143,6 +144,20 @@ def test_issue15_sequences_in_chromium(browser, tmp_path):
         assert captions.count("MedGrad E-CLIP \u00b7 sim ") == 3 and captions.count("Grad-CAM \u00b7 sim ") == 3
         assert "ulcer with undermined edges" in captions
         _screenshot(browser, "after-explain.png", tmp_path)
+
+        # concept scores: a chart naming the model, a picker sorted by score; picking a concept explains it
+        browser.find_element(By.ID, "concept-btn").click()
+        _wait(browser).until(lambda d: f"concepts for photo {key_a}" in _text(d, "concept-status"))
+        assert "Scores from CLIP weights demo" in _text(browser, "concept-status")
+        _wait(browser, 30).until(lambda d: _images_in(d, "concept-plot") >= 1
+                                 or d.find_elements(By.CSS_SELECTOR, "#concept-plot svg, #concept-plot canvas"))
+        options = _wait(browser, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#concept-pick label"))
+        assert len(options) == 21 and all(" \u00b7 " in o.text for o in options)
+        picked = options[0].text.split(" \u00b7 ")[0]
+        options[0].click()
+        _wait(browser).until(lambda d: "Explained 1 phrase(s)" in _text(d, "explain-status")
+                             and _images_in(d, "heatmaps") == 4)
+        assert picked in _text(browser, "heatmaps") and _text(browser, "heatmaps").count("MedGrad E-CLIP") == 1
 
         # Review: numbered masks on the photo, save, reopen; statuses name photo A only
         _tab(browser, "Review")

@@ -332,3 +332,35 @@ def test_bundle_carries_provenance_and_truncation(bundle):
     assert expl.weights == bundle.weights and not expl.weights.trained
     assert expl.truncated == [False, True]
     assert expl.input_rgb().shape == (224, 224, 3)
+
+
+# Shapes the explainers must read off the model, never assume: (profile, grid, patch size, heads, width).
+VIT_SHAPES = [("tiny", (14, 14), 16, 12, 96), ("tiny_l14", (16, 16), 14, 16, 64)]
+
+
+@pytest.mark.parametrize(("profile", "grid", "patch", "heads", "width"), VIT_SHAPES,
+                         ids=["vit_b16_shaped", "vit_l14_shaped"])
+def test_all_methods_match_naive_reference_on_b16_and_l14_shapes(profile, grid, patch, heads, width):
+    """ViT-B/16 (14x14 grid, 12 heads) and ViT-L/14 (16x16 grid, 16 heads) structure at a tiny width."""
+    b = build_clip(profile, seed=7)
+    model = randomise_(b.model, seed=7)
+    attn = model.visual.transformer.resblocks[-1].attn
+    assert (tuple(model.visual.grid_size), model.visual.patch_size[0], attn.num_heads, attn.embed_dim) == \
+        (grid, patch, heads, width), "the tiny config must have the real model's token structure"
+    image = b.preprocess(Image.fromarray(make_skin_photo(seed=5).pixels))[None]
+    with torch.no_grad():
+        feats = F.normalize(model.encode_text(b.tokenizer(PHRASES[:3])), dim=-1)
+    ip = encode_image_for_explain(model, image)
+    assert ip.grid == grid and ip.x_in.shape == (1 + grid[0] * grid[1], width)
+    expl = explain_from_pass(model, ip, feats, methods=METHODS)
+    official = explain_from_pass(model, ip, feats, methods=("grad_eclip",), eclip_mode="official")
+    for i, t in enumerate(feats):
+        ref = {"gradcam": naive_gradcam(model, image, t),
+               "grad_eclip": naive_grad_eclip_multihead(model, image, t),
+               "medgrad_eclip": naive_medgrad(model, image, t, ip.entropy_weight)}
+        for m, r in ref.items():
+            assert expl.maps[m].shape == (3, *grid)
+            assert r.abs().sum() > 0, f"reference {m} is all zero: the test would be vacuous"
+            assert rel_err(expl.maps[m][i].flatten(), r) < 1e-4, (profile, m)
+        assert rel_err(official.maps["grad_eclip"][i].flatten(), naive_grad_eclip_official(model, image, t)) < 1e-4
+    assert tuple(expl.heatmap("grad_eclip", 0).shape) == (224, 224)

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from clip_writers import write_tiny_dermlip, write_tiny_monet
 from safetensors.torch import save_file
 
 from skinapp import checkpoints as ckpt
@@ -34,6 +35,7 @@ from skinapp.concepts.extractor import GroundedSamExtractor
 from skinapp.concepts.text_encoder import write_tiny_text_encoder
 from skinapp.fusion import build_fusion, fusion_config, load_fusion_checkpoint, predict, save_fusion_checkpoint
 from skinapp.fusion import encoders as encoders_mod
+from skinapp.models import load_models
 from skinapp.pipeline import Analyzer
 from skinapp.provenance import UNTRAINED_WARNING
 from skinapp.synthetic import make_skin_photo
@@ -41,7 +43,7 @@ from skinapp.synthetic import make_skin_photo
 REPO_MANIFEST = Path(__file__).resolve().parents[1] / "checkpoints" / "manifest.json"
 CLASS_NAMES = ["Buruli ulcer", "Scabies", "Leprosy"]  # not the demo model's five SCIN classes
 ENV_NAMES = ("SAM_VIT_B", "GROUNDINGDINO_SWINT_OGC", "BERT_BASE_UNCASED", "VIT_B16_AUGREG2", "FUSION_CLASSIFIER",
-             "CLIP_VIT_B16_OPENAI", "CLIP_FINETUNED", "MANIFEST", "OFFLINE")
+             "CLIP_VIT_B16_OPENAI", "CLIP_FINETUNED", "MONET", "DERMLIP_VIT_B16", "MANIFEST", "OFFLINE")
 SMALL_VIT = {"model_name": "vit_base_patch16_224", "embed_dim": 768, "depth": 1, "num_heads": 12}
 
 
@@ -86,6 +88,10 @@ def _write_checkpoints(directory: Path, fusion_dir: Path) -> dict[str, Path]:
     files["clip_finetuned"] = clip_model.save_clip_checkpoint(
         finetuned, directory / "clip_finetuned.safetensors", clip_model.CLIP_CONFIGS["full"],
         meta={"label": "fine-tuned (derm)", "base_checkpoint": "clip_vit_b16_openai.safetensors"})
+    write_tiny_monet(directory / "monet", seed=107)  # MONET's transformers format, ViT-L/14-shaped
+    files["monet"] = directory / "monet"
+    write_tiny_dermlip(directory / "dermlip-vit-b16", seed=108)  # DermLIP's open_clip hf-hub format
+    files["dermlip_vit_b16"] = directory / "dermlip-vit-b16"
     return files
 
 
@@ -100,7 +106,9 @@ def _pinned_manifest(files: dict[str, Path]) -> dict:
             entry["files"] = [{**spec, "size": (location / spec["filename"]).stat().st_size,
                                "sha256": _sha(location / spec["filename"])}
                               for spec in entry["files"] if (location / spec["filename"]).is_file()]
-            assert {"config.json", "vocab.txt", "model.safetensors"} <= {f["filename"] for f in entry["files"]}
+            assert len(entry["files"]) >= 2, entry["name"]  # every file listed was written (and is pinned here)
+            if entry["name"] == "bert_base_uncased":
+                assert {"config.json", "vocab.txt", "model.safetensors"} <= {f["filename"] for f in entry["files"]}
         elif entry["files"][0]["sha256"] is not None:
             entry["files"][0].update(size=location.stat().st_size, sha256=_sha(location))
     return data
@@ -188,18 +196,41 @@ def test_concepts_come_from_the_grounded_extractor(trained, analysed):
     assert set(analysed.concepts.phrases) <= {"lesion", "arm"}
 
 
-def test_both_clip_checkpoints_are_offered_and_used(trained, analysed):
+def test_every_clip_checkpoint_is_offered_and_used(trained, analysed):
     analyzer, files = trained
     labels = analyzer.clip_choices
-    assert len(labels) == 2 and labels[0].startswith("pretrained") and labels[1].startswith("fine-tuned")
+    assert [label.split(":")[0] for label in labels] == ["pretrained", "fine-tuned", "MONET", "DermLIP"]
     assert "fine-tuned (derm)" in labels[1]
     phrases = ["irregular streaks", "blue-whitish veil"]
     sims = {}
-    for choice, path in zip(labels, (files["clip_vit_b16_openai"], files["clip_finetuned"])):
+    for choice, name in zip(labels, ("clip_vit_b16_openai", "clip_finetuned", "monet", "dermlip_vit_b16")):
         result = analyzer.explain(analysed.image_key, phrases, clip_choice=choice)
         assert result.banner == "" and all(w.trained for w in result.weights)
-        assert result.weights[0].source == str(path)
-        bundle = clip_model.load_clip_checkpoint(path)
-        assert _same_weights(analyzer.clips[choice].model, bundle.model.state_dict())
+        assert result.weights[0].source.startswith(str(files[name]))
+        assert analyzer.clips[choice].licence == ckpt.get_entry(name).licence
+        bundle = analyzer.clips[choice]  # the image pass used the model's own size, mean and std
+        own = bundle.whole_photo_preprocess()(analysed.image.pil())
+        torch.testing.assert_close(analyzer.state_for(analysed.image_key).clip_passes[choice].image[0], own)
         sims[choice] = result.similarities
-    assert np.abs(sims[labels[0]] - sims[labels[1]]).max() > 1e-4  # two different models answered
+    grids = {c: result.maps["gradcam"].shape[1:] for c in labels
+             for result in [analyzer.explain(analysed.image_key, phrases[:1], clip_choice=c)]}
+    assert grids[labels[2]] == (16, 16) and grids[labels[3]] == (14, 14)  # MONET is ViT-L/14-shaped
+    for a, b in ((labels[0], labels[1]), (labels[0], labels[3]), (labels[1], labels[3])):
+        assert np.abs(sims[a] - sims[b]).max() > 1e-4  # different models answered
+    for choice, name in zip(labels[:2], ("clip_vit_b16_openai", "clip_finetuned")):
+        bundle = clip_model.load_clip_checkpoint(files[name])
+        assert _same_weights(analyzer.clips[choice].model, bundle.model.state_dict())
+
+
+def test_unpinned_dermatology_clips_are_refused_with_the_reason(trained):
+    """With the project's own manifest (MONET / DermLIP hashes unknown) their files are present but refused."""
+    analyzer, files = trained
+    data = _pinned_manifest(files)
+    for entry in data["checkpoints"]:
+        if entry["name"] == "monet":
+            entry["files"][0]["sha256"] = None
+    with ckpt.use_manifest(data):
+        models = load_models("auto", device="cpu")
+    assert [c.split(":")[0] for c in models.clips] == ["pretrained", "fine-tuned", "DermLIP"]
+    refused = "monet: refused, the manifest pins no SHA-256 for config.json"
+    assert any(r.startswith(refused) for r in models.reasons["clip"])

@@ -1,10 +1,15 @@
 """Build open_clip ViT CLIP models from configs-as-data, and read/write their checkpoints safely.
 
-Profiles:
+Profiles (configs as data in :data:`CLIP_CONFIGS`; nothing downstream assumes one of them: the explainers
+read the grid, patch size, heads and width off the model):
     "full": open_clip ViT-B-16 with quick-GELU (the OpenAI weights need it): 224 px, 16 px patches
         (14x14 grid), width 768, 12 heads, embedding 512.
-    "tiny": the same classes and token grid (224 px, 16 px patches, 12 heads) at a small width and
+    "vit_l14": OpenAI's ViT-L/14 (MONET's architecture): 224 px, 14 px patches (16x16 grid), width 1024,
+        16 heads, 24 layers, embedding 768.
+    "tiny": the "full" classes and token grid (224 px, 16 px patches, 12 heads) at a small width and
         depth, random weights: for tests and demo mode.
+    "tiny_l14": the "vit_l14" token grid and heads (224 px, 14 px patches, 16x16 grid, 16 heads) at a
+        small width and depth: for tests.
 
 Checkpoint formats read by :func:`load_clip_checkpoint`:
     * ``*.safetensors``: an open_clip state dict (e.g. the OpenAI ViT-B-16 weights in open_clip
@@ -53,6 +58,22 @@ CLIP_CONFIGS: dict[str, dict[str, Any]] = {
                      **_OPENAI_TEXT_SWITCHES},
         "quick_gelu": True,
     },
+    "vit_l14": {
+        "embed_dim": 768,
+        "vision_cfg": {"image_size": 224, "layers": 24, "width": 1024, "head_width": 64, "patch_size": 14,
+                       **_OPENAI_VISION_SWITCHES},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 768, "heads": 12, "layers": 12,
+                     **_OPENAI_TEXT_SWITCHES},
+        "quick_gelu": True,
+    },
+    "tiny_l14": {
+        "embed_dim": 32,
+        "vision_cfg": {"image_size": 224, "layers": 2, "width": 64, "head_width": 4, "patch_size": 14,
+                       **_OPENAI_VISION_SWITCHES},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 4, "layers": 1,
+                     **_OPENAI_TEXT_SWITCHES},
+        "quick_gelu": True,
+    },
     "tiny": {
         "embed_dim": 64,
         "vision_cfg": {"image_size": 224, "layers": 2, "width": 96, "head_width": 8, "patch_size": 16,
@@ -71,10 +92,13 @@ class ClipBundle:
     Attributes:
         model: an ``open_clip.CLIP`` in eval mode.
         tokenizer: open_clip's tokenizer: list[str] -> LongTensor [T, 77].
-        preprocess: PIL image -> float tensor [3, 224, 224] (resize, centre crop, normalise).
+        preprocess: PIL image -> float tensor [3, S, S] (resize, centre crop, normalise with ``mean``/``std``).
         weights: provenance of the weights.
         config: the constructor config (a CLIP_CONFIGS entry or one read from a checkpoint).
         label: a short name for the UI, e.g. "pretrained (OpenAI)" or "fine-tuned (derm)".
+        mean, std: the per-channel normalisation the weights were trained with (RGB in [0, 1]); OpenAI's
+            unless the checkpoint says otherwise (MONET's preprocessor_config.json says ImageNet's).
+        licence: the weights' licence as the manifest states it ("" when unknown, e.g. random weights).
     """
 
     model: open_clip.CLIP
@@ -83,10 +107,22 @@ class ClipBundle:
     weights: WeightsInfo
     config: dict[str, Any]
     label: str
+    mean: tuple[float, float, float] = OPENAI_DATASET_MEAN
+    std: tuple[float, float, float] = OPENAI_DATASET_STD
+    licence: str = ""
 
     @property
     def image_size(self) -> int:
         return int(self.config["vision_cfg"]["image_size"])
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's parameters are (the analyzer's device)."""
+        return next(self.model.parameters()).device
+
+    def whole_photo_preprocess(self) -> transforms.Compose:
+        """This model's letterboxed whole-photo input (its own size, mean and std); see whole_photo_preprocess."""
+        return whole_photo_preprocess(self.image_size, self.mean, self.std)
 
 
 #: Padding colour of the whole-photo view: CLIP's mean colour, which normalises to zero.
@@ -104,18 +140,21 @@ def letterbox(pixels: np.ndarray, fill: tuple[int, int, int] = LETTERBOX_FILL) -
     return out
 
 
-def whole_photo_preprocess(size: int = 224) -> transforms.Compose:
+def whole_photo_preprocess(size: int = 224, mean: tuple[float, ...] = OPENAI_DATASET_MEAN,
+                           std: tuple[float, ...] = OPENAI_DATASET_STD) -> transforms.Compose:
     """PIL image -> float tensor [3, size, size] showing the WHOLE photo (letterboxed, not centre-cropped).
 
     open_clip's eval transform crops the long side, so a lesion near the edge of a landscape phone photo
-    would fall outside every heatmap; the app explains this letterboxed view instead. The bands are CLIP's
-    mean colour (zero after normalisation) and flat, so MedGrad's entropy weight there is zero.
+    would fall outside every heatmap; the app explains this letterboxed view instead. The bands are the
+    model's mean colour (zero after normalising with ``mean``/``std``) and flat, so MedGrad's entropy weight
+    there is zero.
     """
+    fill = tuple(int(round(255 * m)) for m in mean)
     return transforms.Compose([
-        transforms.Lambda(lambda im: Image.fromarray(letterbox(np.asarray(im.convert("RGB"))))),
+        transforms.Lambda(lambda im: Image.fromarray(letterbox(np.asarray(im.convert("RGB")), fill))),
         transforms.Resize((size, size), interpolation=transforms.InterpolationMode.BICUBIC, antialias=True),
         transforms.ToTensor(),
-        transforms.Normalize(OPENAI_DATASET_MEAN, OPENAI_DATASET_STD),
+        transforms.Normalize(mean, std),
     ])
 
 
@@ -126,13 +165,25 @@ def _model_from_config(config: dict[str, Any]) -> open_clip.CLIP:
                           quick_gelu=quick_gelu)
 
 
-def _bundle(model: open_clip.CLIP, config: dict[str, Any], weights: WeightsInfo, label: str,
-            device: str | torch.device) -> ClipBundle:
+def make_bundle(model: open_clip.CLIP, config: dict[str, Any], weights: WeightsInfo, label: str,
+                device: str | torch.device, mean: tuple[float, ...] = OPENAI_DATASET_MEAN,
+                std: tuple[float, ...] = OPENAI_DATASET_STD, tokenizer: Any = None) -> ClipBundle:
+    """A :class:`ClipBundle` of ``model`` moved to ``device`` in eval mode, with its own preprocessing.
+
+    The default tokenizer is open_clip's CLIP BPE at the config's context length.
+    """
     model = model.to(device).eval()
     size = int(config["vision_cfg"]["image_size"])
-    preprocess = open_clip.image_transform(size, is_train=False, mean=OPENAI_DATASET_MEAN, std=OPENAI_DATASET_STD)
-    return ClipBundle(model=model, tokenizer=open_clip.get_tokenizer("ViT-B-16"), preprocess=preprocess,
-                      weights=weights, config=copy.deepcopy(config), label=label)
+    mean, std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
+    preprocess = open_clip.image_transform(size, is_train=False, mean=mean, std=std)
+    if tokenizer is None:
+        context = int(config.get("text_cfg", {}).get("context_length", 77))
+        tokenizer = open_clip.SimpleTokenizer(context_length=context)
+    return ClipBundle(model=model, tokenizer=tokenizer, preprocess=preprocess, weights=weights,
+                      config=copy.deepcopy(config), label=label, mean=mean, std=std)
+
+
+_bundle = make_bundle
 
 
 def _is_openai_layout(state: dict[str, torch.Tensor]) -> bool:

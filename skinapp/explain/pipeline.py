@@ -4,8 +4,13 @@
     expl = explain_from_pass(model, image_pass, ["irregular streaks", "blue-whitish veil"])
     expl.heatmap("medgrad_eclip", 0, (224, 224)); expl.overlay("gradcam", 1, expl.input_rgb())
 
+Any open_clip ViT works: the patch grid (gh, gw), patch size, heads and width are read off the model
+(ViT-B/16 at 224 px: 14x14 grid, 12 heads, width 768; ViT-L/14: 16x16 grid, 16 heads, width 1024). The
+last block runs on the model's own device (CPU or CUDA); the cached image pass keeps its tokens on the CPU
+and they are moved to that device per request.
+
 or in one call: ``explain(model, image, phrases)``. Heatmaps are in model-input coordinates (the
-resized, centre-cropped 224 px view); :meth:`Explanation.input_rgb` returns that view.
+resized, centre-cropped view at the model's input size); :meth:`Explanation.input_rgb` returns that view.
 """
 
 from __future__ import annotations

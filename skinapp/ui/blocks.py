@@ -1,7 +1,8 @@
 """The Gradio Blocks layout: Analyse, Explain and Review tabs wired to :class:`~skinapp.ui.handlers.Handlers`.
 
 Named API endpoints (usable from ``gradio_client``; the README lists their inputs and outputs):
-``/analyze``, ``/explain``, ``/save_review``, ``/open_review``, ``/list_reviews``, ``/export_reviews``.
+``/analyze``, ``/explain``, ``/concept_scores``, ``/save_review``, ``/open_review``, ``/list_reviews``,
+``/export_reviews``.
 No ``gr.State`` holds a photo: Analyse and Explain act on the Photo input, Review on the photo key shown
 next to the review table (set together with the table by an analysis or a reopened review).
 
@@ -11,12 +12,14 @@ leaves its message there (``.failure``) until the next action.
 
 from __future__ import annotations
 
+import html
 from collections.abc import Callable
 from pathlib import Path
 
 import gradio as gr
 
 from skinapp import provisioning
+from skinapp.concept_scores import DEFAULT_CONCEPTS
 from skinapp.concepts.types import DEFAULT_PROMPTS
 from skinapp.examples import example_paths
 from skinapp.pipeline import SUGGESTED_PHRASES, Analyzer
@@ -104,6 +107,7 @@ def build_demo(analyzer: Analyzer, store: ReviewStore, *, gpu: Callable[[Callabl
                                      elem_id="phrases")
                 clip_choice = gr.Radio(analyzer.clip_choices, value=analyzer.clip_choices[0],
                                        label="CLIP weights", visible=len(analyzer.clip_choices) > 1)
+                gr.Markdown(clip_info(analyzer), elem_id="clip-info")
                 explain_btn = gr.Button("Explain the photo on the Analyse tab", variant="primary",
                                         elem_id="explain-btn")
                 explain_status = gr.Markdown(elem_id="explain-status")
@@ -115,6 +119,18 @@ def build_demo(analyzer: Analyzer, store: ReviewStore, *, gpu: Callable[[Callabl
                                      object_fit="contain", height="auto", elem_id="heatmaps", show_label=False)
                 sims = gr.Dataframe(headers=["photo", "phrase", "CLIP similarity", "note"], label="CLIP similarity",
                                     interactive=False, elem_id="similarities")
+                with gr.Accordion("Concept scores: the photo's CLIP similarity to dermatology concepts",
+                                  open=True), gr.Row():
+                    with gr.Column(scale=1):
+                        concept_list = gr.Textbox(label="Concepts (one per line; 7-point checklist and clinical "
+                                                  "descriptors by default)", value="\n".join(DEFAULT_CONCEPTS),
+                                                  lines=8, elem_id="concept-list")
+                        concept_btn = gr.Button("Score concepts", elem_id="concept-btn")
+                        concept_status = gr.Markdown(elem_id="concept-status")
+                    with gr.Column(scale=2):
+                        concept_plot = gr.Plot(label="Concept scores", show_label=False, elem_id="concept-plot")
+                        concept_pick = gr.Radio([], label="Click a concept to explain it with the three methods",
+                                                elem_id="concept-pick")
 
         with gr.Tab("Review", id="review"):
             with gr.Row():
@@ -163,12 +179,16 @@ def build_demo(analyzer: Analyzer, store: ReviewStore, *, gpu: Callable[[Callabl
             names = {"api_name": api_name} if api_name else {"api_visibility": "private"}
             event = trigger(lambda: h.cleared("Analysing\u2026"), None, cleared, api_visibility="private",
                             queue=False, show_progress="hidden")
+            trigger(_no_concept_scores, None, [concept_plot, concept_pick, concept_status], api_visibility="private",
+                    queue=False, show_progress="hidden")  # the concept panel is photo-derived too
             event = event.then(wrap(h.analyze), analyse_inputs, analyse_outputs, **names, **model_events)
             event.failure(h.error_text("analyze"), None, [analyse_status], api_visibility="private", queue=False)
 
         analyse_after(analyse_btn.click, "analyze")
         analyse_after(image.upload, None)
         image.clear(lambda: h.cleared(""), None, cleared, api_visibility="private", queue=False)
+        image.clear(_no_concept_scores, None, [concept_plot, concept_pick, concept_status], api_visibility="private",
+                    queue=False)
         if photo_examples is not None:  # clicking an example photo analyses it too
             analyse_after(photo_examples.load_input_event.then, None)
 
@@ -178,6 +198,19 @@ def build_demo(analyzer: Analyzer, store: ReviewStore, *, gpu: Callable[[Callabl
         explain = explain.then(wrap(h.explain), [image, phrases, clip_choice],
                                [gallery, sims, explain_banner, explain_status], api_name="explain", **model_events)
         explain.failure(h.error_text("explain"), None, [explain_status], api_visibility="private", queue=False)
+
+        scores = concept_btn.click(lambda: _no_concept_scores("Scoring\u2026"), None,
+                                   [concept_plot, concept_pick, concept_status], api_visibility="private",
+                                   queue=False, show_progress="hidden")
+        scores = scores.then(wrap(h.concept_scores), [image, concept_list, clip_choice],
+                             [concept_plot, concept_pick, concept_status], api_name="concept_scores", **model_events)
+        scores.failure(h.error_text("concept_scores"), None, [concept_status], api_visibility="private", queue=False)
+        picked = concept_pick.input(lambda: (None, None, "", "Explaining\u2026"), None,
+                                    [gallery, sims, explain_banner, explain_status], api_visibility="private",
+                                    queue=False, show_progress="hidden")
+        picked = picked.then(wrap(h.explain_concept), [image, concept_pick, clip_choice],
+                             [gallery, sims, explain_banner, explain_status], api_visibility="private", **model_events)
+        picked.failure(h.error_text("explain"), None, [explain_status], api_visibility="private", queue=False)
 
         save = save_btn.click(h.save_review, [review_key, table, reviewer, note], [review_status, saved, table],
                               api_name="save_review")
@@ -242,6 +275,19 @@ def _start_banner(analyzer: Analyzer) -> str:
         text = banner_text(weights, [r for items in analyzer.reasons.values() for r in items])
         text += "\nDemo mode: see the README for how to download or train real weights."
     return banner_html(text, weights)
+
+
+def _no_concept_scores(status: str = "") -> tuple:
+    """Empty concept panel: no chart, no choices, ``status``."""
+    return None, gr.Radio(choices=[], value=None), status
+
+
+def clip_info(analyzer: Analyzer) -> str:
+    """Markdown: each offered CLIP choice with its licence, and each one not offered with the reason."""
+    lines = [f"- **{choice}**: licence {bundle.licence or 'n/a (random demo weights)'}"
+             for choice, bundle in analyzer.clips.items()]
+    lines += [f"- not offered: {html.escape(reason)}" for reason in analyzer.reasons.get("clip", [])]
+    return "CLIP weights for Explain and concept scores:\n\n" + "\n".join(lines)
 
 
 def _concept_choices(table) -> gr.Dropdown:

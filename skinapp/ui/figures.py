@@ -58,3 +58,34 @@ def cam_figure(cam: np.ndarray, rows: list[str], class_names: list[str], predict
         title = f"{UNTRAINED_WARNING}\n{title}"
     ax.set_title(title, fontsize=9, color="red" if untrained else "black")
     return fig
+
+
+def concept_figure(concepts: list[str], scores: np.ndarray, producer: str, untrained: bool = False,
+                   photo: str = "") -> Figure:
+    """Horizontal bars of concept scores, highest at the top.
+
+    Args:
+        concepts: K concepts, highest score first.
+        scores: float [K] CLIP cosine similarities (relative: compare within one photo and model).
+        producer: which CLIP weights produced them (shown in the title).
+        untrained: put UNTRAINED_WARNING in the title.
+        photo: the photo's short key, named in the title.
+    """
+    scores = np.asarray(scores, dtype=np.float32)
+    n = max(len(concepts), 1)
+    fig = Figure(figsize=(6.4, 1.4 + 0.24 * n), dpi=100, layout="constrained")
+    ax = fig.subplots()
+    y = np.arange(len(concepts))
+    ax.barh(y, scores, color="#3b75af")
+    ax.set_yticks(y, concepts, fontsize=8)
+    ax.invert_yaxis()
+    if len(scores):
+        lo, hi = float(scores.min()), float(scores.max())
+        pad = max(0.02, 0.1 * (hi - lo))
+        ax.set_xlim(min(0.0, lo - pad), hi + pad)
+    ax.set_xlabel("CLIP similarity to the photo (cosine)", fontsize=8)
+    title = "Concept scores" + (f" \u00b7 photo {photo}" if photo else "") + f"\n{producer}"
+    if untrained:
+        title = f"{UNTRAINED_WARNING}\n{title}"
+    ax.set_title(title, fontsize=8, color="red" if untrained else "black")
+    return fig

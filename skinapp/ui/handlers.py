@@ -31,7 +31,7 @@ from skinapp.pipeline import Analyzer
 from skinapp.provenance import UNTRAINED_WARNING, WeightsInfo
 from skinapp.results import METHOD_TITLES, AnalysisResult
 from skinapp.review import ConceptReview, Review, ReviewStore, export_zip
-from skinapp.ui.figures import cam_figure
+from skinapp.ui.figures import cam_figure, concept_figure
 from skinapp.ui.privacy import new_export_path, session_cookie
 
 log = logging.getLogger(__name__)
@@ -283,6 +283,30 @@ class Handlers:
                            f"{result.context_length}-token text input: only its start was used {note}.")
         return (gr.Gallery(value=result.gallery(), label=f"Photo {k}: {titles}"), sims,
                 banner_html(result.banner, result.weights), status)
+
+    # -- concept scores -----------------------------------------------------------------------
+    def concept_scores(self, image: Any, concepts: str, clip_choice: str | None,
+                       request: gr.Request | None = None) -> tuple:
+        """Score the concepts for the photo given. Outputs: bar chart, concept picker, status."""
+        try:
+            if image is None:
+                raise ValueError("Upload a photo on the Analyse tab first.")
+            result = self.analyzer.concept_scores(image, concepts, clip_choice or None)
+        except ValueError as exc:
+            raise self._refuse("concept_scores", exc, request) from exc
+        k = short_key(result.image_key)
+        fig = concept_figure(result.concepts, result.scores, result.producer, untrained=bool(result.banner), photo=k)
+        status = (f"Scored {len(result.concepts)} concepts for photo `{k}`. {html.escape(result.producer)}. "
+                  "Click a concept to explain it.")
+        return fig, gr.Radio(choices=result.choices(), value=None), status
+
+    def explain_concept(self, image: Any, concept: str | None, clip_choice: str | None,
+                        progress: gr.Progress = gr.Progress(),  # noqa: B008
+                        request: gr.Request | None = None) -> tuple:
+        """Explain one chosen concept with the three methods: the :meth:`explain` outputs."""
+        if not concept:
+            raise self._refuse("explain", ValueError("Choose a concept first."), request)
+        return self.explain(image, concept, clip_choice, progress=progress, request=request)
 
     # -- review -------------------------------------------------------------------------------
     def save_review(self, photo_key: str | None, table: Any, reviewer: str, note: str,
