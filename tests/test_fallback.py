@@ -233,3 +233,23 @@ def test_1024_px_is_fast():
     per_image = (time.perf_counter() - t0) / len(images)
     print(f"{per_image:.3f} s per 1024-px image")
     assert per_image < 2.0  # target < 1 s; slack for the shared 2-core machine
+
+
+def test_faint_rim_joins_its_core_but_a_faint_blob_alone_does_not_become_lesion():
+    """Hysteresis rim growth (``LesionConfig.grow_rim``): a dark core (Delta E ~ 45) inside a faint rim
+    (Delta E ~ 11) is outlined with its rim; a faint blob of the rim's colour elsewhere is not added to it."""
+    from skinapp.concepts.fallback_lesions import lesion_candidates
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:128, :128]
+    core, rim = (yy - 64) ** 2 + (xx - 64) ** 2 < 15 ** 2, (yy - 64) ** 2 + (xx - 64) ** 2 < 30 ** 2
+    faint = (yy - 15) ** 2 + (xx - 110) ** 2 < 8 ** 2
+    rgb = np.empty((128, 128, 3), np.float32)
+    rgb[:] = np.array([200, 160, 140]) / 255
+    rgb[rim | faint] = np.array([175, 128, 110]) / 255
+    rgb[core] = np.array([90, 60, 50]) / 255
+    rgb = np.clip(rgb + rng.normal(0, 0.01, rgb.shape), 0, 1).astype(np.float32)
+    region = np.ones((128, 128), bool)
+    grown = lesion_candidates(rgb, region, LesionConfig())[0].mask
+    assert _iou(grown, rim) > 0.9 and not grown[faint].any()
+    assert _iou(lesion_candidates(rgb, region, LesionConfig(grow_rim=False))[0].mask, core) > 0.9

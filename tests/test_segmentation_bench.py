@@ -87,14 +87,16 @@ def test_cli_ci_sized_run(tmp_path):
 
 @pytest.mark.slow
 def test_weight_free_extractor_finds_real_lesions():
-    """Quality floor on the real photos (whole PAD-UFES-20 masked set, 256 px): every photo gets a lesion
-    concept, and the first-ranked one beats the Otsu-on-L* baseline on average. The README's targets are
-    higher; this guards against regressions to the old extractor (top-1 IoU 0.15 here)."""
-    pad = _data("pad_ufes_20")
+    """Quality floor on the real photos (every masked photo of PAD-UFES-20 and HAM10000, 256 px): every photo
+    gets a lesion concept, the first-ranked one beats the Otsu-on-L* baseline on average, and the floors sit
+    a few hundredths under the measured level (PAD 0.44, HAM 0.78 at 256 px) so that losing a step fails:
+    without the hysteresis rim growth HAM drops to 0.55; the old extractor scored 0.15 on PAD."""
+    pad, ham = _data("pad_ufes_20"), _data("ham10000")
     methods, _ = seg.default_methods(grounded=False)
     methods = [m for m in methods if m.name in ("colour_fallback", "otsu_lstar")]
-    summary = {s["method"]: s for s in seg.summarise(seg.run([pad], methods, side=256))}
-    ours, otsu = summary["colour_fallback"], summary["otsu_lstar"]
-    print(f"top-1 IoU ours {ours['top1_iou']:.3f} vs Otsu {otsu['top1_iou']:.3f}; misses {ours['misses']}")
-    assert ours["misses"] == 0
-    assert ours["top1_iou"] > 0.35 and ours["top1_iou"] > otsu["top1_iou"] + 0.1
+    summary = {(s["dataset"], s["method"]): s for s in seg.summarise(seg.run([pad, ham], methods, side=256))}
+    for dataset, floor in (("pad_ufes_20", 0.40), ("ham10000", 0.72)):
+        ours, otsu = summary[(dataset, "colour_fallback")], summary[(dataset, "otsu_lstar")]
+        print(f"{dataset}: ours {ours['top1_iou']:.3f} vs Otsu {otsu['top1_iou']:.3f}, misses {ours['misses']}")
+        assert ours["misses"] == 0, dataset
+        assert ours["top1_iou"] > floor and ours["top1_iou"] > otsu["top1_iou"] + 0.05, dataset

@@ -13,6 +13,10 @@ that grid. Steps, each a well-known classic method:
    three-class Otsu (faint lesions), opened and hole-filled; the best-ranked ``grabcut_candidates``
    are refined by GrabCut (Rother et al., SIGGRAPH 2004; ``cv2.grabCut``) started from the component
    as "probable lesion" in a band of "probable skin", which snaps the outline to colour edges.
+   After ranking, each candidate's outline is grown by hysteresis (:func:`grow_outline`; Canny 1986,
+   ``skimage.filters.apply_hysteresis_threshold`` style): the connected pixels above the lower split of
+   the three-class Otsu join it, so a lesion's faint rim belongs to the lesion, as in expert masks.
+   Detection (which blob, its score) uses the core; delineation (the outline) uses the grown mask.
 4. :func:`rank_score`: the evidence that separates lesions from texture on real photos, multiplied:
    colour contrast to the surrounding ring, compactness (solidity), enclosure by skin, centrality
    (photographers centre the lesion) and a size prior. Each factor's constant is a :class:`LesionConfig` field.
@@ -21,7 +25,7 @@ that grid. Steps, each a well-known classic method:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -37,6 +41,10 @@ GRABCUT_SIDE = 128
 #: Smallest Otsu split (Delta E) that counts as a lesion at all: a few just-noticeable differences
 #: (JND ~ 2.3 Delta E, Sharma 2003); below it the region is treated as uniform skin.
 MIN_SPLIT_DELTA_E = 6.0
+
+#: One just-noticeable difference in CIE76 Delta E (Sharma 2003): the floor of the hysteresis (rim) level;
+#: below it a "rim" is invisible and growth would only follow noise.
+JND_DELTA_E = 2.3
 
 
 @dataclass(frozen=True)
@@ -57,6 +65,8 @@ class LesionConfig:
             halfway to a corner keeps ~60 % of its score; an off-centre lesion can still win on contrast).
         grabcut_iterations: GrabCut EM iterations (OpenCV's examples use 5).
         grabcut_candidates: how many of the best-ranked candidates GrabCut refines (cost control).
+        grow_rim: grow each ranked candidate by hysteresis down to the lower three-class Otsu split
+            (:func:`grow_outline`); False keeps the core outline (for comparisons).
     """
 
     hair_kernel_fraction: float = 1 / 50
@@ -67,11 +77,15 @@ class LesionConfig:
     centre_sigma: float = 0.25
     grabcut_iterations: int = 5
     grabcut_candidates: int = 1
+    grow_rim: bool = True
 
 
 @dataclass(frozen=True)
 class LesionCandidate:
     """One lesion candidate on the analysis grid.
+
+    The statistics describe the candidate's core (the blob above the two-class split, GrabCut-refined);
+    ``mask`` is its outline after :func:`grow_outline` when ``LesionConfig.grow_rim`` is on.
 
     Attributes:
         mask: bool [h, w].
@@ -247,6 +261,23 @@ def grabcut_refine(rgb: np.ndarray, mask: np.ndarray, iterations: int = 5) -> np
     return ndimage.binary_fill_holes(labels == int(np.argmax(overlap)))
 
 
+def grow_outline(mask: np.ndarray, low_fg: np.ndarray) -> np.ndarray:
+    """Hysteresis growth: ``mask`` plus every component of ``low_fg`` that touches it, holes filled.
+
+    ``mask`` bool [h, w] is a candidate found above the high (two-class Otsu) split; ``low_fg`` bool [h, w]
+    the pixels above the low split (the lower of the three-class Otsu thresholds, used when it lies between
+    :data:`JND_DELTA_E` and the high split). A low-contrast rim
+    connected to a high-contrast core is lesion (Canny's hysteresis argument: weak evidence counts when it
+    is connected to strong evidence); low-contrast blobs on their own are not added.
+    """
+    labels, n = ndimage.label(low_fg)
+    if n == 0:
+        return mask
+    touched = np.unique(labels[mask])
+    touched = touched[touched > 0]
+    return ndimage.binary_fill_holes(mask | np.isin(labels, touched)) if touched.size else mask
+
+
 def rank_score(contrast: float, solidity: float, enclosure: float, centroid: tuple[float, float],
                area_fraction: float, shape: tuple[int, int], cfg: LesionConfig) -> tuple[float, float, float]:
     """(score, centrality, size) of a candidate: the square root of the product of five factors, in [0, 1].
@@ -314,10 +345,9 @@ def lesion_candidates(rgb: np.ndarray, region: np.ndarray, cfg: LesionConfig = L
     # next to a strongly contrasting structure: the two-class split lands above the faint one).
     levels = [thr]
     values = dist[region]
-    if np.unique(values).size > 3:
-        low = float(filters.threshold_multiotsu(values, classes=3)[0])
-        if MIN_SPLIT_DELTA_E <= low < thr:
-            levels.append(low)
+    low = float(filters.threshold_multiotsu(values, classes=3)[0]) if np.unique(values).size > 3 else thr
+    if MIN_SPLIT_DELTA_E <= low < thr:
+        levels.append(low)
     r = max(1, round(min(h, w) / 128))
     min_area = max(6, cfg.min_area_fraction * h * w)
     comps: list[np.ndarray] = []
@@ -345,4 +375,15 @@ def lesion_candidates(rgb: np.ndarray, region: np.ndarray, cfg: LesionConfig = L
                            _describe(lab, region, cand.mask, stability, cfg))
         else:
             refined.append(cand)
-    return sorted(refined, key=lambda c: -c.score)
+    ranked = sorted(refined, key=lambda c: -c.score)
+    if not cfg.grow_rim or not JND_DELTA_E <= low < thr:
+        return ranked
+    low_fg = cv2.morphologyEx(((dist > low) & region).astype(np.uint8), cv2.MORPH_OPEN, disk(r)).astype(bool)
+    # Delineation after detection: the rank comes from the core, the outline from hysteresis growth.
+    # Two cores may grow into one lesion; the lower-ranked copy is dropped.
+    grown: list[LesionCandidate] = []
+    for cand in ranked:
+        mask = grow_outline(cand.mask, low_fg)
+        if not any(_iou(mask, other.mask) > 0.8 for other in grown):
+            grown.append(replace(cand, mask=mask))
+    return grown
