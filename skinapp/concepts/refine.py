@@ -165,6 +165,7 @@ def grabcut_refine(pixels: np.ndarray, box, points, labels, previous: np.ndarray
         cut = (seed == cv2.GC_FGD) | (seed == cv2.GC_PR_FGD)  # GrabCut needs both sides; nothing to cut
     else:
         bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+        cv2.setRNGSeed(0)  # GrabCut's k-means draws from OpenCV's RNG: the same clicks give the same mask
         cv2.grabCut(np.ascontiguousarray(small[..., ::-1]), seed, None, bgd, fgd, int(iterations),
                     cv2.GC_INIT_WITH_MASK)
         cut = (seed == cv2.GC_FGD) | (seed == cv2.GC_PR_FGD)
