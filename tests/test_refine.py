@@ -171,3 +171,14 @@ def test_undo_redo_add_delete_paint_and_save_versions(tmp_path):
         bench.add("a", key, (5, 5, 50, 50), "  42 ")
     with pytest.raises(ValueError, match="no area"):
         bench.add("a", key, (400, 300, 500, 400), "lesion")
+
+
+def test_a_new_edit_after_undo_drops_the_undone_edits(tmp_path):
+    bench, image, p = _demo_bench(tmp_path)
+    bench.delete("a", image.key, 0)  # edit A
+    bench.undo("a", image.key)
+    bench.add("a", image.key, p.lesion_box, "nodule")  # edit B replaces A in the history
+    before_b = bench.undo("a", image.key)
+    assert [c.index for c in before_b.concepts] == [0, 1], "undo after B must go back to the start, not to A"
+    with pytest.raises(ValueError, match="Nothing to undo"):
+        bench.undo("a", image.key)

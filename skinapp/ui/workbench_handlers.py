@@ -124,9 +124,16 @@ class WorkbenchHandlers:
         """A click on the photo: a positive or negative point for the selected concept."""
         x, y = (float(v) for v in evt.index[:2])
         positive = mode != "negative"
-        return self._run("workbench", request,
-                         lambda s, k: self.bench.refine(s, k, concept, x, y, positive), photo_key, concept,
-                         f"Concept #{concept}: {'positive' if positive else 'negative'} click at ({x:.0f}, {y:.0f}).")
+        areas: list[int] = []
+
+        def refine(session: str, key: str) -> Draft:
+            areas.append(int(self.bench.draft(session, key).concept(concept).mask.sum()))
+            draft = self.bench.refine(session, key, concept, x, y, positive)
+            areas.append(int(draft.concept(concept).mask.sum()))
+            return draft
+        return self._run("workbench", request, refine, photo_key, concept,
+                         lambda d: f"Concept #{concept}: {'positive' if positive else 'negative'} click at "
+                                   f"({x:.0f}, {y:.0f}); mask {areas[0]} -> {areas[1]} px.")
 
     def undo(self, photo_key: str, concept: Any, request: gr.Request | None = None) -> tuple:
         return self._run("workbench", request, self.bench.undo, photo_key, concept, "Undone.")
