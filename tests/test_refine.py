@@ -100,7 +100,8 @@ def test_planted_blob_one_positive_click_beats_the_box_alone_in_demo_mode():
 def test_real_photo_one_positive_click_improves_iou_in_demo_mode():
     """PAD-UFES-20 PAT_778_1471_835 with its lesion mask: box-only GrabCut misses, one click at the lesion's
     deepest point raises the IoU with the annotated mask (measured 0.000 -> 0.205)."""
-    row = next(r for r in csv.DictReader(open(PAD / "labels.csv")) if "PAT_778_1471_835" in r["image"])
+    with open(PAD / "labels.csv") as f:
+        row = next(r for r in csv.DictReader(f) if "PAT_778_1471_835" in r["image"])
     image = load_image(PAD / row["image"])
     truth = np.asarray(Image.open(PAD / row["mask"]).resize((image.width, image.height), Image.NEAREST)) > 127
     ys, xs = np.nonzero(truth)

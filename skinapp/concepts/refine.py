@@ -108,7 +108,8 @@ def sam_refine(segmenter: SamSegmenter, emb: SamEmbedding, box, points, labels,
         if mask_input is not None:
             expected = (1, 1, *sam.prompt_encoder.mask_input_size)
             if tuple(np.shape(mask_input)) != expected:
-                raise ValueError(f"mask_input must be {list(expected)} low-res logits; got {list(np.shape(mask_input))}")
+                raise ValueError(f"mask_input must be {list(expected)} low-res logits; "
+                                 f"got {list(np.shape(mask_input))}")
             dense_in = torch.as_tensor(np.asarray(mask_input, np.float32), device=device)
         sparse, dense = sam.prompt_encoder(points=point_prompt, boxes=box_prompt, masks=dense_in)
         low_res, iou = sam.mask_decoder(image_embeddings=emb.embedding.to(device),

@@ -11,5 +11,5 @@ from skinapp.review.store import (
     default_data_dir,
 )
 
-__all__ = ["DATA_DIR_ENV", "DECISIONS", "PROVENANCE", "ConceptReview", "Review", "ReviewStore", "default_data_dir", "export_coco",
-           "export_zip", "rle_decode", "rle_encode"]
+__all__ = ["DATA_DIR_ENV", "DECISIONS", "PROVENANCE", "ConceptReview", "Review", "ReviewStore", "default_data_dir",
+           "export_coco", "export_zip", "rle_decode", "rle_encode"]

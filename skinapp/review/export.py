@@ -2,7 +2,8 @@
 
 Each image names the review version exported (``revision``, ``version``, ``reviewer``, ``saved_at``); each
 annotation its concept's provenance ("model", "refined", "painted", "added", "imported") and ``edited`` (any
-provenance but "model": a mask a person drew or corrected). Only concepts with a final label (accepted, or relabelled) are exported; rejected and pending
+provenance but "model": a mask a person drew or corrected). Only concepts with a final label (accepted, or
+relabelled) are exported; rejected and pending
 ones are left out. The output directory holds::
 
     annotations.json          COCO: images, categories, annotations (segmentation = RLE)

@@ -9,7 +9,8 @@ Layout of the data directory::
 A review belongs to one photo (its content key). Every save is a new **version** (``revision`` 1, 2, ... per
 photo, whoever saved it): ``reviews`` / ``review_concepts`` hold the latest one, ``review_versions`` /
 ``version_concepts`` every one, with its reviewer, time and each concept's provenance (:data:`PROVENANCE`).
-A version's mask directory is never removed while a version row names it. Each save writes its masks into a directory of its own (``version``, a
+A version's mask directory is never removed while a version row names it. Each save writes its masks into a
+directory of its own (``version``, a
 random id) atomically (temporary file, fsync, rename) BEFORE the one database transaction that points the
 review at that directory commits. So concurrent saves of one photo, from threads or processes sharing the
 data directory, never mix: a committed row always names files its own writer wrote, whole. A save that
