@@ -2,7 +2,7 @@
 
 Named API endpoints (usable from ``gradio_client``; the README lists their inputs and outputs):
 ``/analyze``, ``/explain``, ``/concept_scores``, ``/save_review``, ``/open_review``, ``/list_reviews``,
-``/export_reviews``.
+``/export_reviews``, and the mask workbench's (:mod:`skinapp.ui.workbench_blocks`).
 No ``gr.State`` holds a photo: Analyse and Explain act on the Photo input, Review on the photo key shown
 next to the review table (set together with the table by an analysis or a reopened review).
 
@@ -25,8 +25,11 @@ from skinapp.examples import example_paths
 from skinapp.pipeline import SUGGESTED_PHRASES, Analyzer
 from skinapp.provenance import banner_text
 from skinapp.review import DECISIONS, ReviewStore
+from skinapp.review.workbench import Workbench
 from skinapp.ui.components import photo_input
 from skinapp.ui.handlers import REVIEW_COLUMNS, Handlers, banner_html
+from skinapp.ui.workbench_blocks import add_workbench
+from skinapp.ui.workbench_handlers import WorkbenchHandlers
 
 CSS = """
 .untrained-banner, .untrained-banner * { color: #fff !important; }
@@ -167,6 +170,8 @@ def build_demo(analyzer: Analyzer, store: ReviewStore, *, gpu: Callable[[Callabl
                     export_btn = gr.Button("Export reviewed concepts (COCO JSON + PNG masks)")
                     export_file = gr.File(label="Export (this session only, temporary)", interactive=False)
                     export_status = gr.Markdown()
+            wb = WorkbenchHandlers(Workbench(analyzer, store), h._refuse)
+            add_workbench(wb, h.error_text, review_key, table, reviewer, note, saved, h.review_choices)
 
         model_events = {"concurrency_id": "models", "concurrency_limit": model_concurrency}
         analyse_outputs = [annotated, diagnosis, cam_plot, decisive_img, decisive_txt, banner, review_key, table,
