@@ -7,7 +7,8 @@ Usage (from the repository root)::
     .venv/bin/python .ci/mutation.py pipeline --workdir /scratch/mut --max-children 4
 
 The groups (files to mutate, tests that may kill them, and optionally ``deselect``: node ids of slow
-tests left out of the mutant runs) are data in ``[tool.skinapp.mutation]`` of pyproject.toml. For each group the tracked files are copied to ``<workdir>/<group>`` (the repository
+tests left out of the mutant runs) are data in ``[tool.skinapp.mutation]`` of pyproject.toml. For each
+group the tracked files are copied to ``<workdir>/<group>`` (the repository
 never gets a ``mutants/`` directory), the copy's ``[tool.mutmut]`` is narrowed to that group, and
 ``mutmut run`` works there. The score is killed / (all mutants), where timeouts count as killed
 (mutmut's convention: the mutant made the tests hang) and "no tests" / "survived" / "suspicious" as

@@ -144,6 +144,16 @@ def test_refusal_of_a_downloadable_file_says_how_to_replace_it(toy):
         "own need a manifest that pins them (SKINAPP_MANIFEST).")
 
 
+def test_refusal_by_size_says_so_and_how_to_replace_it(toy):
+    (toy["dir"] / "toy_sam.pth").write_bytes(toy["model"][:-10])
+    with pytest.raises(ckpt.ChecksumMismatchError) as err:
+        ckpt.resolve("toy_sam")
+    assert str(err.value).startswith(
+        f"size mismatch for {toy['dir'] / 'toy_sam.pth'}: expected 4000 bytes, got 3990 bytes. Checkpoint 'toy_sam' "
+        "(checkpoint dir) was refused before loading: the file is corrupt, truncated, or not the one the checkpoint "
+        "manifest pins. Get it again with:")
+
+
 def test_refusal_of_a_trained_file_names_its_source_and_the_variable(toy, monkeypatch):
     wrong = toy["tmp"] / "fusion.safetensors"
     wrong.write_bytes(bytes(len(toy["trained"])))
