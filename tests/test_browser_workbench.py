@@ -1,5 +1,5 @@
 """The mask workbench in real headless Chromium: select a concept, click a point on the photo, see the mask
-change, save a version, reopen it."""
+change, save (the Review tab's one Save keeps the edited mask), reopen it."""
 
 from __future__ import annotations
 
@@ -51,9 +51,9 @@ def test_click_refines_then_save_and_reopen_in_chromium(browser, tmp_path):  # n
         _wait(browser, 30).until(lambda d: "Undone" in _text(d, "wb-status"))
         browser.find_element(By.ID, "wb-redo").click()
         _wait(browser, 30).until(lambda d: "Redone" in _text(d, "wb-status"))
-        browser.find_element(By.ID, "wb-save").click()
-        _wait(browser, 60).until(lambda d: f"Saved version 1 of photo {key}" in _text(d, "wb-status"))
-        assert "1 edited by hand" in _text(browser, "wb-status")
+        browser.find_element(By.ID, "save-review").click()  # the tab's one Save: the edits are kept
+        _wait(browser, 60).until(lambda d: f"Saved version 1 of photo {key}" in _text(d, "review-status"))
+        assert "1 edited by hand" in _text(browser, "review-status")
         _wait(browser, 30).until(lambda d: "v1" in _dropdown(d, "wb-versions"))
         browser.find_element(By.ID, "wb-open-version").click()
         _wait(browser, 60).until(lambda d: "Opened version 1" in _text(d, "wb-status"))

@@ -4,8 +4,9 @@ Two small units, one per method, with the same inputs (the concept's box and the
 
 - :func:`sam_refine`: SAM's interactive step (``segment_anything.SamPredictor.predict_torch``): the box,
   the positive / negative points and the previous low-resolution mask logits as the mask prompt go
-  through the prompt encoder and the mask decoder, on the photo's cached image embedding. No image-encoder
-  pass; one decoder call per click (``SamSegmenter.n_decode`` counts it).
+  through the prompt encoder and the mask decoder, on the photo's cached image embedding
+  (:meth:`SamSegmenter.decode_interactive`). No image-encoder pass; one decoder call per click
+  (``SamSegmenter.n_decode`` counts it).
 - :func:`grabcut_refine`: the weight-free path (demo mode). OpenCV GrabCut (Rother et al., "GrabCut:
   interactive foreground extraction using iterated graph cuts", SIGGRAPH 2004) initialised from a mask:
   outside the box is background, inside it "probably foreground" where the previous mask was set and
@@ -24,7 +25,6 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-import torch
 
 from skinapp.concepts.fallback_masks import mask_iou
 from skinapp.concepts.segmenter import SamEmbedding, SamSegmenter
@@ -89,38 +89,12 @@ def sam_refine(segmenter: SamSegmenter, emb: SamEmbedding, box, points, labels,
         :class:`Refinement` with the single-mask output (``multimask_output=False``: box plus points are
         unambiguous, as in SAM's interactive demo).
     """
-    segmenter._check_embedding(emb)
     pts, lab = check_points(points, labels, emb.original_size)
     if box is None and not len(pts):
         raise ValueError("refining needs a box or at least one click")
-    sam = segmenter.sam
-    with (lock or threading.Lock()), torch.inference_mode():
-        device = segmenter.device
-        point_prompt = None
-        if len(pts):
-            coords = segmenter.transform.apply_coords_torch(torch.from_numpy(pts), emb.original_size)
-            point_prompt = (coords[None].to(device), torch.from_numpy(lab)[None].to(device))
-        box_prompt = None
-        if box is not None:
-            box_t = segmenter._check_boxes(emb, np.asarray(box, np.float32).reshape(1, 4))
-            box_prompt = segmenter.transform.apply_boxes_torch(box_t, emb.original_size).to(device)
-        dense_in = None
-        if mask_input is not None:
-            expected = (1, 1, *sam.prompt_encoder.mask_input_size)
-            if tuple(np.shape(mask_input)) != expected:
-                raise ValueError(f"mask_input must be {list(expected)} low-res logits; "
-                                 f"got {list(np.shape(mask_input))}")
-            dense_in = torch.as_tensor(np.asarray(mask_input, np.float32), device=device)
-        sparse, dense = sam.prompt_encoder(points=point_prompt, boxes=box_prompt, masks=dense_in)
-        low_res, iou = sam.mask_decoder(image_embeddings=emb.embedding.to(device),
-                                        image_pe=sam.prompt_encoder.get_dense_pe(),
-                                        sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
-                                        multimask_output=False)
-        logits = sam.postprocess_masks(low_res.float(), emb.input_size, emb.original_size)[0, 0]
-        mask = (logits > sam.mask_threshold).cpu().numpy()
-    with segmenter._count_lock:
-        segmenter.n_decode += 1
-    return Refinement(mask=mask, low_res_logits=low_res.float().cpu().numpy(), score=float(iou[0, 0]), method="sam")
+    with lock or threading.Lock():
+        mask, low_res, score = segmenter.decode_interactive(emb, box, pts, lab, mask_input=mask_input)
+    return Refinement(mask=mask, low_res_logits=low_res, score=score, method="sam")
 
 
 def grabcut_refine(pixels: np.ndarray, box, points, labels, previous: np.ndarray | None = None,

@@ -17,6 +17,7 @@ data directory, never mix: a committed row always names files its own writer wro
 fails or is killed leaves only an unreferenced directory, removed by a later save of that photo once it is
 older than :data:`STALE_VERSION_S` (so a slower concurrent writer's files are never taken from under it).
 Reviews saved before versions existed (``version`` "") keep their masks at ``masks/<image_key>/<i>.png``.
+The file side (paths, atomic PNG writes, the stale sweep) is :class:`skinapp.review.mask_files.MaskFiles`.
 
 Schema versions (``PRAGMA user_version``): 0 = one row per photo (possibly without the ``version`` column);
 :data:`SCHEMA_VERSION` = 2 adds the version tables and ``provenance``. Opening an older store migrates it in
@@ -29,21 +30,18 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import sqlite3
-import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from skinapp.boxes import sanitize_boxes
+from skinapp.review.mask_files import MaskFiles
 from skinapp.review.schema import _SCHEMA, SCHEMA_VERSION, migrate  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
@@ -137,20 +135,6 @@ def validate_concept_review(c: ConceptReview) -> ConceptReview:
                          comment=(c.comment or "").strip(), provenance=provenance)
 
 
-def _atomic_write_png(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".png")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(array).save(f, format="PNG")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class ReviewStore:
     """SQLite-backed reviews plus the photo and mask files they refer to.
 
@@ -164,6 +148,7 @@ class ReviewStore:
         self.data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.db_path = self.data_dir / "reviews.sqlite3"
+        self.files = MaskFiles(self.data_dir)
         self._local = threading.local()
         with self._transaction() as db:  # BEGIN IMMEDIATE: concurrent openers migrate one after the other
             migrate(db)
@@ -191,37 +176,21 @@ class ReviewStore:
         db.execute("COMMIT")
 
     def photo_path(self, image_key: str) -> Path:
-        return self.data_dir / "photos" / f"{image_key}.png"
+        return self.files.photo_path(image_key)
 
     def version_dir(self, image_key: str, version: str = "") -> Path:
         """The folder of one save's masks ("" = the pre-version layout)."""
-        folder = self.data_dir / "masks" / image_key
-        return folder / version if version else folder
+        return self.files.version_dir(image_key, version)
 
     def mask_path(self, image_key: str, index: int, version: str = "") -> Path:
         """Where concept ``index``'s mask of one saved ``version`` lives."""
-        return self.version_dir(image_key, version) / f"{index}.png"
+        return self.files.mask_path(image_key, index, version)
 
     def _remove_stale_versions(self, image_key: str, keep: str) -> None:
         """Delete this photo's stale mask directories (and legacy files) that no version row names."""
-        folder = self.version_dir(image_key)
-        if not folder.is_dir():
-            return
-        cutoff = time.time() - STALE_VERSION_S
         named = {r[0] for r in self._connection().execute(
             "SELECT DISTINCT version FROM review_versions WHERE image_key = ?", (image_key,))} | {keep}
-        for entry in folder.iterdir():
-            if entry.name in named or entry.name.startswith(".tmp-") or (entry.is_file() and "" in named):
-                continue
-            try:
-                if entry.stat().st_mtime > cutoff:
-                    continue
-                if entry.is_dir():
-                    shutil.rmtree(entry)
-                else:
-                    entry.unlink()
-            except FileNotFoundError:  # another process removed it first
-                continue
+        self.files.remove_stale(image_key, named, STALE_VERSION_S)
 
     # -- writes -------------------------------------------------------------------------------
     def save(self, image_key: str, pixels: np.ndarray, masks: np.ndarray, concepts: list[ConceptReview],
@@ -260,12 +229,8 @@ class ReviewStore:
             c.box = tuple(float(v) for v in box[0])
         # Files first (atomic, in this save's own directory), then the one transaction that points the review
         # at them.
-        version = uuid.uuid4().hex
+        version = self.files.write_save(image_key, pixels, masks, [c.index for c in checked])
         try:
-            _atomic_write_png(self.photo_path(image_key), pixels)  # same key -> same pixels: safe to share
-            for c in checked:
-                _atomic_write_png(self.mask_path(image_key, c.index, version),
-                                  masks[c.index].astype(np.uint8) * 255)
             now = time.time()
             with self._transaction() as db:
                 row = db.execute("SELECT revision, created_at FROM reviews WHERE image_key = ?",
@@ -287,7 +252,7 @@ class ReviewStore:
                       c.comment, c.provenance) for c in checked])
                 self._record_version(db, image_key, revision, now)
         except BaseException:
-            shutil.rmtree(self.version_dir(image_key, version), ignore_errors=True)
+            self.files.discard(image_key, version)
             raise
         self._remove_stale_versions(image_key, keep=version)
         log.info("Saved review of %s (revision %d, %d concepts)", image_key[:12], revision, len(checked))
@@ -396,10 +361,10 @@ class ReviewStore:
             if review is None:
                 raise ValueError("There is no saved review of this photo.")
             version = review.version
-        return np.asarray(Image.open(self.mask_path(image_key, index, version))) > 127
+        return self.files.read_mask(image_key, index, version)
 
     def load_photo(self, image_key: str) -> np.ndarray:
-        return np.asarray(Image.open(self.photo_path(image_key)).convert("RGB"))
+        return self.files.read_photo(image_key)
 
     def close(self) -> None:
         db = getattr(self._local, "db", None)

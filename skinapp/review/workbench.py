@@ -280,13 +280,27 @@ class Workbench:
     def set_verdict(self, session: str, key: str, index: Any, decision: str, label: str = "",
                     comment: str = "") -> Draft:
         """Set one concept's decision (checked as the store checks it)."""
+        return self.set_verdicts(session, key, {index: (decision, label, comment)})
+
+    def set_verdicts(self, session: str, key: str, verdicts: dict[Any, tuple[str, str, str]]) -> Draft:
+        """Set several concepts' (decision, label, comment) in one edit (one undo step; none when nothing changes)."""
         history = self.history(session, key)
         with history.lock:
-            concept = history.current.concept(index)
-            checked = validate_concept_review(ConceptReview(concept.index, concept.phrase, concept.score, concept.box,
-                                                            decision, label, comment))
-            return history.push(history.current.with_concept(
-                replace(concept, decision=checked.decision, label=checked.label, comment=checked.comment)))
+            draft = history.current
+            for index, (decision, label, comment) in verdicts.items():
+                concept = draft.concept(index)
+                checked = validate_concept_review(ConceptReview(concept.index, concept.phrase, concept.score,
+                                                                concept.box, decision, label, comment))
+                if (checked.decision, checked.label, checked.comment) != (concept.decision, concept.label,
+                                                                           concept.comment):
+                    draft = draft.with_concept(replace(concept, decision=checked.decision, label=checked.label,
+                                                       comment=checked.comment))
+            return draft if draft is history.current else history.push(draft)
+
+    def has_edits(self, session: str, key: str) -> bool:
+        """Whether this session changed the photo's draft since it was opened (undone back to the start: no)."""
+        history = self.histories.get((session, key))
+        return history is not None and history.current is not history.states[0]
 
     def undo(self, session: str, key: str) -> Draft:
         history = self.history(session, key)

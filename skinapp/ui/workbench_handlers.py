@@ -20,6 +20,7 @@ import numpy as np
 
 from skinapp.review.agreement import agreement, summary_lines
 from skinapp.review.export import rle_encode
+from skinapp.review.store import Review
 from skinapp.review.workbench import Draft, Workbench
 
 log = logging.getLogger(__name__)
@@ -85,12 +86,14 @@ class WorkbenchHandlers:
 
     Args:
         bench: the workbench.
-        refuse: ``Handlers._refuse`` (one log line, the message remembered for the failure text).
+        handlers: the app's :class:`~skinapp.ui.handlers.Handlers` (its ``_refuse``: one log line, the message
+            remembered for the failure text; its table save for a photo without edits).
     """
 
-    def __init__(self, bench: Workbench, refuse) -> None:
+    def __init__(self, bench: Workbench, handlers) -> None:
         self.bench = bench
-        self._refuse = refuse
+        self.handlers = handlers
+        self._refuse = handlers._refuse
 
     def _view(self, key: str, draft: Draft, selected: Any, status: str) -> tuple:
         choices = [(f"#{c.index} {c.phrase} ({c.provenance})", str(c.index)) for c in draft.concepts]
@@ -179,28 +182,44 @@ class WorkbenchHandlers:
         layer[c.mask] = (*SELECTED_COLOUR, 255)
         return {"background": self.bench.pixels(key), "layers": [layer], "composite": None}
 
-    def save(self, photo_key: str, table: Any, reviewer: str, note: str,
-             request: gr.Request | None = None) -> str:
-        """Save the edited masks and the table's decisions as a new version. Output: status."""
+    def save_review(self, session: str, photo_key: Any, table: Any, reviewer: str, note: str) -> Review:
+        """The one save: a new version of the photo's review, with this session's edited masks when it has edits
+        (the table's decisions applied to them), else the model's masks (or the reopened review's) with the
+        table's decisions (:meth:`skinapp.ui.handlers.Handlers.save_table`). ``table`` None: the draft's decisions.
+
+        Raises:
+            ValueError: no photo key, a table of another photo, nothing to save.
+        """
+        key = _key(photo_key)
+        rows = table.to_dict("records") if hasattr(table, "to_dict") else []
+        if table is not None and not self.bench.has_edits(session, key):
+            return self.handlers.save_table(key, table, reviewer, note)
+        draft = self.bench.draft(session, key)
+        verdicts = {}
+        for row in rows:
+            try:
+                index = int(float(row.get("#")))
+            except (TypeError, ValueError):
+                continue
+            concept = next((c for c in draft.concepts if c.index == index), None)
+            if concept is None:
+                continue  # deleted in the editor
+            if str(row.get("concept") or "") != concept.phrase:
+                raise ValueError(f"The review table does not belong to photo {key[:12]}: analyse that photo again "
+                                 "(or reopen its review).")
+            verdicts[index] = (str(row.get("decision") or "pending"), str(row.get("new label") or ""),
+                               str(row.get("comment") or ""))
+        if verdicts:
+            self.bench.set_verdicts(session, key, verdicts)
+        return self.bench.save(session, key, reviewer or "", note or "")
+
+    def save(self, photo_key: str, table: Any, reviewer: str, note: str, request: gr.Request | None = None) -> tuple:
+        """The Review tab's Save button (API ``/save_review``). Outputs: status, saved reviews, table."""
         try:
-            key = _key(photo_key)
-            session = _session(request)
-            rows = table.to_dict("records") if hasattr(table, "to_dict") else []
-            indices = {c.index for c in self.bench.draft(session, key).concepts}
-            for row in rows:
-                try:
-                    index = int(float(row.get("#")))
-                except (TypeError, ValueError):
-                    continue
-                if index in indices and str(row.get("decision") or "") not in ("", "pending"):
-                    self.bench.set_verdict(session, key, index, str(row["decision"]), str(row.get("new label") or ""),
-                                           str(row.get("comment") or ""))
-            review = self.bench.save(session, key, reviewer or "", note or "")
+            review = self.save_review(_session(request), photo_key, table, reviewer, note)
         except (ValueError, OSError) as exc:
-            raise self._refuse("workbench", exc, request) from exc
-        edited = sum(c.provenance != "model" for c in review.concepts)
-        return (f"Saved version {review.revision} of photo `{key[:12]}` ({len(review.concepts)} concepts, {edited} "
-                f"edited by hand).")
+            raise self._refuse("save_review", exc, request) from exc
+        return self.handlers.saved_outputs(review)
 
     def version_choices(self, photo_key: str) -> gr.Dropdown:
         try:
@@ -242,8 +261,9 @@ class WorkbenchHandlers:
             return concept_json(bench.undo(_session(request), _key(photo_key)))
 
         def save_version(photo_key: str, reviewer: str = "", note: str = "", request: gr.Request = None) -> dict:
-            """Save the edits as a new version; returns its revision and provenance."""
-            review = bench.save(_session(request), _key(photo_key), reviewer, note)
+            """The Save button without a table: a new version (edited masks if any, else the model's) with the
+            editor's decisions; returns its revision and provenance."""
+            review = self.save_review(_session(request), photo_key, None, reviewer, note)
             return {"photo_key": review.image_key, "revision": review.revision,
                     "provenance": {str(c.index): c.provenance for c in review.concepts}}
 
