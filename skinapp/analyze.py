@@ -19,7 +19,8 @@ import torch
 from tqdm import tqdm
 
 from skinapp.batch import analyse_photos, collect_photos, shard, write_summaries
-from skinapp.pipeline import Analyzer, parse_phrases
+from skinapp.phrases import parse_phrases
+from skinapp.pipeline import Analyzer
 
 log = logging.getLogger("skinapp.analyze")
 

@@ -37,33 +37,19 @@ from skinapp.clip.model import ClipBundle
 from skinapp.concept_scores import DEFAULT_CONCEPTS, ConceptScores, parse_concepts, score_concepts
 from skinapp.concepts.prompts import check_threshold, normalise_prompts
 from skinapp.concepts.types import DEFAULT_PROMPTS
-from skinapp.drawing import clip_view, draw_concept, stamp_banner
+from skinapp.drawing import clip_view, stamp_banner
 from skinapp.explain import ImagePass, encode_image_for_explain, explain_from_pass
 from skinapp.fusion import predict
 from skinapp.image import InvalidImageError, load_image
 from skinapp.models import ModelSet, load_models
+from skinapp.phrases import parse_phrases
 from skinapp.provenance import UNTRAINED_WARNING, WeightsInfo, banner_text
-from skinapp.results import EXPLAIN_METHODS, AnalysisResult, ExplainResult, ImageState
+from skinapp.results import EXPLAIN_METHODS, AnalysisResult, ExplainResult, ImageState, present_analysis
 
 log = logging.getLogger(__name__)
 
-#: Suggested diagnostic phrases for the Explain screen, by source.
-SUGGESTED_PHRASES: dict[str, tuple[str, ...]] = {
-    "7-point checklist": ("atypical pigment network", "blue-whitish veil", "atypical vascular pattern",
-                          "irregular streaks", "irregular pigmentation", "irregular dots and globules",
-                          "regression structures"),
-    "PH2": ("asymmetric lesion", "typical pigment network", "dots and globules", "streaks", "regression areas",
-            "blue-whitish veil", "dark brown and black colours"),
-    "NTD": ("ulcer with undermined edges", "raspberry-like papilloma", "burrows and excoriated papules",
-            "hypopigmented anaesthetic patch", "swelling with draining sinuses", "plaque with raised borders"),
-}
-
 #: Side of the Explain images (the CLIP input view, enlarged for display).
 EXPLAIN_DISPLAY_SIZE = 320
-
-#: Limits on the Explain input.
-MAX_PHRASES = 12
-MAX_PHRASE_CHARS = 200
 
 #: Analyses (prompt / threshold sets) kept per cached photo.
 MAX_ANALYSES_PER_PHOTO = 8
@@ -73,33 +59,6 @@ ProgressFn = Callable[..., Any]
 
 def _no_progress(*_args: Any, **_kwargs: Any) -> None:
     return None
-
-
-# ---------------------------------------------------------------------------------------- input checks
-def parse_phrases(phrases: str | Iterable[str]) -> list[str]:
-    """Clean Explain phrases: one per line (or a list), stripped, blanks and repeats dropped.
-
-    Raises:
-        ValueError: no phrase, too many, too long, or a phrase without any letter.
-    """
-    items = phrases.splitlines() if isinstance(phrases, str) else list(phrases or [])
-    seen: dict[str, None] = {}
-    for item in items:
-        if not isinstance(item, str):
-            raise ValueError(f"Phrases must be text; got {type(item).__name__}.")
-        phrase = " ".join(item.split())
-        if not phrase:
-            continue
-        if len(phrase) > MAX_PHRASE_CHARS:
-            raise ValueError(f"A phrase is too long ({len(phrase)} characters; limit {MAX_PHRASE_CHARS}).")
-        if not any(ch.isalpha() for ch in phrase):
-            raise ValueError(f"'{phrase}' is not a phrase: use words, e.g. 'irregular streaks'.")
-        seen.setdefault(phrase, None)
-    if not seen:
-        raise ValueError("Type at least one phrase (one per line), e.g. 'blue-whitish veil'.")
-    if len(seen) > MAX_PHRASES:
-        raise ValueError(f"Too many phrases ({len(seen)}); at most {MAX_PHRASES} at once.")
-    return list(seen)
 
 
 def _is_key(text: str) -> bool:
@@ -388,37 +347,13 @@ class Analyzer:
         t = time.perf_counter()
         progress(0.9, desc="Drawing")
         weights = tuple(prediction.weights)
-        banner = banner_text(weights, models.reasons.get("analysis", []))
-        annotations = [(concepts.masks[i].astype(np.float32), f"#{i} {concepts.phrases[i]} {concepts.scores[i]:.2f}")
-                       for i in range(len(concepts))]
-        cam_concepts = prediction.cam_concepts
-        cam_rows = [f"#{i} {concepts.phrases[i]}" if i is not None else label
-                    for i, label in zip(cam_concepts, prediction.cam_rows)]
-        decisive_index = prediction.top_concept
-        decisive_row = cam_concepts.index(decisive_index) if decisive_index in cam_concepts else None
-        if decisive_index is not None:
-            i = decisive_index
-            cam_score = (float(prediction.cam[decisive_row, prediction.predicted_index]) if decisive_row is not None
-                         else float("nan"))
-            decisive_text = (f"Decisive concept for '{prediction.predicted}': #{i} '{concepts.phrases[i]}' "
-                             f"(detector score {concepts.scores[i]:.2f}, CAM score {cam_score:.3f}).")
-            decisive = draw_concept(image.pixels, concepts.masks[i], concepts.boxes[i],
-                                    f"{concepts.phrases[i]} {concepts.scores[i]:.2f}")
-        else:
-            decisive_text = "No concept was found: the diagnosis rests on the whole photo."
-            decisive = image.pixels.copy()
-        if banner:
-            decisive = stamp_banner(decisive)
-            decisive_text = f"{UNTRAINED_WARNING}. {decisive_text}"
+        view = present_analysis(image, concepts, prediction, banner_text(weights, models.reasons.get("analysis", [])))
         timings["render"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t0
-        result = AnalysisResult(
-            ref=ref, image=image, prompts=phrases, box_threshold=box_t, text_threshold=text_t, concepts=concepts,
-            prediction=prediction, annotations=annotations, cam_rows=cam_rows, decisive_index=decisive_index,
-            decisive_row=decisive_row,
-            decisive_image=decisive, decisive_text=decisive_text, banner=banner, weights=weights,
-            timings=timings, notes=[*image.notes, *(n for n in prediction.notes if n != UNTRAINED_WARNING)])
-        return result
+        return AnalysisResult(ref=ref, image=image, prompts=phrases, box_threshold=box_t, text_threshold=text_t,
+                              concepts=concepts, prediction=prediction, weights=weights, timings=timings,
+                              notes=[*image.notes, *(n for n in prediction.notes if n != UNTRAINED_WARNING)],
+                              **view)
 
     # -- explain ------------------------------------------------------------------------------
     def explain(self, image_source: Any, phrases: str | Iterable[str], clip_choice: str | None = None,

@@ -10,9 +10,10 @@ import numpy as np
 import torch
 
 from skinapp.concepts.types import Concepts
+from skinapp.drawing import draw_concept, stamp_banner
 from skinapp.fusion import FusionPrediction
 from skinapp.image import LoadedImage
-from skinapp.provenance import WeightsInfo
+from skinapp.provenance import UNTRAINED_WARNING, WeightsInfo
 
 #: Explainer methods shown side by side, in display order (names as skinapp.explain knows them).
 EXPLAIN_METHODS: tuple[str, ...] = ("gradcam", "grad_eclip", "medgrad_eclip")
@@ -137,3 +138,38 @@ class ImageState:
     analyses: dict[str, AnalysisResult] = field(default_factory=dict)
     latest: str | None = None
     analysis_lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def present_analysis(image: LoadedImage, concepts: Concepts, prediction: FusionPrediction,
+                     banner: str) -> dict[str, Any]:
+    """What the Analyse screen shows of one analysis: the :class:`AnalysisResult` fields ``annotations``,
+    ``cam_rows``, ``decisive_index``, ``decisive_row``, ``decisive_image``, ``decisive_text`` and ``banner``.
+
+    The decisive concept is ``prediction.top_concept`` (the CAM's own choice), drawn on the photo with its mask
+    and box; with untrained weights (``banner`` not empty) the image is stamped and the text starts with
+    :data:`~skinapp.provenance.UNTRAINED_WARNING`.
+    """
+    annotations = [(concepts.masks[i].astype(np.float32), f"#{i} {concepts.phrases[i]} {concepts.scores[i]:.2f}")
+                   for i in range(len(concepts))]
+    cam_concepts = prediction.cam_concepts
+    cam_rows = [f"#{i} {concepts.phrases[i]}" if i is not None else label
+                for i, label in zip(cam_concepts, prediction.cam_rows)]
+    decisive_index = prediction.top_concept
+    decisive_row = cam_concepts.index(decisive_index) if decisive_index in cam_concepts else None
+    if decisive_index is not None:
+        i = decisive_index
+        cam_score = (float(prediction.cam[decisive_row, prediction.predicted_index]) if decisive_row is not None
+                     else float("nan"))
+        decisive_text = (f"Decisive concept for '{prediction.predicted}': #{i} '{concepts.phrases[i]}' "
+                         f"(detector score {concepts.scores[i]:.2f}, CAM score {cam_score:.3f}).")
+        decisive = draw_concept(image.pixels, concepts.masks[i], concepts.boxes[i],
+                                f"{concepts.phrases[i]} {concepts.scores[i]:.2f}")
+    else:
+        decisive_text = "No concept was found: the diagnosis rests on the whole photo."
+        decisive = image.pixels.copy()
+    if banner:
+        decisive = stamp_banner(decisive)
+        decisive_text = f"{UNTRAINED_WARNING}. {decisive_text}"
+    return {"annotations": annotations, "cam_rows": cam_rows, "decisive_index": decisive_index,
+            "decisive_row": decisive_row, "decisive_image": decisive, "decisive_text": decisive_text,
+            "banner": banner}

@@ -10,8 +10,10 @@ import pytest
 from skinapp import models, pipeline
 from skinapp.checkpoints import CheckpointMissing
 from skinapp.image import InvalidImageError
-from skinapp.pipeline import AnalysisResult, Analyzer, ExplainResult, parse_phrases
+from skinapp.phrases import parse_phrases
+from skinapp.pipeline import Analyzer
 from skinapp.provenance import UNTRAINED_WARNING
+from skinapp.results import AnalysisResult, ExplainResult
 from skinapp.synthetic import make_skin_photo
 
 PHRASES = ["irregular streaks", "blue-whitish veil", "ulcer with undermined edges", "atypical pigment network",

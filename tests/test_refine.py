@@ -183,3 +183,12 @@ def test_a_new_edit_after_undo_drops_the_undone_edits(tmp_path):
     assert [c.index for c in before_b.concepts] == [0, 1], "undo after B must go back to the start, not to A"
     with pytest.raises(ValueError, match="Nothing to undo"):
         bench.undo("a", image.key)
+
+
+def test_an_added_concept_is_named_by_the_prompt_rule(tmp_path):
+    """An added concept's phrase is cleaned like a detector prompt, so it reads (and exports) like a detected one."""
+    bench, image, _ = _demo_bench(tmp_path)
+    draft = bench.add("a", image.key, (20, 20, 120, 120), "  Lesion! ")
+    assert draft.concepts[-1].phrase == "lesion"
+    with pytest.raises(ValueError, match=r"one phrase \(e\.g\. 'lesion'\); got 2"):
+        bench.add("a", image.key, (20, 20, 120, 120), "arm. leg")

@@ -21,6 +21,7 @@ import numpy as np
 
 from skinapp.boxes import sanitize_boxes
 from skinapp.cache import LRUCache
+from skinapp.concepts.prompts import normalise_prompts
 from skinapp.concepts.refine import Refinement, grabcut_refine, sam_refine
 from skinapp.review.store import ConceptReview, Review, ReviewStore, validate_concept_review
 
@@ -30,8 +31,6 @@ log = logging.getLogger(__name__)
 HISTORY_LIMIT = 50
 #: (session, photo) histories kept in memory.
 MAX_HISTORIES = 128
-#: Longest phrase of an added concept.
-MAX_PHRASE_CHARS = 200
 
 
 def _frozen(mask: np.ndarray) -> np.ndarray:
@@ -251,10 +250,13 @@ class Workbench:
 
     def add(self, session: str, key: str, box, phrase: str) -> Draft:
         """Add a missed concept from a box (x0, y0, x1, y1 pixels) and a phrase; SAM or GrabCut segments it."""
-        phrase = " ".join(str(phrase or "").split())
-        if not phrase or not any(ch.isalpha() for ch in phrase) or len(phrase) > MAX_PHRASE_CHARS:
-            raise ValueError("Name the new concept with a phrase of words (e.g. 'lesion'), at most "
-                             f"{MAX_PHRASE_CHARS} characters.")
+        try:  # the prompt rule every extractor applies, so an added concept reads like a detected one
+            phrases = normalise_prompts(str(phrase or ""))
+        except ValueError as exc:
+            raise ValueError(f"Name the new concept with one phrase of words (e.g. 'lesion'): {exc}") from None
+        if len(phrases) != 1:
+            raise ValueError(f"Name the new concept with one phrase (e.g. 'lesion'); got {len(phrases)}.")
+        phrase = phrases[0]
         history = self.history(session, key)
         with history.lock:
             draft = history.current

@@ -25,7 +25,8 @@ from skinapp import provisioning
 from skinapp.concept_scores import DEFAULT_CONCEPTS
 from skinapp.concepts.types import DEFAULT_PROMPTS
 from skinapp.examples import example_paths
-from skinapp.pipeline import SUGGESTED_PHRASES, Analyzer
+from skinapp.phrases import SUGGESTED_PHRASES
+from skinapp.pipeline import Analyzer
 from skinapp.provenance import banner_text
 from skinapp.review import DECISIONS, ReviewStore
 from skinapp.review.workbench import Workbench
