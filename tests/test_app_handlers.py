@@ -283,7 +283,7 @@ def test_rtl_and_cjk_phrases_are_shown_whole(handlers, photo_path):
 
 
 def test_numbered_photo_writes_each_concept_number_on_its_mask():
-    from skinapp.ui.handlers import numbered_photo
+    from skinapp.drawing import numbered_photo
 
     pixels = np.full((120, 160, 3), 128, np.uint8)
     masks = np.zeros((2, 120, 160), bool)
@@ -297,7 +297,7 @@ def test_numbered_photo_writes_each_concept_number_on_its_mask():
 
 def test_numbers_of_nested_masks_do_not_collide():
     """A skin mask around a lesion: both numbers inside their own masks, far enough apart to be read."""
-    from skinapp.ui.handlers import label_positions, numbered_photo
+    from skinapp.drawing import label_positions, numbered_photo
 
     masks = np.zeros((2, 240, 320), bool)
     masks[0, 20:220, 20:300] = True  # skin, containing ...

@@ -18,12 +18,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from skinapp.drawing import label_positions
 from skinapp.pipeline import Analyzer
 from skinapp.provenance import UNTRAINED_WARNING, WeightsInfo, untrained
 from skinapp.review import ReviewStore
 from skinapp.synthetic import make_skin_photo
 from skinapp.ui import Handlers
-from skinapp.ui.handlers import REVIEW_COLUMNS, banner_html, label_positions, review_table
+from skinapp.ui.handlers import REVIEW_COLUMNS, banner_html, review_table
 
 KEY, TABLE, STATUS, DETAILS = 6, 7, 11, 10
 
@@ -81,8 +82,7 @@ def test_analyse_status_and_details_name_the_photo_and_what_was_found(handlers, 
     times = ", ".join(f"{name} {v:.2f}s" for name, v in result.timings.items())
     assert out[DETAILS] == (f"**Photo** `{k}` (256x192), {n} concepts ({result.concepts.source}). "
                             f"**Timings:** {times}.")
-    assert out[9] == (f"{n} concepts of photo `{k}` ready for review; nothing is stored until you press Save "
-                      "review.")
+    assert out[9] == f"{n} concepts of photo `{k}` ready for review; nothing is stored until you press Save."
     assert out[1].label == f"Diagnosis \u00b7 photo {k} \u2014 {UNTRAINED_WARNING}"
     assert out[1].value["label"] == result.prediction.predicted
     assert out[0].label == f"Concepts ({n}) \u00b7 photo {k} \u2014 untrained"
@@ -180,9 +180,9 @@ def test_save_status_counts_decisions_and_the_list_shows_the_review(handlers, ph
     table.loc[1, ["decision", "new label"]] = ["relabel", "naevus"]
     status, choices, saved = handlers.save_review(key, table, "dr a", "note")
     review = handlers.store.load(key)
-    assert status == (f"Saved review of photo `{key[:12]}` (revision 1) at "
+    assert status == (f"Saved version 1 of photo `{key[:12]}` (revision 1) at "
                       f"{time.strftime('%H:%M:%S', time.localtime(review.updated_at))}: 1 accept, 0 reject, "
-                      f"1 relabel, {n - 2} pending.")
+                      f"1 relabel, {n - 2} pending; 0 edited by hand.")
     assert choices.choices == [(f"{key[:12]} \u00b7 rev 1 \u00b7 {n} concepts \u00b7 "
                                 f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(review.updated_at))} \u00b7 dr a",
                                 key)]
@@ -205,8 +205,7 @@ def test_reopen_shows_each_concept_with_its_final_label_and_decision(handlers, p
     phrases = list(table["concept"])
     key, frame, reviewer, note, preview, status = handlers.open_review(out[KEY][:8].upper() + "  ")
     assert key == out[KEY] and (reviewer, note) == ("", "")
-    assert status == (f"Reopened review of photo `{key[:12]}` (revision 1); edit and press Save review to amend "
-                      "it.")
+    assert status == f"Reopened review of photo `{key[:12]}` (revision 1); edit and press Save to amend it."
     assert preview.label == f"Photo {key[:12]} (saved review, numbered concepts)"
     labels = [a["label"] for a in preview.value["annotations"]]
     assert labels[:2] == [f"#0 {phrases[0]} (accept)", "#1 naevus (relabel)"]

@@ -21,12 +21,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import cv2
 import gradio as gr
 import numpy as np
 import pandas as pd
 
 from skinapp.cache import LRUCache
+from skinapp.drawing import numbered_photo
 from skinapp.pipeline import Analyzer
 from skinapp.provenance import UNTRAINED_WARNING, WeightsInfo
 from skinapp.results import METHOD_TITLES, AnalysisResult
@@ -61,56 +61,6 @@ def banner_html(banner: str, weights: tuple[WeightsInfo, ...]) -> str:
             f'border-radius:6px;"><b style="font-size:1.15em;">&#9888; {html.escape(banner.splitlines()[0])}</b>'
             f'<span style="font-size:0.9em;margin-left:10px;">{which}How to fix: {html.escape(WEIGHTS_HELP)}'
             f'</span></div>')
-
-
-def label_positions(masks: Any, min_gap: float) -> list[tuple[int, int] | None]:
-    """Where to write each mask's number (x, y), None for an empty mask.
-
-    The pixel deepest inside the mask (largest distance to its edge or the photo's border,
-    cv2.distanceTransform), at least ``min_gap`` px from the numbers already placed. Smaller masks are placed
-    first, so a lesion keeps its centre and the skin around it takes a spot beside it.
-    """
-    masks = [np.asarray(m) > 0 for m in masks]
-    positions: list[tuple[int, int] | None] = [None] * len(masks)
-    far_from_placed = None  # uint8 [H, W]: 0 at the numbers placed so far
-    for i in sorted(range(len(masks)), key=lambda j: int(masks[j].sum())):
-        if not masks[i].any():
-            continue
-        padded = np.pad(masks[i], 1).astype(np.uint8)  # the photo's border counts as the mask's edge
-        depth = cv2.distanceTransform(padded, cv2.DIST_L2, 5)[1:-1, 1:-1]
-        free = depth
-        if far_from_placed is not None:
-            free = depth * (cv2.distanceTransform(far_from_placed, cv2.DIST_L2, 5) >= min_gap)
-        y, x = np.unravel_index(int(np.argmax(free if free.max() > 0 else depth)), depth.shape)
-        positions[i] = (int(x), int(y))
-        if far_from_placed is None:
-            far_from_placed = np.ones(masks[i].shape, np.uint8)
-        far_from_placed[y, x] = 0
-    return positions
-
-
-def numbered_photo(pixels: np.ndarray, masks: Any, numbers: list[int]) -> np.ndarray:
-    """A copy of the photo (uint8 [H, W, 3]) with each concept's number written inside its mask.
-
-    ``masks``: bool [n, H, W] (or a list of [H, W] masks), ``numbers``: the n concept numbers. The masks
-    themselves are drawn translucently by gr.AnnotatedImage; the numbers let "concept #2" be found. Each number
-    is centred on :func:`label_positions`' point, so two numbers never share a place.
-    """
-    out = np.ascontiguousarray(np.array(pixels, dtype=np.uint8, copy=True))
-    scale = max(0.7, min(out.shape[:2]) / 350)
-    thick = max(1, int(5 * scale))
-    (_, text_h), _ = cv2.getTextSize("#00", cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
-    for place, number in zip(label_positions(masks, min_gap=2.5 * text_h), numbers):
-        if place is None:
-            continue
-        text = f"#{number}"
-        (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
-        x = int(np.clip(place[0] - tw // 2, 0, max(0, out.shape[1] - tw)))
-        y = int(np.clip(place[1] + th // 2, th, out.shape[0] - 1))
-        for colour, thickness in (((0, 0, 0), 5), ((255, 255, 255), 2)):
-            cv2.putText(out, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, colour,
-                        max(1, int(thickness * scale)), cv2.LINE_AA)
-    return out
 
 
 def review_table(concepts) -> pd.DataFrame:
