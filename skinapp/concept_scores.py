@@ -22,12 +22,12 @@ import torch.nn.functional as F
 from skinapp.clip.model import ClipBundle
 from skinapp.clip.text import TEXT_BATCH, TEXT_CACHE, TextFeatureCache, encode_texts
 from skinapp.explain.base import ImagePass
+from skinapp.phrases import SUGGESTED_PHRASES, clean_phrases
 from skinapp.provenance import WeightsInfo
 
 #: Default concepts: the 7-point checklist's dermoscopic criteria (Argenziano et al. 1998), then common
 #: clinical descriptors of primary and secondary lesions.
-SEVEN_POINT = ("atypical pigment network", "blue-whitish veil", "atypical vascular pattern", "irregular streaks",
-               "irregular pigmentation", "irregular dots and globules", "regression structures")
+SEVEN_POINT = SUGGESTED_PHRASES["7-point checklist"]
 CLINICAL = ("erythema", "scale", "crust", "ulcer", "papule", "plaque", "pustule", "vesicle", "nodule",
             "hyperpigmentation", "hypopigmentation", "excoriation", "lichenification", "telangiectasia")
 DEFAULT_CONCEPTS: tuple[str, ...] = SEVEN_POINT + CLINICAL
@@ -37,34 +37,14 @@ MAX_CONCEPT_CHARS = 200
 
 
 def parse_concepts(concepts: str | Iterable[str] | None) -> list[str]:
-    """Concepts from one-per-line text (commas also separate) or a list: stripped, blanks and repeats dropped.
+    """Concepts from one-per-line text (commas also separate) or a list, by the phrase rule
+    (:func:`skinapp.phrases.clean_phrases`): stripped, blanks and repeats dropped.
 
     Raises:
         ValueError: no concept, more than :data:`MAX_CONCEPTS`, one too long or without a letter.
     """
-    if concepts is None:
-        items: list[str] = []
-    elif isinstance(concepts, str):
-        items = [part for line in concepts.splitlines() for part in line.split(",")]
-    else:
-        items = list(concepts)
-    seen: dict[str, None] = {}
-    for item in items:
-        if not isinstance(item, str):
-            raise ValueError(f"Concepts must be text; got {type(item).__name__}.")
-        concept = " ".join(item.split())
-        if not concept:
-            continue
-        if len(concept) > MAX_CONCEPT_CHARS:
-            raise ValueError(f"A concept is too long ({len(concept)} characters; limit {MAX_CONCEPT_CHARS}).")
-        if not any(ch.isalpha() for ch in concept):
-            raise ValueError(f"'{concept}' is not a concept: use words, e.g. 'erythema'.")
-        seen.setdefault(concept, None)
-    if not seen:
-        raise ValueError("Type at least one concept (one per line), e.g. 'erythema'.")
-    if len(seen) > MAX_CONCEPTS:
-        raise ValueError(f"Too many concepts ({len(seen)}); at most {MAX_CONCEPTS} at once.")
-    return list(seen)
+    return clean_phrases(concepts, noun="concept", examples=("erythema", "erythema"), limit=MAX_CONCEPTS,
+                         max_chars=MAX_CONCEPT_CHARS, commas=True)
 
 
 @dataclass

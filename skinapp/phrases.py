@@ -20,27 +20,48 @@ MAX_PHRASES = 12
 MAX_PHRASE_CHARS = 200
 
 
+def clean_phrases(items: str | Iterable[str] | None, *, noun: str = "phrase",
+                  examples: tuple[str, str] = ("irregular streaks", "blue-whitish veil"), limit: int = MAX_PHRASES,
+                  max_chars: int = MAX_PHRASE_CHARS, commas: bool = False) -> list[str]:
+    """The one rule for typed text phrases (Explain phrases, concept-score concepts).
+
+    ``items``: one per line (with ``commas`` also split at commas) or a list; each is whitespace-collapsed,
+    blanks and repeats dropped (first place kept). ``noun`` and ``examples`` (for an item without letters,
+    for no item at all) word the messages.
+
+    Raises:
+        ValueError: an item that is not text, none left, more than ``limit``, one longer than ``max_chars``
+            characters or without any letter.
+    """
+    if items is None:
+        parts: list = []
+    elif isinstance(items, str):
+        parts = [part for line in items.splitlines() for part in (line.split(",") if commas else [line])]
+    else:
+        parts = list(items)
+    seen: dict[str, None] = {}
+    for item in parts:
+        if not isinstance(item, str):
+            raise ValueError(f"{noun.capitalize()}s must be text; got {type(item).__name__}.")
+        phrase = " ".join(item.split())
+        if not phrase:
+            continue
+        if len(phrase) > max_chars:
+            raise ValueError(f"A {noun} is too long ({len(phrase)} characters; limit {max_chars}).")
+        if not any(ch.isalpha() for ch in phrase):
+            raise ValueError(f"'{phrase}' is not a {noun}: use words, e.g. '{examples[0]}'.")
+        seen.setdefault(phrase, None)
+    if not seen:
+        raise ValueError(f"Type at least one {noun} (one per line), e.g. '{examples[1]}'.")
+    if len(seen) > limit:
+        raise ValueError(f"Too many {noun}s ({len(seen)}); at most {limit} at once.")
+    return list(seen)
+
+
 def parse_phrases(phrases: str | Iterable[str]) -> list[str]:
-    """Clean Explain phrases: one per line (or a list), stripped, blanks and repeats dropped.
+    """Clean Explain phrases (:func:`clean_phrases`): one per line or a list; at most :data:`MAX_PHRASES`.
 
     Raises:
         ValueError: no phrase, too many, too long, or a phrase without any letter.
     """
-    items = phrases.splitlines() if isinstance(phrases, str) else list(phrases or [])
-    seen: dict[str, None] = {}
-    for item in items:
-        if not isinstance(item, str):
-            raise ValueError(f"Phrases must be text; got {type(item).__name__}.")
-        phrase = " ".join(item.split())
-        if not phrase:
-            continue
-        if len(phrase) > MAX_PHRASE_CHARS:
-            raise ValueError(f"A phrase is too long ({len(phrase)} characters; limit {MAX_PHRASE_CHARS}).")
-        if not any(ch.isalpha() for ch in phrase):
-            raise ValueError(f"'{phrase}' is not a phrase: use words, e.g. 'irregular streaks'.")
-        seen.setdefault(phrase, None)
-    if not seen:
-        raise ValueError("Type at least one phrase (one per line), e.g. 'blue-whitish veil'.")
-    if len(seen) > MAX_PHRASES:
-        raise ValueError(f"Too many phrases ({len(seen)}); at most {MAX_PHRASES} at once.")
-    return list(seen)
+    return clean_phrases(phrases)
