@@ -282,6 +282,21 @@ class Analyzer:
                         weights=bundle.weights)
             return state.clip_passes[choice]
 
+    @staticmethod
+    def _clip_choice(models: ModelSet, clip_choice: str | None) -> tuple[str, ClipBundle]:
+        """(label, bundle) of the CLIP weights asked for (None: the first). Raises ValueError for an unknown one."""
+        choice = clip_choice or next(iter(models.clips))
+        if choice not in models.clips:
+            raise ValueError(f"Unknown CLIP weights {choice!r}; choose one of {list(models.clips)}.")
+        return choice, models.clips[choice]
+
+    def _timed_clip_pass(self, state: ImageState, choice: str, models: ModelSet) -> tuple[ImagePass, float]:
+        """The photo's CLIP image pass and the seconds it took now (0.0 when it was cached)."""
+        t = time.perf_counter()
+        fresh = choice not in state.clip_passes
+        image_pass = self._clip_pass(state, choice, models)
+        return image_pass, (time.perf_counter() - t if fresh else 0.0)
+
     # -- analyse ------------------------------------------------------------------------------
     def analyze(self, image_source: Any, prompts: str | Iterable[str] | None = None,
                 box_threshold: float | None = None, text_threshold: float | None = None,
@@ -371,19 +386,12 @@ class Analyzer:
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
         cleaned = parse_phrases(phrases)
-        choices = list(models.clips)
-        choice = clip_choice or choices[0]
-        if choice not in models.clips:
-            raise ValueError(f"Unknown CLIP weights {choice!r}; choose one of {choices}.")
+        choice, bundle = self._clip_choice(models, clip_choice)
         if image_source is None:
             raise InvalidImageError("Upload and analyse a photo first.")
         state = self.state_for(image_source, serving.states)
-        bundle = models.clips[choice]
-        t = time.perf_counter()
         progress(0.1, desc="CLIP image pass (once per photo)")
-        fresh = choice not in state.clip_passes
-        image_pass = self._clip_pass(state, choice, models)
-        timings["image_pass"] = time.perf_counter() - t if fresh else 0.0
+        image_pass, timings["image_pass"] = self._timed_clip_pass(state, choice, models)
 
         t = time.perf_counter()
         progress(0.4, desc=f"Explaining {len(cleaned)} phrase(s)")
@@ -427,16 +435,12 @@ class Analyzer:
         models = serving.models
         t0 = time.perf_counter()
         cleaned = parse_concepts(DEFAULT_CONCEPTS if concepts in (None, "") else concepts)
-        choice = clip_choice or next(iter(models.clips))
-        if choice not in models.clips:
-            raise ValueError(f"Unknown CLIP weights {choice!r}; choose one of {list(models.clips)}.")
+        choice, bundle = self._clip_choice(models, clip_choice)
         if image_source is None:
             raise InvalidImageError("Upload a photo first.")
         state = self.state_for(image_source, serving.states)
-        bundle = models.clips[choice]
-        fresh = choice not in state.clip_passes
-        image_pass = self._clip_pass(state, choice, models)
-        timings = {"image_pass": time.perf_counter() - t0 if fresh else 0.0}
+        image_pass, seconds = self._timed_clip_pass(state, choice, models)
+        timings = {"image_pass": seconds}
         t = time.perf_counter()
         with self._clip_lock:
             ordered, scores = score_concepts(bundle, image_pass, cleaned)
