@@ -12,9 +12,9 @@ and the class/box heads stay float32 in every scope.
 
 ``auto`` is "off": measured on this project's 2-core CPU (``python -m skinapp.bench``, README Performance), neither
 scope kept the same boxes (26 of the top 30 random-weight boxes matched, IoU 1.0; sigmoid logits moved by up to
-0.999 because random-weight logits are large, so a small relative change flips them) and neither was measurably
-faster (the encoder's deformable sampling, copies and concatenations are not matmuls). Random weights make box
-agreement fragile; the check must be repeated with the official checkpoint before a scope becomes the default.
+0.999 because random-weight logits are large, so a small relative change flips them), and the gain was unclear
+(1.0x and 1.4x for "backbone" in two runs on the loaded machine). Random weights make box agreement fragile;
+the check must be repeated with the official checkpoint before a scope becomes the default.
 """
 
 from __future__ import annotations
