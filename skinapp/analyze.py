@@ -19,6 +19,7 @@ import torch
 from tqdm import tqdm
 
 from skinapp.batch import analyse_photos, collect_photos, shard, write_summaries
+from skinapp.batch_encode import CUDA_BATCH_SIZE, default_batch_size
 from skinapp.phrases import parse_phrases
 from skinapp.pipeline import Analyzer
 
@@ -36,6 +37,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="a text file of diagnostic phrases, one per line: adds heatmaps/ and phrases.csv")
     parser.add_argument("--no-overlays", action="store_true", help="skip overlays/ (faster, less disk)")
     parser.add_argument("--device", default=None, help="cuda / cpu (default: cuda when present)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help=f"photos per image-encoder batch (default {CUDA_BATCH_SIZE} on CUDA, 1 on a CPU)")
     return parser.parse_args(argv)
 
 
@@ -58,11 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     analyzer = Analyzer.create(args.profile, device=device)
     if rank == 0:
         log.info("%d photos; models: %s", len(photos), analyzer.describe())
+    batch_size = args.batch_size or default_batch_size(analyzer.device)
     mine = shard(photos, rank, world)
     t0 = time.perf_counter()
     analysed, failed, skipped = analyse_photos(
         analyzer, mine, args.out, rank=rank, prompts=args.prompts, phrases=phrases,
-        overlays=not args.no_overlays,
+        overlays=not args.no_overlays, batch_size=batch_size,
         progress=lambda it: tqdm(it, desc=f"rank {rank}" if distributed else "photos", unit="photo"))
     seconds = time.perf_counter() - t0
     log.info("rank %d: %d analysed, %d failed, %d already done (%.2f photos/s)", rank, analysed, failed, skipped,

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from skinapp.batch_encode import prefill
 from skinapp.drawing import stamp_banner
 from skinapp.image import InvalidImageError
 from skinapp.results import AnalysisResult, ExplainResult
@@ -139,18 +140,32 @@ def heatmap_sheet(explained: ExplainResult) -> np.ndarray:
 
 def analyse_photos(analyzer: Any, photos: Sequence[Path], out: Path, rank: int = 0, prompts: str | None = None,
                    phrases: Sequence[str] | None = None, overlays: bool = True,
-                   progress: Callable[[Iterable], Iterable] = lambda it: it) -> tuple[int, int, int]:
+                   progress: Callable[[Iterable], Iterable] = lambda it: it,
+                   batch_size: int = 1) -> tuple[int, int, int]:
     """Analyse ``photos`` not already finished in ``out``; append a record per photo as it finishes.
+
+    Args:
+        batch_size: photos whose image encoders run in one batch (:func:`skinapp.batch_encode.prefill`) before
+            each is analysed; 1: one by one.
 
     Returns:
         (analysed, failed, skipped) counts for this call.
     """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+    cached = getattr(getattr(analyzer, "states", None), "maxsize", batch_size)
+    if batch_size > cached:  # a prefilled photo must still be cached when its turn comes
+        log.warning("batch size %d is above the Analyzer's photo cache (%d); using %d", batch_size, cached, cached)
+        batch_size = cached
     out.mkdir(parents=True, exist_ok=True)
     done = read_records(out)
     todo = [p for p in photos if str(p) not in done]
     analysed = failed = 0
+    clip_choice = analyzer.clip_choices[0] if phrases else None
     with (out / f"progress.rank{rank}.jsonl").open("a") as sink:
-        for photo in progress(todo):
+        for index, photo in enumerate(progress(todo)):
+            if batch_size > 1 and index % batch_size == 0:
+                prefill(analyzer, todo[index:index + batch_size], clip_choice=clip_choice)
             try:
                 result = analyzer.analyze(photo, prompts=prompts)
                 record = analysis_record(photo, result)

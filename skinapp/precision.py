@@ -16,8 +16,10 @@ import contextlib
 import functools
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch import nn
 
 ENV = "SKINAPP_BF16"
 _CPU_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -57,3 +59,51 @@ def autocast(device: torch.device | str, enabled: bool) -> contextlib.AbstractCo
     if not enabled:
         return contextlib.nullcontext()
     return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+
+
+# ------------------------------------------------------------------------------- per-module precision
+
+
+def to_float32(obj: Any) -> Any:
+    """``obj`` with every floating tensor in it cast to float32: tensors, tuples, lists, dicts (transformers'
+    ``ModelOutput`` included, rebuilt as its own type) and objects with ``tensors``/``mask`` (DETR's
+    ``NestedTensor``). Anything else is returned as it is."""
+    if torch.is_tensor(obj):
+        return obj.float() if obj.is_floating_point() and obj.dtype != torch.float32 else obj
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(to_float32(o) for o in obj)
+    if isinstance(obj, dict):
+        items = {k: to_float32(v) for k, v in obj.items()}
+        return type(obj)(**items) if type(obj) is not dict and hasattr(obj, "to_tuple") else type(obj)(items)
+    if hasattr(obj, "tensors") and hasattr(obj, "mask") and torch.is_tensor(obj.tensors):
+        return type(obj)(to_float32(obj.tensors), obj.mask)
+    return obj
+
+
+def run_in_bf16(module: nn.Module, device: torch.device | str) -> None:
+    """From now on ``module`` runs under bf16 autocast on ``device``; its outputs come back float32, so the
+    modules after it run as before. Undone by :func:`restore_forward`."""
+    forward = type(module).forward.__get__(module)
+
+    def bf16_forward(*args: Any, **kwargs: Any) -> Any:
+        with autocast(device, True):
+            return to_float32(forward(*args, **kwargs))
+
+    module.forward = bf16_forward
+
+
+def run_in_fp32(module: nn.Module, device: torch.device | str) -> None:
+    """From now on ``module`` runs in float32 even inside an autocast region (floating inputs cast to
+    float32, autocast off inside). Undone by :func:`restore_forward`."""
+    forward = type(module).forward.__get__(module)
+
+    def fp32_forward(*args: Any, **kwargs: Any) -> Any:
+        with torch.autocast(device_type=torch.device(device).type, enabled=False):
+            return forward(*to_float32(args), **to_float32(kwargs))
+
+    module.forward = fp32_forward
+
+
+def restore_forward(module: nn.Module) -> None:
+    """Undo :func:`run_in_bf16` / :func:`run_in_fp32` (the class's own forward again)."""
+    module.__dict__.pop("forward", None)

@@ -115,3 +115,44 @@ def test_torchrun_two_ranks_share_the_photos_and_rank0_merges(photos, tmp_path):
     everything = [str(p) for p in collect_photos([photos])]
     assert sorted(per_rank[0]) == everything[0::2] and sorted(per_rank[1]) == everything[1::2]
     assert len(_rows(out / "predictions.csv")) == 4 and len(_rows(out / "errors.csv")) == 1
+
+
+def test_batched_encoders_equal_one_by_one(analyzer, photos, tmp_path):
+    """--batch-size: SAM embeddings, ViT tokens and CLIP passes in batches give the one-by-one results."""
+    import dataclasses
+
+    import torch
+
+    from skinapp.batch_encode import default_batch_size, prefill
+    from skinapp.concepts.detector import build_detector
+    from skinapp.concepts.extractor import GroundedSamExtractor
+    from skinapp.concepts.segmenter import build_segmenter
+
+    torch.manual_seed(0)
+    grounded = GroundedSamExtractor(build_detector("tiny", bf16_scope="off"),
+                                    build_segmenter("tiny", encoder_bf16=False), cache_size=8)
+    Image.fromarray(make_skin_photo(seed=9, size=(300, 420)).pixels).save(tmp_path / "small.png")
+    paths = [photos / "p1.png", tmp_path / "small.png"]  # two sizes: each padded differently in SAM's batch
+    assert default_batch_size("cpu") == 1 and default_batch_size("cuda") > 1
+
+    def run(batched: bool):
+        grounded.clear()
+        service = Analyzer(dataclasses.replace(analyzer.models, extractor=grounded), cache_size=8)
+        choice = service.clip_choices[0]
+        if batched:
+            n_embed = grounded.segmenter.n_embed
+            assert prefill(service, [*paths, photos / "broken.jpg"], clip_choice=choice) == 2
+            assert grounded.segmenter.n_embed == n_embed + 2
+        results = [service.analyze(p, prompts="lesion . arm", box_threshold=0.0, text_threshold=0.0) for p in paths]
+        explained = [service.explain(p, ["lesion"], clip_choice=choice) for p in paths]
+        return results, explained
+
+    (one, one_x), (many, many_x) = run(False), run(True)
+    for a, b, ax, bx in zip(one, many, one_x, many_x):
+        assert a.concepts.phrases == b.concepts.phrases and len(a.concepts) > 0
+        ious = [(m & n).sum() / max((m | n).sum(), 1) for m, n in zip(a.concepts.masks, b.concepts.masks)]
+        assert min(ious) >= 0.99
+        assert np.abs(a.concepts.features.numpy() - b.concepts.features.numpy()).max() < 1e-4
+        assert np.abs(a.prediction.probs - b.prediction.probs).max() < 1e-4
+        assert np.abs(ax.similarities - bx.similarities).max() < 1e-4
+        assert max(np.abs(ax.maps[m] - bx.maps[m]).max() for m in ax.maps) < 1e-3

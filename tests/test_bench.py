@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
-from skinapp.bench import run_benchmark, write_results
+from skinapp.bench import run_benchmark, to_markdown, write_results
+from skinapp.bench.levers import box_agreement, recommend
 from skinapp.bench.run import PROMPTS
+from skinapp.concepts.types import Detections
+
+# The module's fixture runs the whole quick benchmark (upload, levers, explain, scaling): about 3-5 min on 2 idle
+# cores, over the default 600 s when the machine is shared and loaded (measured 626 s at load average 11).
+pytestmark = pytest.mark.timeout(1800)
 
 
 @pytest.fixture(scope="module")
@@ -57,3 +64,41 @@ def test_precision_lever_is_measured_with_its_agreement(quick_results):
     agree = p["agreement"]
     assert agree["min_mask_iou"] >= 0.9 and agree["min_feature_cosine"] >= 0.99  # tiny random SAM, 256 px
     assert agree["probs_max_abs_diff"] < 0.05
+
+
+def test_levers_are_measured_with_flops_peak_and_agreement(quick_results):
+    lv = quick_results["levers"]
+    assert lv["peak_gflops"]["fp32"] > 0 and lv["threads"]["torch_threads"] == 2
+    sam = lv["sam"]["variants"]
+    assert set(sam) == {"fp32", "fp32_sdpa", "bf16", "bf16_sdpa"}
+    # The bench SAM has random relative-position tables, so this covers the SDPA path's position bias.
+    assert sam["fp32_sdpa"]["embedding_cosine"] > 0.99999 and sam["fp32_sdpa"]["min_mask_iou"] >= 0.99
+    assert sam["fp32_sdpa"]["agrees"] and lv["sam"]["n_boxes"] == quick_results["upload"]["n_concepts"]
+    gd = lv["grounding_dino"]["variants"]
+    assert set(gd) == {"fp32", "bf16_backbone", "bf16_transformer", "fp32_256px"}
+    assert gd["fp32"]["same_boxes"] and gd["fp32"]["probs_max_abs_diff"] == 0.0
+    assert gd["bf16_backbone"]["probs_max_abs_diff"] > 0, "the bf16 scope changed nothing"
+    assert 0 < gd["fp32_256px"]["flops"] < gd["fp32"]["flops"] and "probs_max_abs_diff" not in gd["fp32_256px"]
+    assert set(lv["upload_gflops"]) == {"grounding_dino", "sam_embedding", "vit", "clip_image_pass"}
+    assert all(v["flops"] > 0 and v["gflops_per_s"] > 0 for v in lv["upload_gflops"].values())
+    assert "Speed levers" in to_markdown(quick_results)
+
+
+def test_box_agreement_matches_by_prompt_and_iou():
+    boxes = np.array([[0, 0, 10, 10], [20, 20, 40, 40]], np.float32)
+    ref = Detections(boxes, ["a", "b"], np.array([0.9, 0.8], np.float32))
+    assert box_agreement(ref, ref)["same_boxes"]
+    shifted = Detections(boxes + np.array([[0, 0, 0, 0], [5, 5, 5, 5]], np.float32), ["a", "b"], ref.scores)
+    got = box_agreement(ref, shifted)
+    assert got["matched"] == 1 and not got["same_boxes"]  # IoU 225/575 < 0.9
+    assert box_agreement(ref, Detections(boxes, ["b", "a"], ref.scores))["matched"] == 0
+    extra = Detections(np.concatenate([boxes, boxes[:1]]), ["a", "b", "a"], np.array([0.9, 0.8, 0.7], np.float32))
+    assert box_agreement(ref, extra)["matched"] == 2 and not box_agreement(ref, extra)["same_boxes"]
+
+
+def test_recommend_adopts_only_levers_that_agree_and_gain():
+    def rows(**kw):
+        return {"variants": {"fp32": {"seconds": 10.0, "speedup": 1.0, "agrees": True},
+                             **{n: {"seconds": 10.0 / s, "speedup": s, "agrees": a} for n, (s, a) in kw.items()}}}
+    assert recommend(rows(fast=(2.0, False), ok=(1.5, True)), rows(slight=(1.03, True)))["sam_encoder"] == "ok"
+    assert recommend(rows(fast=(2.0, False)), rows(slight=(1.03, True)))["grounding_dino"] == "fp32"

@@ -46,6 +46,16 @@ class BenchModels:
         }
 
 
+def randomise_rel_pos(encoder: torch.nn.Module, std: float = 0.5, seed: int = 0) -> None:
+    """Give SAM's relative-position tables random values (random init leaves them zero; a trained SAM's are not),
+    so that agreement checks of the attention (fp32 vs SDPA, vs bf16) include the position bias."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in encoder.named_parameters():
+            if "rel_pos" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * std)
+
+
 def build_bench_models(profile: str = "tiny", device: str | torch.device = "cpu",
                        sam_variant: str = "vit_b") -> BenchModels:
     """Build the models for a benchmark run (random weights; no checkpoint is read)."""
@@ -64,6 +74,7 @@ def build_bench_models(profile: str = "tiny", device: str | torch.device = "cpu"
         fusion = build_fusion("cross_attention", n_classes=5, config="tiny")
     else:
         raise ValueError(f"unknown benchmark profile {profile!r}; choose 'tiny' or 'full'")
+    randomise_rel_pos(segmenter.sam.image_encoder)
     vit = build_global_encoder(profile).to(device)
     clip = build_clip(profile, device=device)
     return BenchModels(profile=profile, device=device, detector=detector, segmenter=segmenter, vit=vit,

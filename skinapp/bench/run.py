@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from skinapp import precision
+from skinapp.bench import levers
 from skinapp.bench.models import BenchModels, build_bench_models
 from skinapp.bench.pipelines import StageClock, upload_naive, upload_ours
 from skinapp.bench.timing import peak_rss_mib, rss_mib, synchronize, time_stage
@@ -57,16 +59,22 @@ class BenchSettings:
     concept_counts: tuple[int, ...]
     max_concepts: int
     naive_explain_counts: tuple[int, ...]
+    detector_sizes: tuple[int, ...] = ()
+    lever_rounds: int = 2
+    lever_warmup: int = 1
+    peak_matmul_n: int = 2048
 
     @classmethod
     def quick(cls) -> BenchSettings:
         return cls("tiny", repeats=2, warmup=1, phrase_counts=(1, 5), image_sides=(256, 512),
-                   concept_counts=(5, 15), max_concepts=15, naive_explain_counts=(1, 5))
+                   concept_counts=(5, 15), max_concepts=15, naive_explain_counts=(1, 5),
+                   detector_sizes=(256,), lever_rounds=1, lever_warmup=0, peak_matmul_n=1024)
 
     @classmethod
     def full(cls) -> BenchSettings:
         return cls("full", repeats=2, warmup=1, phrase_counts=(1, 5, 20), image_sides=(512, 1024, 2048),
-                   concept_counts=(5, 15, 30), max_concepts=30, naive_explain_counts=(1, 5, 20))
+                   concept_counts=(5, 15, 30), max_concepts=30, naive_explain_counts=(1, 5, 20),
+                   detector_sizes=(640, 512), lever_rounds=2)
 
 
 def _photo(side: int, seed: int = 3) -> np.ndarray:
@@ -213,6 +221,26 @@ def bench_scaling(models: BenchModels, settings: BenchSettings) -> dict[str, Any
     return {"image_sizes": sizes, "concept_counts": counts}
 
 
+def bench_levers(models: BenchModels, settings: BenchSettings, upload: dict[str, Any]) -> dict[str, Any]:
+    """Each speed lever against float32 (:mod:`skinapp.bench.levers`), the FLOPs and GFLOP/s of every pass."""
+    photo = _photo(1024)
+    image = load_image(photo)
+    clock = StageClock(models.device)
+    ref = upload_ours(models, photo, PROMPTS, settings.max_concepts, clock)
+    peak = {"fp32": levers.peak_gflops(torch.float32, settings.peak_matmul_n)}
+    if models.device.type == "cpu" and precision.cpu_has_native_bf16():
+        peak["bf16"] = levers.peak_gflops(torch.bfloat16, settings.peak_matmul_n)
+    sam = levers.sam_levers(models, image.pixels, ref.detections.boxes, settings.lever_rounds, settings.lever_warmup)
+    gd = levers.gdino_levers(models, image.pixels, PROMPTS, settings.detector_sizes, settings.lever_rounds,
+                             settings.lever_warmup, box_threshold=0.0, max_boxes=settings.max_concepts)
+    flops = {"grounding_dino": gd["flops"], "sam_embedding": sam["flops"], **levers.pass_flops(models, photo)}
+    stages = upload["ours"]["stages_s"]
+    return {"peak_gflops": peak, "threads": levers.thread_settings(), "sam": sam, "grounding_dino": gd,
+            "recommended": levers.recommend(sam, gd),
+            "upload_gflops": {k: {"flops": f, "seconds": stages[k], "gflops_per_s": f / stages[k] / 1e9}
+                              for k, f in flops.items() if stages.get(k)}}
+
+
 def run_benchmark(device: str = "cpu", quick: bool = False, threads: int | None = 2,
                   sam_variant: str = "vit_b") -> dict[str, Any]:
     """Run every part of the benchmark and return the results as a JSON-ready dict."""
@@ -220,6 +248,7 @@ def run_benchmark(device: str = "cpu", quick: bool = False, threads: int | None 
     if threads:
         torch.set_num_threads(threads)
     t0 = time.perf_counter()
+    load_average = levers.thread_settings()["load_average"]
     load_t, models = time_stage("load_models", lambda: build_bench_models(settings.profile, device, sam_variant),
                                 device, repeats=1, warmup=0)
     log.info("models built in %.1f s: %s", load_t.median, models.describe())
@@ -233,6 +262,9 @@ def run_benchmark(device: str = "cpu", quick: bool = False, threads: int | None 
     }
     log.info("upload path (ours vs naive)...")
     results["upload"] = bench_upload(models, settings)
+    log.info("speed levers (each against fp32)...")
+    results["levers"] = bench_levers(models, settings, results["upload"])
+    results["levers"]["threads"]["load_average"] = load_average
     log.info("precision levers (fp32 vs bf16)...")
     results["precision"] = bench_precision(models, settings)
     log.info("explain path (fast vs naive)...")
@@ -285,6 +317,7 @@ def to_markdown(r: dict[str, Any]) -> str:
               f"max feature difference {up['agreement']['max_feature_abs_diff']:.2e}, max class-probability "
               f"difference {up['agreement']['probs_max_abs_diff']:.2e}.", "",
               *_precision_markdown(r["precision"]),
+              *(levers.levers_markdown(r["levers"]) if "levers" in r else []),
               f"### Explain: phrases x 3 methods after the image pass ({_f(ex['image_pass_s'])})", "",
               "| phrases | text encoding | explain (fast) | naive (forward+backward per phrase x method) | speed-up "
               "| min Pearson |", "|---|---|---|---|---|---|"]

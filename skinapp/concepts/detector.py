@@ -38,7 +38,7 @@ from torch import nn
 from torchvision.ops import batched_nms, box_convert
 
 from skinapp.checkpoints import load_state_dict, load_tensors
-from skinapp.concepts import gdino_compat
+from skinapp.concepts import gdino_compat, gdino_speed
 from skinapp.concepts.prompts import normalise_prompts
 from skinapp.concepts.text_encoder import write_tiny_text_encoder
 from skinapp.concepts.types import Detections
@@ -166,6 +166,7 @@ def build_detector(
     text_threshold: float = 0.25,
     input_size: int | None = None,
     iou_threshold: float = 0.5,
+    bf16_scope: str | None = None,
 ) -> GroundingDinoDetector:
     """A Grounding DINO detector.
 
@@ -177,6 +178,8 @@ def build_detector(
         device: where the model runs.
         box_threshold, text_threshold, iou_threshold: defaults of :meth:`GroundingDinoDetector.detect`.
         input_size: short side the image is resized to (default: the profile's).
+        bf16_scope: on a CPU, which modules run under bf16 autocast (:mod:`skinapp.concepts.gdino_speed`;
+            None: ``$SKINAPP_GDINO_BF16``, default "auto"). On CUDA the whole forward runs under bf16 autocast.
     """
     if profile not in GDINO_CONFIGS:
         raise ValueError(f"unknown Grounding DINO profile {profile!r}; choose one of {sorted(GDINO_CONFIGS)}")
@@ -199,6 +202,8 @@ def build_detector(
     else:
         extra = load_gdino_checkpoint(model, checkpoint)
         weights = WeightsInfo(name, trained=True, source=f"{checkpoint} ({len(extra)} unused checkpoint keys)")
+    if torch.device(device).type == "cpu":
+        gdino_speed.set_bf16_scope(model, gdino_speed.resolve_scope(device, bf16_scope), device)
     return GroundingDinoDetector(model.to(device), config, weights, box_threshold=box_threshold,
                                  text_threshold=text_threshold, iou_threshold=iou_threshold)
 
@@ -274,16 +279,22 @@ class GroundingDinoDetector:
 
     def __init__(self, model: nn.Module, config: dict[str, Any], weights: WeightsInfo, box_threshold: float = 0.3,
                  text_threshold: float = 0.25, iou_threshold: float = 0.5):
-        from groundingdino.datasets import transforms as T
-
         self.model = model.eval()
         self.config = config
         self.weights = weights
         self.box_threshold, self.text_threshold, self.iou_threshold = box_threshold, text_threshold, iou_threshold
         self.n_forward = 0
         self.model.register_forward_pre_hook(self._count_forward)
+        self.set_input_size(config["input_size"])
+
+    def set_input_size(self, short_side: int) -> None:
+        """Resize inputs to ``short_side`` (long side capped in the config's proportion, 800/1333 officially)."""
+        from groundingdino.datasets import transforms as T
+
+        max_size = int(round(self.config["max_size"] * short_side / self.config["input_size"]))
+        self.config = {**self.config, "input_size": int(short_side), "max_size": max_size}
         self._transform = T.Compose([
-            T.RandomResize([config["input_size"]], max_size=config["max_size"]),  # one size: deterministic
+            T.RandomResize([self.config["input_size"]], max_size=self.config["max_size"]),  # one size: deterministic
             T.ToTensor(),
             T.Normalize(_IMAGENET_MEAN, _IMAGENET_STD),
         ])
@@ -324,6 +335,23 @@ class GroundingDinoDetector:
             raise ValueError(f"prompts {empty} map to no text token")
         return phrase_map
 
+    def query_outputs(self, pixels: np.ndarray, caption: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """One model forward, before any threshold.
+
+        Returns:
+            probs: float32 [Q, 256] token probabilities (sigmoid of the logits) per query, on the CPU.
+            boxes: float32 [Q, 4] pixel xyxy boxes in ``pixels``' frame, clipped.
+        """
+        return self._forward(self.preprocess(pixels), caption, pixels.shape[:2])
+
+    def _forward(self, image: torch.Tensor, caption: str, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        device = self.device
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            outputs = self.model(image[None].to(device), captions=[caption])
+        probs = outputs["pred_logits"][0].float().sigmoid().cpu()  # [Q, 256]
+        height, width = size
+        return probs, boxes_to_pixels(outputs["pred_boxes"][0].float().cpu(), width, height)
+
     def detect(self, pixels: np.ndarray, prompts: Sequence[str], box_threshold: float | None = None,
                text_threshold: float | None = None, iou_threshold: float | None = None) -> Detections:
         """Boxes for all prompts from ONE model forward.
@@ -342,12 +370,7 @@ class GroundingDinoDetector:
         if not phrases:
             return Detections.empty()
         phrase_map = self.phrase_map(caption, spans)
-        device = self.device
-        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            outputs = self.model(image[None].to(device), captions=[caption])
-        probs = outputs["pred_logits"][0].float().sigmoid().cpu()  # [Q, 256]
-        height, width = pixels.shape[:2]
-        boxes = boxes_to_pixels(outputs["pred_boxes"][0].float().cpu(), width, height)  # [Q, 4]
+        probs, boxes = self._forward(image, caption, pixels.shape[:2])
         keep, phrase_ids, scores = select_detections(
             probs, boxes, phrase_map,
             self.box_threshold if box_threshold is None else box_threshold,

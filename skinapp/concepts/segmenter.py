@@ -32,6 +32,7 @@ from segment_anything.utils.transforms import ResizeLongestSide
 
 from skinapp import precision
 from skinapp.concepts.sam_build import SAM_CONFIGS, build_sam, load_sam_checkpoint
+from skinapp.concepts.sam_sdpa import sdpa_default, use_sdpa
 from skinapp.precision import bf16_enabled
 from skinapp.provenance import WeightsInfo, untrained
 
@@ -114,20 +115,36 @@ class SamSegmenter:
         Returns:
             The :class:`SamEmbedding` (embedding float32 [1, 256, g, g]).
         """
-        if not isinstance(pixels, np.ndarray) or pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
-            raise ValueError(f"SAM expects uint8 RGB pixels [H, W, 3]; got "
-                             f"{getattr(pixels, 'dtype', type(pixels).__name__)} {getattr(pixels, 'shape', '')}")
-        if min(pixels.shape[:2]) < 1:
-            raise ValueError(f"SAM got an empty image {pixels.shape}")
-        resized = self.transform.apply_image(np.ascontiguousarray(pixels))
-        with torch.inference_mode(), precision.autocast(self.device, self.encoder_bf16):
+        return self.embed_batch([pixels])[0]
+
+    def embed_batch(self, images: list[np.ndarray]) -> list[SamEmbedding]:
+        """One image-encoder pass over a batch of photos (each resized and padded as :meth:`embed` does).
+
+        Args:
+            images: uint8 RGB arrays [H_i, W_i, 3] (sizes may differ).
+
+        Returns:
+            One :class:`SamEmbedding` per photo, in order (as :meth:`embed` gives, within float tolerance).
+        """
+        inputs, sizes = [], []
+        for pixels in images:
+            if (not isinstance(pixels, np.ndarray) or pixels.dtype != np.uint8 or pixels.ndim != 3
+                    or pixels.shape[2] != 3):
+                raise ValueError(f"SAM expects uint8 RGB pixels [H, W, 3]; got "
+                                 f"{getattr(pixels, 'dtype', type(pixels).__name__)} {getattr(pixels, 'shape', '')}")
+            if min(pixels.shape[:2]) < 1:
+                raise ValueError(f"SAM got an empty image {pixels.shape}")
+            resized = self.transform.apply_image(np.ascontiguousarray(pixels))
             x = torch.as_tensor(resized, device=self.device).permute(2, 0, 1)[None].float()
-            embedding = self.sam.image_encoder(self.sam.preprocess(x)).float()
-        embedding = embedding.clone()  # a normal tensor, so later stages may use it under autograd
+            inputs.append(self.sam.preprocess(x))  # normalised, padded to img_size x img_size
+            sizes.append(((int(resized.shape[0]), int(resized.shape[1])), (int(pixels.shape[0]), int(pixels.shape[1]))))
+        with torch.inference_mode(), precision.autocast(self.device, self.encoder_bf16):
+            embeddings = self.sam.image_encoder(torch.cat(inputs)).float()
+        embeddings = embeddings.clone()  # normal tensors, so later stages may use them under autograd
         with self._count_lock:
-            self.n_embed += 1
-        return SamEmbedding(embedding=embedding, input_size=(int(resized.shape[0]), int(resized.shape[1])),
-                            original_size=(int(pixels.shape[0]), int(pixels.shape[1])))
+            self.n_embed += len(images)
+        return [SamEmbedding(embedding=embeddings[i:i + 1], input_size=input_size, original_size=original_size)
+                for i, (input_size, original_size) in enumerate(sizes)]
 
     def _check_embedding(self, emb: SamEmbedding) -> None:
         g = self.grid_size
@@ -322,8 +339,9 @@ class SamSegmenter:
 
 def build_segmenter(profile: str = "tiny", variant: str = "vit_b", checkpoint: str | Path | None = None,
                     device: str | torch.device = "cpu", decode_chunk: int | None = None,
-                    encoder_bf16: bool | None = None) -> SamSegmenter:
-    """A :class:`SamSegmenter` for a profile (``decode_chunk``, ``encoder_bf16``: see :class:`SamSegmenter`).
+                    encoder_bf16: bool | None = None, sdpa: bool | None = None) -> SamSegmenter:
+    """A :class:`SamSegmenter` for a profile (``decode_chunk``, ``encoder_bf16``: see :class:`SamSegmenter`;
+    ``sdpa``: fused attention in the image encoder, :func:`skinapp.concepts.sam_sdpa.sdpa_default`).
 
     Args:
         profile: "tiny" (small random SAM, 256 px) or "full" (an official variant, 1024 px).
@@ -352,4 +370,5 @@ def build_segmenter(profile: str = "tiny", variant: str = "vit_b", checkpoint: s
         if profile == "full":
             log.warning("SAM %s has random weights (no checkpoint given): masks are meaningless", variant)
     sam.to(device)
+    use_sdpa(sam.image_encoder, sdpa_default(sdpa))
     return SamSegmenter(sam, weights, variant, decode_chunk=decode_chunk, encoder_bf16=encoder_bf16)
