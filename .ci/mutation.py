@@ -6,8 +6,9 @@ Usage (from the repository root)::
     .venv/bin/python .ci/mutation.py --list
     .venv/bin/python .ci/mutation.py pipeline --workdir /scratch/mut --max-children 4
 
-The groups (files to mutate, tests that may kill them) are data in ``[tool.skinapp.mutation]`` of
-pyproject.toml. For each group the tracked files are copied to ``<workdir>/<group>`` (the repository
+The groups (files to mutate, tests that may kill them, and optionally ``deselect``: node ids of slow
+tests left out of the mutant runs) are data in ``[tool.skinapp.mutation]`` of pyproject.toml. For each
+group the tracked files are copied to ``<workdir>/<group>`` (the repository
 never gets a ``mutants/`` directory), the copy's ``[tool.mutmut]`` is narrowed to that group, and
 ``mutmut run`` works there. The score is killed / (all mutants), where timeouts count as killed
 (mutmut's convention: the mutant made the tests hang) and "no tests" / "survived" / "suspicious" as
@@ -39,8 +40,19 @@ log = logging.getLogger("mutation")
 
 
 def groups() -> dict[str, dict]:
-    data = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    return data["tool"]["skinapp"]["mutation"]["groups"]
+    """The groups, each with ``paths``, ``tests`` and ``deselect`` (a group naming a ``test_set`` takes its
+    tests and deselect from ``[tool.skinapp.mutation.test_sets.<name>]``)."""
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["skinapp"]["mutation"]
+    sets = data.get("test_sets", {})
+    resolved = {}
+    for name, group in data["groups"].items():
+        group = dict(group)
+        if "test_set" in group:
+            shared = sets[group.pop("test_set")]
+            group.setdefault("tests", shared["tests"])
+            group.setdefault("deselect", shared.get("deselect", []))
+        resolved[name] = group
+    return resolved
 
 
 def _copy_tree(dest: Path) -> None:
@@ -64,6 +76,9 @@ def _narrow_config(dest: Path, group: dict) -> None:
     end = text.find("\n[", start + 1)
     base = tomllib.loads(text)["tool"]["mutmut"]
     base.update(only_mutate=group["paths"], pytest_add_cli_args_test_selection=group["tests"])
+    # tests that exercise the group but are too slow to run for every mutant (named in the group as data)
+    base["pytest_add_cli_args"] = [*base.get("pytest_add_cli_args", []),
+                                   *(arg for test in group.get("deselect", []) for arg in ("--deselect", test))]
     lines = ["[tool.mutmut]"] + [f"{key} = {json.dumps(value)}" for key, value in base.items()]
     (dest / "pyproject.toml").write_text(text[:start] + "\n".join(lines) + "\n" + (text[end:] if end > 0 else ""))
 

@@ -44,13 +44,29 @@ def consistent(store: ReviewStore, key: str) -> bool:
                for c in review.concepts)
 
 
+def consistent_versions(store: ReviewStore, key: str) -> int:
+    """Every saved version's row, concepts and mask files come from one save, revisions run 1..n without a
+    gap; returns n. Raises AssertionError naming the first broken version."""
+    versions = store.versions(key)
+    assert [v.revision for v in versions] == list(range(len(versions), 0, -1)), "a version is missing"
+    for v in versions:
+        assert all(c.comment == v.note for c in v.concepts) and len(v.concepts) == N_CONCEPTS, v.revision
+        expected = masks_for(v.note)
+        for c in v.concepts:
+            assert np.array_equal(store.load_mask(key, c.index, v.version), expected[c.index]), \
+                f"version {v.revision} names masks of another save"
+    return len(versions)
+
+
 def write_and_check(data_dir: str | Path, key: str, name: str, n: int) -> int:
     """Save ``n`` reviews of ``key`` (notes ``name:i``), checking the store after each; returns mismatches."""
     store = ReviewStore(data_dir)
     mismatches, i = 0, 0
     while n < 0 or i < n:
         note = f"{name}:{i}"
-        store.save(key, PIXELS, masks_for(note), verdicts(note), reviewer=name, note=note)
+        saved = store.save(key, PIXELS, masks_for(note), verdicts(note), reviewer=name, note=note)
+        if n < 0:  # killed writers report each committed version as it commits
+            print(f"committed {saved.revision} {note}", file=sys.stderr, flush=True)
         mismatches += not consistent(store, key)
         i += 1
     store.close()

@@ -148,7 +148,7 @@ def test_analyze_bad_input_is_a_readable_gr_error(handlers, photo_path, image, p
 def test_user_errors_log_one_line_without_file_names(handlers, tmp_path, caplog):
     secret = tmp_path / "Jane_Doe_forearm.pdf"
     secret.write_bytes(b"%PDF-1.4 not really")
-    with caplog.at_level("INFO"), pytest.raises(gr.Error):
+    with caplog.at_level("INFO"), pytest.raises(gr.Error, match="not an image we can read"):
         handlers.analyze(str(secret), "lesion", 0.3, 0.25)
     lines = [r.getMessage() for r in caplog.records if r.name == "skinapp.ui.handlers"]
     assert len(lines) == 1 and "refused" in lines[0] and "Jane" not in caplog.text
@@ -160,14 +160,17 @@ def test_analyze_rejects_non_images_and_tiny_photos(handlers, tmp_path):
     text_file.write_bytes(b"%PDF-1.4 not really")
     tiny = tmp_path / "tiny.png"
     Image.fromarray(np.zeros((10, 10, 3), np.uint8)).save(tiny)
-    for bad in (text_file, tiny):
-        with pytest.raises(gr.Error):
+    for bad, message in ((text_file, "not an image we can read"), (tiny, "too small")):
+        with pytest.raises(gr.Error, match=message):
             handlers.analyze(str(bad), "lesion", 0.3, 0.25)
 
 
-@pytest.mark.parametrize("phrases", ["", "   \n ", "123\n$$$", "x" * 300])
-def test_explain_bad_phrases(handlers, photo_path, phrases):
-    with pytest.raises(gr.Error):
+@pytest.mark.parametrize("phrases, message", [
+    ("", "Type at least one phrase"), ("   \n ", "Type at least one phrase"), ("123\n$$$", "'123' is not a phrase"),
+    ("x" * 300, r"A phrase is too long \(300 characters; limit 200\)"),
+])
+def test_explain_bad_phrases(handlers, photo_path, phrases, message):
+    with pytest.raises(gr.Error, match=message):
         handlers.explain(photo_path, phrases, None)
 
 

@@ -175,7 +175,7 @@ def test_unverified_resolution_is_only_for_reporting(pinned):
     assert ckpt.status("model_a", recompute=True).mismatched
 
 
-def test_bad_copy_in_checkpoint_dir_is_downloaded_again_when_asked(server, tmp_path, monkeypatch):  # noqa: F811
+def test_bad_copy_in_checkpoint_dir_is_downloaded_again_when_asked(server, tmp_path, monkeypatch, caplog):  # noqa: F811
     state, base = server
     good = os.urandom(200_000)
     state.files["/m.pth"] = good
@@ -186,10 +186,13 @@ def test_bad_copy_in_checkpoint_dir_is_downloaded_again_when_asked(server, tmp_p
     monkeypatch.delenv("SKINAPP_OFFLINE", raising=False)
     monkeypatch.delenv("SKINAPP_MODEL_A", raising=False)
     with ckpt.use_manifest({"checkpoints": [_entry("model_a", "model_a.pth", good, url=f"{base}/m.pth")]}):
-        with pytest.raises(ckpt.ChecksumMismatchError, match="refused before loading"):
+        with pytest.raises(ckpt.ChecksumMismatchError, match="refused before loading") as refused:
             ckpt.resolve("model_a")  # download=False: refused
         assert state.requests == []
-        assert ckpt.resolve("model_a", download=True).read_bytes() == good
+        with caplog.at_level(logging.WARNING, logger="skinapp.checkpoints._resolve"):
+            assert ckpt.resolve("model_a", download=True).read_bytes() == good
+        assert [r.getMessage() for r in caplog.records if r.name == "skinapp.checkpoints._resolve"][0] == (
+            f"{refused.value}; downloading it again")
     assert len(state.requests) == 1
 
 

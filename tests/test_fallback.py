@@ -157,9 +157,9 @@ def test_prompts_control_what_is_emitted(photos):
     assert extractor.extract(image, "leg . arm").phrases == ["skin"]
     assert set(extractor.extract(image, "Lesion, forearm").phrases) == {"lesion", "skin"}
     assert len(extractor.extract(image, ["pizza"])) == 0
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="No prompt phrases"):
         extractor.extract(image, "  .  ")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="between 0 and 1; got 1.5"):
         extractor.extract(image, ["lesion"], box_threshold=1.5)
     high = extractor.extract(image, ["lesion", "arm"], box_threshold=0.99)
     assert (high.scores >= 0.99).all() and len(high) < len(extractor.extract(image, ["lesion", "arm"]))
@@ -176,7 +176,7 @@ def test_max_concepts_keeps_the_skin_concept():
     assert ColourConceptExtractor().extract(image).phrases.count("lesion") == 16
     capped = ColourConceptExtractor(max_concepts=3).extract(image)
     assert len(capped) == 3 and "skin" in capped.phrases
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="max_concepts must be a positive integer, got 0"):
         ColourConceptExtractor(max_concepts=0)
 
 

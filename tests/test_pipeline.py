@@ -132,7 +132,7 @@ def test_bad_photos_give_readable_errors(analyzer, source, match):
 def test_text_file_is_rejected(analyzer, tmp_path):
     path = tmp_path / "notes.txt"
     path.write_text("hello")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="not an image we can read"):
         analyzer.analyze(str(path))
 
 
@@ -181,7 +181,7 @@ def test_auto_profile_without_checkpoints_is_demo(tmp_path, monkeypatch):
     assert "groundingdino_swint_ogc" in reasons and "fusion_classifier" in reasons and "get it" in reasons
     result = auto.analyze(_photo(4))
     assert "groundingdino_swint_ogc" in result.banner
-    with pytest.raises(CheckpointMissing):
+    with pytest.raises(CheckpointMissing, match=r"Checkpoint '\w+' \(.*\) is missing"):
         Analyzer.create(profile="full", device="cpu", warmup=False)
     with pytest.raises(ValueError, match="profile"):
         Analyzer.create(profile="huge")

@@ -5,6 +5,7 @@ the untrained banner present. Skips with a reason when the data folder is absent
 from __future__ import annotations
 
 import csv
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +50,8 @@ def grounded_tiny(tmp_path_factory) -> Analyzer:
     analyzer = Analyzer.create(profile="tiny", device="cpu", warmup=False, cache_size=2)
     detector = build_detector("tiny", text_encoder=write_tiny_text_encoder(tmp_path_factory.mktemp("bert")),
                               input_size=256)
-    analyzer.extractor = GroundedSamExtractor(detector, build_segmenter("tiny"), max_concepts=3, cache_size=2)
+    extractor = GroundedSamExtractor(detector, build_segmenter("tiny"), max_concepts=3, cache_size=2)
+    analyzer.swap_models(dataclasses.replace(analyzer.models, extractor=extractor))
     return analyzer
 
 

@@ -16,7 +16,15 @@ import pytest
 
 from skinapp.review import store as store_module
 from skinapp.review.store import ReviewStore
-from tests.review_writer import N_CONCEPTS, PIXELS, consistent, masks_for, verdicts, write_and_check
+from tests.review_writer import (
+    N_CONCEPTS,
+    PIXELS,
+    consistent,
+    consistent_versions,
+    masks_for,
+    verdicts,
+    write_and_check,
+)
 
 KEY = "c0ffee" * 6
 WRITER = str(Path(__file__).with_name("review_writer.py"))
@@ -73,21 +81,37 @@ def test_a_failure_inside_the_save_transaction_leaves_the_previous_review_whole(
     assert folders == [first.version], "the failed save's mask files were left behind"
 
 
-def test_kill_9_during_saves_leaves_a_consistent_store(tmp_path):
+def test_kill_9_during_saves_loses_no_committed_version(tmp_path):
+    """Writers (a process killed with SIGKILL at random moments, and threads saving meanwhile) never lose a
+    version they saw commit, and every version row names whole files of its own save."""
     data = tmp_path / "data"
     ReviewStore(data).close()
     delays = np.random.default_rng(0).uniform(0.8, 2.0, size=4)
-    for delay in delays:
-        writer = _spawn(data, "killed", -1)
+    committed: dict[int, str] = {}
+    for round_, delay in enumerate(delays):
+        writer = _spawn(data, f"killed{round_}", -1)
+        threads = [threading.Thread(target=write_and_check, args=(data, KEY, f"t{round_}.{i}", 2)) for i in range(2)]
+        for t in threads:
+            t.start()
         time.sleep(float(delay))
         os.kill(writer.pid, signal.SIGKILL)
-        writer.wait(timeout=30)
+        _, err = writer.communicate(timeout=30)
+        for t in threads:
+            t.join(timeout=120)
+        for line in err.splitlines():
+            if line.startswith("committed "):
+                _, revision, note = line.split()
+                committed[int(revision)] = note
         store = ReviewStore(data)
         assert store._connection().execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         assert consistent(store, KEY)
+        n = consistent_versions(store, KEY)
+        versions = {v.revision: v.note for v in store.versions(KEY)}
+        lost = {r: note for r, note in committed.items() if versions.get(r) != note}
+        assert not lost, f"committed versions lost or overwritten: {lost}"
+        assert n >= len(committed) + 4 * (round_ + 1)
         store.close()
-    review = ReviewStore(data).load(KEY)
-    assert review is not None and review.revision >= 1, "no save ever committed: raise the delays"
+    assert committed, "the killed writer never committed: raise the delays"
 
 
 def test_resave_keeps_created_at_and_old_versions_go_once_stale(tmp_path, monkeypatch):
@@ -102,8 +126,11 @@ def test_resave_keeps_created_at_and_old_versions_go_once_stale(tmp_path, monkey
     assert kept == {first.version, second.version, orphan.name}, "young folders may belong to a writer in flight"
     monkeypatch.setattr(store_module, "STALE_VERSION_S", 0.0)
     third = store.save(KEY, PIXELS, masks_for("c"), verdicts("c"), note="c")
-    assert {p.name for p in store.version_dir(KEY).iterdir()} == {third.version}
+    # the stale orphan goes; every committed version keeps its masks (versions are never overwritten)
+    assert {p.name for p in store.version_dir(KEY).iterdir()} == {first.version, second.version, third.version}
     assert np.array_equal(store.load_mask(KEY, 1), masks_for("c")[1])
+    assert np.array_equal(store.load_mask(KEY, 1, first.version), masks_for("a")[1])
+    assert consistent_versions(store, KEY) == 3
 
 
 def test_a_store_written_before_versions_still_opens(tmp_path):

@@ -244,8 +244,9 @@ def _refusal_hint(entry: Entry, source: str) -> str:
     text = (f"Checkpoint {entry.name!r} ({source}) was refused before loading: the file is corrupt, truncated, "
             "or not the one the checkpoint manifest pins. ")
     if entry.downloadable:
+        where = "the Hugging Face cache" if entry.on_hub else "the checkpoint directory"
         text += (f"Get it again with: python -m skinapp.checkpoints download {entry.name} (replaces a bad copy in "
-                 f"the checkpoint directory or the Hugging Face cache), or set {entry.env_var} to a good copy.")
+                 f"{where}), or set {entry.env_var} to a good copy.")
     else:
         text += f"Set {entry.env_var} to a good copy."
     return text + " Weights of your own need a manifest that pins them (SKINAPP_MANIFEST)."

@@ -1,9 +1,10 @@
 """Segment Anything as a stateless per-image stage: one image embedding, all boxes decoded in one call.
 
 Built from segment_anything's own modules (``ImageEncoderViT``, ``PromptEncoder``, ``MaskDecoder``
-with ``TwoWayTransformer``, ``Sam``) from configs-as-data. Unlike ``SamPredictor``, nothing about an
-image is stored on the :class:`SamSegmenter`: :meth:`SamSegmenter.embed` returns a
-:class:`SamEmbedding` that the caller keeps (and caches), so one segmenter serves several users at once.
+with ``TwoWayTransformer``, ``Sam``) from configs-as-data (:mod:`skinapp.concepts.sam_build`, re-exported
+here). Unlike ``SamPredictor``, nothing about an image is stored on the :class:`SamSegmenter`:
+:meth:`SamSegmenter.embed` returns a :class:`SamEmbedding` that the caller keeps (and caches), so one
+segmenter serves several users at once; :meth:`SamSegmenter.decode_interactive` is SAM's click-by-click step.
 
 Profiles:
     "full": the official ``vit_b`` / ``vit_l`` / ``vit_h`` builds (1024 px input, 64x64 embedding grid);
@@ -22,64 +23,19 @@ import copy
 import logging
 import threading
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
-from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from skinapp import precision
-from skinapp.checkpoints import load_tensors
+from skinapp.concepts.sam_build import SAM_CONFIGS, build_sam, load_sam_checkpoint
 from skinapp.precision import bf16_enabled
 from skinapp.provenance import WeightsInfo, untrained
 
 log = logging.getLogger(__name__)
-
-#: Prompt encoder / mask decoder settings, the same for every official variant.
-_SAM_DECODER = {"prompt_embed_dim": 256, "decoder_depth": 2, "decoder_mlp_dim": 2048, "decoder_num_heads": 8}
-_SAM_OFFICIAL = {"img_size": 1024, "patch_size": 16, "window_size": 14, **_SAM_DECODER}
-
-#: Build settings per variant (segment_anything's ``build_sam.py`` for vit_b/l/h).
-SAM_CONFIGS: dict[str, dict[str, Any]] = {
-    "vit_b": {"encoder_embed_dim": 768, "encoder_depth": 12, "encoder_num_heads": 12,
-              "encoder_global_attn_indexes": (2, 5, 8, 11), **_SAM_OFFICIAL},
-    "vit_l": {"encoder_embed_dim": 1024, "encoder_depth": 24, "encoder_num_heads": 16,
-              "encoder_global_attn_indexes": (5, 11, 17, 23), **_SAM_OFFICIAL},
-    "vit_h": {"encoder_embed_dim": 1280, "encoder_depth": 32, "encoder_num_heads": 16,
-              "encoder_global_attn_indexes": (7, 15, 23, 31), **_SAM_OFFICIAL},
-    # Same classes, small encoder and 256 px input (16x16 embedding grid); features stay 256-d.
-    "tiny": {"encoder_embed_dim": 64, "encoder_depth": 2, "encoder_num_heads": 2, "encoder_global_attn_indexes": (1,),
-             "img_size": 256, "patch_size": 16, "window_size": 8, **_SAM_DECODER, "decoder_mlp_dim": 256},
-}
-
-
-def build_sam(config: dict[str, Any]) -> Sam:
-    """A randomly initialised ``Sam`` in eval mode from one :data:`SAM_CONFIGS` entry."""
-    img_size, patch, dim = config["img_size"], config["patch_size"], config["prompt_embed_dim"]
-    grid = img_size // patch
-    sam = Sam(
-        image_encoder=ImageEncoderViT(
-            depth=config["encoder_depth"], embed_dim=config["encoder_embed_dim"], img_size=img_size, mlp_ratio=4,
-            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), num_heads=config["encoder_num_heads"],
-            patch_size=patch, qkv_bias=True, use_rel_pos=True,
-            global_attn_indexes=tuple(config["encoder_global_attn_indexes"]), window_size=config["window_size"],
-            out_chans=dim,
-        ),
-        prompt_encoder=PromptEncoder(embed_dim=dim, image_embedding_size=(grid, grid),
-                                     input_image_size=(img_size, img_size), mask_in_chans=16),
-        mask_decoder=MaskDecoder(
-            num_multimask_outputs=3,
-            transformer=TwoWayTransformer(depth=config["decoder_depth"], embedding_dim=dim,
-                                          mlp_dim=config["decoder_mlp_dim"], num_heads=config["decoder_num_heads"]),
-            transformer_dim=dim, iou_head_depth=3, iou_head_hidden_dim=256,
-        ),
-        pixel_mean=[123.675, 116.28, 103.53],
-        pixel_std=[58.395, 57.12, 57.375],
-    )
-    return sam.eval()
 
 
 @dataclass(frozen=True)
@@ -95,42 +51,6 @@ class SamEmbedding:
     embedding: torch.Tensor
     input_size: tuple[int, int]
     original_size: tuple[int, int]
-
-
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise FileNotFoundError(f"SAM checkpoint not found: {path}")
-    return load_tensors(path)
-
-
-def _describe_state(state: dict[str, torch.Tensor]) -> str:
-    """What SAM variant a state dict looks like, for error messages."""
-    proj = state.get("image_encoder.patch_embed.proj.weight")
-    if proj is None:
-        return "not a SAM checkpoint (no image_encoder.patch_embed weights)"
-    depth = len({k.split(".")[2] for k in state if k.startswith("image_encoder.blocks.")})
-    width = int(proj.shape[0])
-    for name, cfg in SAM_CONFIGS.items():
-        if cfg["encoder_embed_dim"] == width and cfg["encoder_depth"] == depth:
-            return f"a SAM {name} checkpoint (encoder width {width}, depth {depth})"
-    return f"a SAM checkpoint of an unknown variant (encoder width {width}, depth {depth})"
-
-
-def load_sam_checkpoint(sam: Sam, path: str | Path, variant: str) -> None:
-    """Load an official-format state dict into ``sam`` strictly; a mismatch raises ``ValueError``."""
-    path = Path(path)
-    state = _read_state_dict(path)
-    expected = sam.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong_shape = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
-    if missing or unexpected or wrong_shape:
-        first = (missing + unexpected + wrong_shape)[0]
-        raise ValueError(
-            f"{path.name} does not fit SAM variant {variant!r}: it looks like {_describe_state(state)}; "
-            f"{len(missing)} missing, {len(unexpected)} unexpected, {len(wrong_shape)} wrongly shaped tensors "
-            f"(first: {first})")
-    sam.load_state_dict(state, strict=True)
 
 
 #: Boxes per mask-decoder batch on CPU (see :class:`SamSegmenter`).
@@ -272,6 +192,55 @@ class SamSegmenter:
         with self._count_lock:
             self.n_decode += 1
         return logits, scores
+
+    def decode_interactive(self, emb: SamEmbedding, box: np.ndarray | None, points: np.ndarray, labels: np.ndarray,
+                           mask_input: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+        """One interactive step (``SamPredictor.predict`` with ``multimask_output=False``): box + clicks + the
+        previous low-res logits through the prompt encoder and mask decoder, on the cached embedding.
+
+        Args:
+            emb: the image's embedding from :meth:`embed` (no encoder pass here).
+            box: float [4] (x0, y0, x1, y1) in the embedded image's pixels (clipped to it), or None.
+            points: float [k, 2] (x, y) pixels; labels: int [k], 1 positive / 0 negative (k may be 0).
+            mask_input: float [1, 1, 4g, 4g] low-res logits of the previous step, or None.
+
+        Returns:
+            mask: bool [H, W] at the embedded image's size; low_res_logits: float32 [1, 1, 4g, 4g] (the next
+            step's ``mask_input``); score: SAM's predicted IoU of the mask.
+
+        Raises:
+            ValueError: a foreign embedding, neither box nor point, mismatched points / labels, a bad
+                ``mask_input`` shape.
+        """
+        self._check_embedding(emb)
+        pts = np.asarray(points, np.float32).reshape(-1, 2)
+        lab = np.asarray(labels, np.int64).reshape(-1)
+        if len(pts) != len(lab):
+            raise ValueError(f"got {len(pts)} points but {len(lab)} labels")
+        if box is None and not len(pts):
+            raise ValueError("an interactive step needs a box or at least one point")
+        expected = (1, 1, *self.sam.prompt_encoder.mask_input_size)
+        if mask_input is not None and tuple(np.shape(mask_input)) != expected:
+            raise ValueError(f"mask_input must be {list(expected)} low-res logits; got {list(np.shape(mask_input))}")
+        with torch.inference_mode():
+            point_prompt = box_prompt = dense_in = None
+            if len(pts):
+                coords = self.transform.apply_coords_torch(torch.from_numpy(pts), emb.original_size)
+                point_prompt = (coords[None].to(self.device), torch.from_numpy(lab)[None].to(self.device))
+            if box is not None:
+                box_t = self._check_boxes(emb, np.asarray(box, np.float32).reshape(1, 4))
+                box_prompt = self.transform.apply_boxes_torch(box_t, emb.original_size).to(self.device)
+            if mask_input is not None:
+                dense_in = torch.as_tensor(np.asarray(mask_input, np.float32), device=self.device)
+            sparse, dense = self.sam.prompt_encoder(points=point_prompt, boxes=box_prompt, masks=dense_in)
+            low_res, iou = self.sam.mask_decoder(
+                image_embeddings=emb.embedding.to(self.device), image_pe=self.sam.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=False)
+            logits = self.sam.postprocess_masks(low_res.float(), emb.input_size, emb.original_size)[0, 0]
+            mask = (logits > self.sam.mask_threshold).cpu().numpy()
+        with self._count_lock:
+            self.n_decode += 1
+        return mask, low_res.float().cpu().numpy(), float(iou[0, 0])
 
     def cell_weights(self, emb: SamEmbedding, masks: np.ndarray | torch.Tensor) -> torch.Tensor:
         """The fraction of each embedding cell that each mask covers.

@@ -1,7 +1,15 @@
 """Annotator reviews of concept masks: SQLite store (WAL) and COCO/PNG export."""
 
 from skinapp.review.export import export_coco, export_zip, rle_decode, rle_encode
-from skinapp.review.store import DATA_DIR_ENV, DECISIONS, ConceptReview, Review, ReviewStore, default_data_dir
+from skinapp.review.store import (
+    DATA_DIR_ENV,
+    DECISIONS,
+    PROVENANCE,
+    ConceptReview,
+    Review,
+    ReviewStore,
+    default_data_dir,
+)
 
-__all__ = ["DATA_DIR_ENV", "DECISIONS", "ConceptReview", "Review", "ReviewStore", "default_data_dir", "export_coco",
-           "export_zip", "rle_decode", "rle_encode"]
+__all__ = ["DATA_DIR_ENV", "DECISIONS", "PROVENANCE", "ConceptReview", "Review", "ReviewStore", "default_data_dir",
+           "export_coco", "export_zip", "rle_decode", "rle_encode"]

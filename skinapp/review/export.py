@@ -1,6 +1,9 @@
 """Export reviewed concepts as COCO-style instance annotations (RLE masks) plus PNG masks.
 
-Only concepts with a final label (accepted, or relabelled) are exported; rejected and pending
+Each image names the review version exported (``revision``, ``version``, ``reviewer``, ``saved_at``); each
+annotation its concept's provenance ("model", "refined", "painted", "added", "imported") and ``edited`` (any
+provenance but "model": a mask a person drew or corrected). Only concepts with a final label (accepted, or
+relabelled) are exported; rejected and pending
 ones are left out. The output directory holds::
 
     annotations.json          COCO: images, categories, annotations (segmentation = RLE)
@@ -61,7 +64,8 @@ def export_coco(store: ReviewStore, out_dir: str | Path, image_keys: list[str] |
         shutil.copyfile(store.photo_path(review.image_key), out / "images" / f"{review.image_key}.png")
         images.append({"id": image_id, "file_name": f"images/{review.image_key}.png", "width": review.width,
                        "height": review.height, "image_key": review.image_key, "reviewer": review.reviewer,
-                       "note": review.note, "revision": review.revision})
+                       "note": review.note, "revision": review.revision, "version": review.version,
+                       "saved_at": review.updated_at})
         for concept in review.concepts:
             label = concept.final_label
             if not label:
@@ -79,7 +83,9 @@ def export_coco(store: ReviewStore, out_dir: str | Path, image_keys: list[str] |
                 "area": float(mask_utils.area(rle)), "bbox": [float(v) for v in mask_utils.toBbox(rle)],
                 "iscrowd": 0, "score": concept.score, "mask_file": mask_file,
                 "attributes": {"decision": concept.decision, "original_phrase": concept.phrase,
-                               "comment": concept.comment, "concept_index": concept.index},
+                               "comment": concept.comment, "concept_index": concept.index,
+                               "provenance": concept.provenance, "edited": concept.provenance != "model",
+                               "reviewer": review.reviewer, "revision": review.revision},
             })
     coco = {
         "info": {"description": "skinapp reviewed concept masks", "date_created": time.strftime("%Y-%m-%d %H:%M:%S"),

@@ -6,14 +6,23 @@ Layout of the data directory::
     photos/<image_key>.png                a photo, written only when a review of it is saved
     masks/<image_key>/<version>/<i>.png   concept i's mask (8-bit, 0/255) as written by one save
 
-A review belongs to one photo (its content key) and is amended in place when it is saved again
-(``revision`` counts the saves). Each save writes its masks into a directory of its own (``version``, a
+A review belongs to one photo (its content key). Every save is a new **version** (``revision`` 1, 2, ... per
+photo, whoever saved it): ``reviews`` / ``review_concepts`` hold the latest one, ``review_versions`` /
+``version_concepts`` every one, with its reviewer, time and each concept's provenance (:data:`PROVENANCE`).
+A version's mask directory is never removed while a version row names it. Each save writes its masks into a
+directory of its own (``version``, a
 random id) atomically (temporary file, fsync, rename) BEFORE the one database transaction that points the
 review at that directory commits. So concurrent saves of one photo, from threads or processes sharing the
 data directory, never mix: a committed row always names files its own writer wrote, whole. A save that
 fails or is killed leaves only an unreferenced directory, removed by a later save of that photo once it is
 older than :data:`STALE_VERSION_S` (so a slower concurrent writer's files are never taken from under it).
 Reviews saved before versions existed (``version`` "") keep their masks at ``masks/<image_key>/<i>.png``.
+The file side (paths, atomic PNG writes, the stale sweep) is :class:`skinapp.review.mask_files.MaskFiles`.
+
+Schema versions (``PRAGMA user_version``): 0 = one row per photo (possibly without the ``version`` column);
+:data:`SCHEMA_VERSION` = 2 adds the version tables and ``provenance``. Opening an older store migrates it in
+one transaction: each existing review becomes its photo's version at its current revision, concepts marked
+"model".
 """
 
 from __future__ import annotations
@@ -21,26 +30,28 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import sqlite3
-import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from skinapp.boxes import sanitize_boxes
+from skinapp.review.mask_files import MaskFiles
+from skinapp.review.schema import _SCHEMA, SCHEMA_VERSION, migrate  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
 #: What a reviewer can decide about one concept.
 DECISIONS: tuple[str, ...] = ("pending", "accept", "reject", "relabel")
+
+#: Where a concept's mask came from: the analysis, refined by clicks, painted with the brush, added by the
+#: reviewer (box + phrase), or imported from a COCO file.
+PROVENANCE: tuple[str, ...] = ("model", "refined", "painted", "added", "imported")
 
 #: Environment variable naming the data directory (the app's --data-dir wins over it).
 DATA_DIR_ENV = "SKINAPP_DATA_DIR"
@@ -48,33 +59,6 @@ DATA_DIR_ENV = "SKINAPP_DATA_DIR"
 #: Age (seconds) after which a mask directory that no committed review names is removed. Longer than any
 #: save takes between writing its files and committing (the database lock waits at most 30 s).
 STALE_VERSION_S = 300.0
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS reviews (
-    image_key   TEXT PRIMARY KEY,
-    width       INTEGER NOT NULL,
-    height      INTEGER NOT NULL,
-    reviewer    TEXT NOT NULL DEFAULT '',
-    note        TEXT NOT NULL DEFAULT '',
-    prompts     TEXT NOT NULL DEFAULT '[]',
-    revision    INTEGER NOT NULL DEFAULT 1,
-    created_at  REAL NOT NULL,
-    updated_at  REAL NOT NULL,
-    version     TEXT NOT NULL DEFAULT ''
-);
-CREATE TABLE IF NOT EXISTS review_concepts (
-    image_key   TEXT NOT NULL REFERENCES reviews(image_key) ON DELETE CASCADE,
-    idx         INTEGER NOT NULL,
-    phrase      TEXT NOT NULL,
-    score       REAL NOT NULL,
-    box         TEXT NOT NULL,
-    decision    TEXT NOT NULL CHECK (decision IN ('pending', 'accept', 'reject', 'relabel')),
-    label       TEXT NOT NULL DEFAULT '',
-    comment     TEXT NOT NULL DEFAULT '',
-    PRIMARY KEY (image_key, idx)
-);
-"""
-
 
 def default_data_dir() -> Path:
     """``$SKINAPP_DATA_DIR`` or ``./data/reviews``."""
@@ -93,6 +77,7 @@ class ConceptReview:
         decision: one of DECISIONS.
         label: the corrected label when ``decision == "relabel"``.
         comment: free text.
+        provenance: where the mask came from, one of :data:`PROVENANCE`.
     """
 
     index: int
@@ -102,6 +87,7 @@ class ConceptReview:
     decision: str = "pending"
     label: str = ""
     comment: str = ""
+    provenance: str = "model"
 
     @property
     def final_label(self) -> str:
@@ -115,7 +101,8 @@ class ConceptReview:
 
 @dataclass
 class Review:
-    """A saved review of one photo's concepts."""
+    """One saved version of the review of one photo's concepts (``revision`` numbers the versions, from 1;
+    ``updated_at`` is when this version was saved, ``created_at`` when the photo's first was)."""
 
     image_key: str
     width: int
@@ -140,23 +127,12 @@ def validate_concept_review(c: ConceptReview) -> ConceptReview:
         raise ValueError(f"Concept {c.index} ({c.phrase}): 'relabel' needs a new label.")
     if len(label) > 200 or len(c.comment or "") > 5000:
         raise ValueError(f"Concept {c.index}: label (200) or comment (5000 characters) too long.")
+    provenance = (c.provenance or "model").strip().lower()
+    if provenance not in PROVENANCE:
+        raise ValueError(f"Concept {c.index}: provenance must be one of {', '.join(PROVENANCE)}; got {c.provenance!r}.")
     return ConceptReview(index=int(c.index), phrase=str(c.phrase), score=float(c.score),
                          box=tuple(float(v) for v in c.box), decision=decision, label=label,
-                         comment=(c.comment or "").strip())
-
-
-def _atomic_write_png(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".png")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(array).save(f, format="PNG")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+                         comment=(c.comment or "").strip(), provenance=provenance)
 
 
 class ReviewStore:
@@ -172,12 +148,10 @@ class ReviewStore:
         self.data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.db_path = self.data_dir / "reviews.sqlite3"
+        self.files = MaskFiles(self.data_dir)
         self._local = threading.local()
-        db = self._connection()
-        db.executescript(_SCHEMA)  # idempotent; executescript manages its own commit
-        columns = {row[1] for row in db.execute("PRAGMA table_info(reviews)")}
-        if "version" not in columns:  # a store written before versioned mask directories
-            db.execute("ALTER TABLE reviews ADD COLUMN version TEXT NOT NULL DEFAULT ''")
+        with self._transaction() as db:  # BEGIN IMMEDIATE: concurrent openers migrate one after the other
+            migrate(db)
 
     # -- connection ---------------------------------------------------------------------------
     def _connection(self) -> sqlite3.Connection:
@@ -202,35 +176,21 @@ class ReviewStore:
         db.execute("COMMIT")
 
     def photo_path(self, image_key: str) -> Path:
-        return self.data_dir / "photos" / f"{image_key}.png"
+        return self.files.photo_path(image_key)
 
     def version_dir(self, image_key: str, version: str = "") -> Path:
         """The folder of one save's masks ("" = the pre-version layout)."""
-        folder = self.data_dir / "masks" / image_key
-        return folder / version if version else folder
+        return self.files.version_dir(image_key, version)
 
     def mask_path(self, image_key: str, index: int, version: str = "") -> Path:
         """Where concept ``index``'s mask of one saved ``version`` lives."""
-        return self.version_dir(image_key, version) / f"{index}.png"
+        return self.files.mask_path(image_key, index, version)
 
     def _remove_stale_versions(self, image_key: str, keep: str) -> None:
-        """Delete this photo's mask directories (and legacy files) other than ``keep`` that are stale."""
-        folder = self.version_dir(image_key)
-        if not folder.is_dir():
-            return
-        cutoff = time.time() - STALE_VERSION_S
-        for entry in folder.iterdir():
-            if entry.name == keep or entry.name.startswith(".tmp-"):
-                continue
-            try:
-                if entry.stat().st_mtime > cutoff:
-                    continue
-                if entry.is_dir():
-                    shutil.rmtree(entry)
-                else:
-                    entry.unlink()
-            except FileNotFoundError:  # another process removed it first
-                continue
+        """Delete this photo's stale mask directories (and legacy files) that no version row names."""
+        named = {r[0] for r in self._connection().execute(
+            "SELECT DISTINCT version FROM review_versions WHERE image_key = ?", (image_key,))} | {keep}
+        self.files.remove_stale(image_key, named, STALE_VERSION_S)
 
     # -- writes -------------------------------------------------------------------------------
     def save(self, image_key: str, pixels: np.ndarray, masks: np.ndarray, concepts: list[ConceptReview],
@@ -269,12 +229,8 @@ class ReviewStore:
             c.box = tuple(float(v) for v in box[0])
         # Files first (atomic, in this save's own directory), then the one transaction that points the review
         # at them.
-        version = uuid.uuid4().hex
+        version = self.files.write_save(image_key, pixels, masks, [c.index for c in checked])
         try:
-            _atomic_write_png(self.photo_path(image_key), pixels)  # same key -> same pixels: safe to share
-            for c in checked:
-                _atomic_write_png(self.mask_path(image_key, c.index, version),
-                                  masks[c.index].astype(np.uint8) * 255)
             now = time.time()
             with self._transaction() as db:
                 row = db.execute("SELECT revision, created_at FROM reviews WHERE image_key = ?",
@@ -290,19 +246,30 @@ class ReviewStore:
                      created, now, version))
                 db.execute("DELETE FROM review_concepts WHERE image_key = ?", (image_key,))
                 db.executemany(
-                    "INSERT INTO review_concepts (image_key, idx, phrase, score, box, decision, label, comment) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO review_concepts (image_key, idx, phrase, score, box, decision, label, comment, "
+                    "provenance) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [(image_key, c.index, c.phrase, c.score, json.dumps(list(c.box)), c.decision, c.label,
-                      c.comment) for c in checked])
+                      c.comment, c.provenance) for c in checked])
+                self._record_version(db, image_key, revision, now)
         except BaseException:
-            shutil.rmtree(self.version_dir(image_key, version), ignore_errors=True)
+            self.files.discard(image_key, version)
             raise
         self._remove_stale_versions(image_key, keep=version)
         log.info("Saved review of %s (revision %d, %d concepts)", image_key[:12], revision, len(checked))
         return self.load(image_key)  # type: ignore[return-value]
 
+    @staticmethod
+    def _record_version(db: sqlite3.Connection, image_key: str, revision: int, saved_at: float) -> None:
+        """Copy the latest review (just written in this transaction) into the version tables."""
+        db.execute("INSERT INTO review_versions (image_key, revision, version, width, height, reviewer, note, prompts, "
+                   "saved_at) SELECT image_key, revision, version, width, height, reviewer, note, prompts, ? "
+                   "FROM reviews WHERE image_key = ?", (saved_at, image_key))
+        db.execute("INSERT INTO version_concepts (image_key, revision, idx, phrase, score, box, decision, label, "
+                   "comment, provenance) SELECT image_key, ?, idx, phrase, score, box, decision, label, comment, "
+                   "provenance FROM review_concepts WHERE image_key = ?", (revision, image_key))
+
     def amend(self, image_key: str, concepts: list[ConceptReview], reviewer: str = "", note: str = "") -> Review:
-        """Change the verdicts of a reopened review (same concepts; photo and masks stay as saved).
+        """Change the verdicts of a reopened review: a new version with the same concepts, photo and masks.
 
         Raises:
             ValueError: no review of this photo, or a concept index that the review does not have.
@@ -315,12 +282,15 @@ class ReviewStore:
         unknown = [c.index for c in checked if c.index not in saved]
         if unknown:
             raise ValueError(f"Concepts {unknown} are not part of this review.")
+        now = time.time()
         with self._transaction() as db:
             db.execute("UPDATE reviews SET reviewer = ?, note = ?, revision = revision + 1, updated_at = ? "
-                       "WHERE image_key = ?", (reviewer.strip(), note.strip(), time.time(), image_key))
+                       "WHERE image_key = ?", (reviewer.strip(), note.strip(), now, image_key))
             db.executemany("UPDATE review_concepts SET decision = ?, label = ?, comment = ? "
                            "WHERE image_key = ? AND idx = ?",
                            [(c.decision, c.label, c.comment, image_key, c.index) for c in checked])
+            revision = db.execute("SELECT revision FROM reviews WHERE image_key = ?", (image_key,)).fetchone()[0]
+            self._record_version(db, image_key, revision, now)
         return self.load(image_key)  # type: ignore[return-value]
 
     # -- reads --------------------------------------------------------------------------------
@@ -332,17 +302,47 @@ class ReviewStore:
             row = db.execute("SELECT image_key, width, height, reviewer, note, prompts, revision, created_at, "
                              "updated_at, version FROM reviews WHERE image_key = ?", (image_key,)).fetchone()
             rows = [] if row is None else db.execute(
-                "SELECT idx, phrase, score, box, decision, label, comment FROM review_concepts "
+                "SELECT idx, phrase, score, box, decision, label, comment, provenance FROM review_concepts "
                 "WHERE image_key = ? ORDER BY idx", (image_key,)).fetchall()
         finally:
             db.execute("COMMIT")
         if row is None:
             return None
-        concepts = [ConceptReview(index=r[0], phrase=r[1], score=r[2], box=tuple(json.loads(r[3])), decision=r[4],
-                                  label=r[5], comment=r[6]) for r in rows]
-        return Review(image_key=row[0], width=row[1], height=row[2], concepts=concepts, reviewer=row[3],
+        return Review(image_key=row[0], width=row[1], height=row[2], concepts=_concepts(rows), reviewer=row[3],
                       note=row[4], prompts=json.loads(row[5]), revision=row[6], created_at=row[7],
                       updated_at=row[8], version=row[9])
+
+    def versions(self, image_key: str) -> list[Review]:
+        """Every saved version of a photo's review, newest first ([] when there is none)."""
+        return self._load_versions("v.image_key = ?", (image_key,))
+
+    def load_version(self, image_key: str, revision: int) -> Review | None:
+        """One saved version (``Review.revision``) of a photo's review, or None."""
+        found = self._load_versions("v.image_key = ? AND v.revision = ?", (image_key, int(revision)))
+        return found[0] if found else None
+
+    def latest_by_reviewer(self) -> list[Review]:
+        """Each reviewer's latest version of each photo they reviewed (what agreement compares)."""
+        return self._load_versions("v.revision = (SELECT MAX(w.revision) FROM review_versions w WHERE "
+                                   "w.image_key = v.image_key AND w.reviewer = v.reviewer)", ())
+
+    def _load_versions(self, where: str, args: tuple) -> list[Review]:
+        db = self._connection()
+        db.execute("BEGIN")  # one read snapshot
+        try:
+            heads = db.execute(
+                "SELECT v.image_key, v.width, v.height, v.reviewer, v.note, v.prompts, v.revision, "
+                "(SELECT MIN(f.saved_at) FROM review_versions f WHERE f.image_key = v.image_key), v.saved_at, "
+                f"v.version FROM review_versions v WHERE {where} ORDER BY v.image_key, v.revision DESC",
+                args).fetchall()
+            rows = {(h[0], h[6]): db.execute(
+                "SELECT idx, phrase, score, box, decision, label, comment, provenance FROM version_concepts "
+                "WHERE image_key = ? AND revision = ? ORDER BY idx", (h[0], h[6])).fetchall() for h in heads}
+        finally:
+            db.execute("COMMIT")
+        return [Review(image_key=h[0], width=h[1], height=h[2], concepts=_concepts(rows[(h[0], h[6])]),
+                       reviewer=h[3], note=h[4], prompts=json.loads(h[5]), revision=h[6], created_at=h[7],
+                       updated_at=h[8], version=h[9]) for h in heads]
 
     def list_reviews(self) -> list[Review]:
         """Every stored review, most recently updated first."""
@@ -361,13 +361,19 @@ class ReviewStore:
             if review is None:
                 raise ValueError("There is no saved review of this photo.")
             version = review.version
-        return np.asarray(Image.open(self.mask_path(image_key, index, version))) > 127
+        return self.files.read_mask(image_key, index, version)
 
     def load_photo(self, image_key: str) -> np.ndarray:
-        return np.asarray(Image.open(self.photo_path(image_key)).convert("RGB"))
+        return self.files.read_photo(image_key)
 
     def close(self) -> None:
         db = getattr(self._local, "db", None)
         if db is not None:
             db.close()
             self._local.db = None
+
+
+def _concepts(rows: list[tuple]) -> list[ConceptReview]:
+    """ConceptReviews from (idx, phrase, score, box JSON, decision, label, comment, provenance) rows."""
+    return [ConceptReview(index=r[0], phrase=r[1], score=r[2], box=tuple(json.loads(r[3])), decision=r[4],
+                          label=r[5], comment=r[6], provenance=r[7]) for r in rows]

@@ -2,9 +2,12 @@
 
 Named API endpoints (usable from ``gradio_client``; the README lists their inputs and outputs):
 ``/analyze``, ``/explain``, ``/concept_scores``, ``/save_review``, ``/open_review``, ``/list_reviews``,
-``/export_reviews``.
+``/export_reviews``, and the mask workbench's (:mod:`skinapp.ui.workbench_blocks`).
 No ``gr.State`` holds a photo: Analyse and Explain act on the Photo input, Review on the photo key shown
 next to the review table (set together with the table by an analysis or a reopened review).
+
+The Review tab has one Save (:meth:`WorkbenchHandlers.save <skinapp.ui.workbench_handlers.WorkbenchHandlers.save>`):
+the edited masks when the session has edits, else the model's.
 
 Every action first clears what it will replace and shows its status next to its button; a failed action
 leaves its message there (``.failure``) until the next action.
@@ -25,8 +28,12 @@ from skinapp.examples import example_paths
 from skinapp.pipeline import SUGGESTED_PHRASES, Analyzer
 from skinapp.provenance import banner_text
 from skinapp.review import DECISIONS, ReviewStore
+from skinapp.review.workbench import Workbench
+from skinapp.ui.agreement_handlers import AgreementHandlers
 from skinapp.ui.components import photo_input
 from skinapp.ui.handlers import REVIEW_COLUMNS, Handlers, banner_html
+from skinapp.ui.workbench_blocks import add_workbench
+from skinapp.ui.workbench_handlers import WorkbenchHandlers
 
 CSS = """
 .untrained-banner, .untrained-banner * { color: #fff !important; }
@@ -155,7 +162,7 @@ def build_demo(analyzer: Analyzer, store: ReviewStore, *, gpu: Callable[[Callabl
                     with gr.Row():
                         reviewer = gr.Textbox(label="Reviewer", scale=1)
                         note = gr.Textbox(label="Note on the photo", scale=2)
-                    save_btn = gr.Button("Save review", variant="primary", elem_id="save-review")
+                    save_btn = gr.Button("Save", variant="primary", elem_id="save-review")
                     review_status = gr.Markdown(elem_id="review-status")
             with gr.Row():
                 saved = gr.Dropdown(label="Saved reviews", choices=[], interactive=True, allow_custom_value=True,
@@ -167,6 +174,9 @@ def build_demo(analyzer: Analyzer, store: ReviewStore, *, gpu: Callable[[Callabl
                     export_btn = gr.Button("Export reviewed concepts (COCO JSON + PNG masks)")
                     export_file = gr.File(label="Export (this session only, temporary)", interactive=False)
                     export_status = gr.Markdown()
+            wb = WorkbenchHandlers(Workbench(analyzer, store), h)
+            agree = AgreementHandlers(store, h._refuse, h.export_dir, h.export_owners)
+            add_workbench(wb, agree, h.error_text, review_key, table, reviewer, note, saved, save_btn, review_status)
 
         model_events = {"concurrency_id": "models", "concurrency_limit": model_concurrency}
         analyse_outputs = [annotated, diagnosis, cam_plot, decisive_img, decisive_txt, banner, review_key, table,
@@ -212,9 +222,6 @@ def build_demo(analyzer: Analyzer, store: ReviewStore, *, gpu: Callable[[Callabl
                              [gallery, sims, explain_banner, explain_status], api_visibility="private", **model_events)
         picked.failure(h.error_text("explain"), None, [explain_status], api_visibility="private", queue=False)
 
-        save = save_btn.click(h.save_review, [review_key, table, reviewer, note], [review_status, saved, table],
-                              api_name="save_review")
-        save.failure(h.error_text("save_review"), None, [review_status], api_visibility="private", queue=False)
         table.change(_concept_choices, [table], [pick], api_visibility="private", queue=False)
         apply_btn.click(_apply_verdict, [table, pick, decision, new_label, comment], [table],
                         api_visibility="private", queue=False)

@@ -252,7 +252,7 @@ class Handlers:
                                                     list(range(len(result.concepts)))), numbered),
                               label=f"Photo {k} with numbered concepts"),
             f"{len(result.concepts)} concepts of photo `{k}` ready for review; nothing is stored until you press "
-            "Save review.",
+            "Save.",
             details,
             status,
         )
@@ -311,37 +311,50 @@ class Handlers:
     # -- review -------------------------------------------------------------------------------
     def save_review(self, photo_key: str | None, table: Any, reviewer: str, note: str,
                     request: gr.Request | None = None) -> tuple:
-        """Save the review of the photo ``photo_key`` names (a fresh analysis, or amend its saved review).
+        """Save the review of the photo ``photo_key`` names with the model's masks (see :meth:`save_table`).
 
-        Outputs: status, review list, table. The table must belong to that photo: its rows name the photo's
-        concepts by number, phrase and score; otherwise the save is refused.
+        Outputs: status, review list, table. (The Review tab's Save button goes through
+        :meth:`skinapp.ui.workbench_handlers.WorkbenchHandlers.save`, which saves the edited masks when there are
+        edits and calls :meth:`save_table` otherwise.)
         """
         try:
-            rows = _table_rows(table)
-            if not rows:
-                raise ValueError("There are no concepts to review: analyse a photo (or reopen a review) first.")
-            key = _photo_key(photo_key)
-            result = next((a for a in self.analyzer.analyses_of(key)
-                           if _rows_match(rows, a.concepts.phrases, [float(s) for s in a.concepts.scores])), None)
-            saved = self.store.load(key)
-            if result is not None:
-                review = self.store.save(key, result.image.pixels, result.concepts.masks,
-                                         [self._verdict(r, result) for r in rows], reviewer=reviewer or "",
-                                         note=note or "", prompts=list(result.prompts))
-            elif saved is not None and _rows_match(rows, *self._saved_concepts(saved)):
-                review = self.store.amend(key, [self._verdict(r, None) for r in rows], reviewer or "", note or "")
-            elif saved is not None or self.analyzer.analyses_of(key):
-                raise ValueError(f"The review table does not belong to photo {short_key(key)}: analyse that photo "
-                                 "again (or reopen its review).")
-            else:
-                raise ValueError(f"Photo {short_key(key)} is no longer in the app's memory and has no saved review; "
-                                 "analyse it again before saving.")
+            review = self.save_table(photo_key, table, reviewer, note)
         except ValueError as exc:
             raise self._refuse("save_review", exc, request) from exc
+        return self.saved_outputs(review)
+
+    def save_table(self, photo_key: str | None, table: Any, reviewer: str, note: str) -> Review:
+        """Save the table's verdicts with the model's masks (a fresh analysis) or amend the photo's saved review.
+
+        The table must belong to that photo: its rows name the photo's concepts by number, phrase and score;
+        otherwise (and for a photo neither in memory nor saved) ValueError with a message for the UI.
+        """
+        rows = _table_rows(table)
+        if not rows:
+            raise ValueError("There are no concepts to review: analyse a photo (or reopen a review) first.")
+        key = _photo_key(photo_key)
+        result = next((a for a in self.analyzer.analyses_of(key)
+                       if _rows_match(rows, a.concepts.phrases, [float(s) for s in a.concepts.scores])), None)
+        saved = self.store.load(key)
+        if result is not None:
+            return self.store.save(key, result.image.pixels, result.concepts.masks,
+                                   [self._verdict(r, result) for r in rows], reviewer=reviewer or "",
+                                   note=note or "", prompts=list(result.prompts))
+        if saved is not None and _rows_match(rows, *self._saved_concepts(saved)):
+            return self.store.amend(key, [self._verdict(r, None) for r in rows], reviewer or "", note or "")
+        if saved is not None or self.analyzer.analyses_of(key):
+            raise ValueError(f"The review table does not belong to photo {short_key(key)}: analyse that photo "
+                             "again (or reopen its review).")
+        raise ValueError(f"Photo {short_key(key)} is no longer in the app's memory and has no saved review; "
+                         "analyse it again before saving.")
+
+    def saved_outputs(self, review: Review) -> tuple:
+        """(status, review list, table) after a save: the version, the decisions, how many masks a person edited."""
         counts = {d: sum(c.decision == d for c in review.concepts) for d in ("accept", "reject", "relabel", "pending")}
-        status = (f"Saved review of photo `{short_key(review.image_key)}` (revision {review.revision}) at "
-                  f"{time.strftime('%H:%M:%S', time.localtime(review.updated_at))}: "
-                  + ", ".join(f"{n} {d}" for d, n in counts.items()) + ".")
+        edited = sum(c.provenance != "model" for c in review.concepts)
+        status = (f"Saved version {review.revision} of photo `{short_key(review.image_key)}` (revision "
+                  f"{review.revision}) at {time.strftime('%H:%M:%S', time.localtime(review.updated_at))}: "
+                  + ", ".join(f"{n} {d}" for d, n in counts.items()) + f"; {edited} edited by hand.")
         return status, self.review_choices(selected=review.image_key), self._review_frame(review)
 
     @staticmethod
@@ -403,7 +416,7 @@ class Handlers:
         except (ValueError, OSError) as exc:
             raise self._refuse("open_review", exc, request) from exc
         k = short_key(key)
-        status = f"Reopened review of photo `{k}` (revision {review.revision}); edit and press Save review to amend it."
+        status = f"Reopened review of photo `{k}` (revision {review.revision}); edit and press Save to amend it."
         return (key, self._review_frame(review), review.reviewer, review.note,
                 gr.AnnotatedImage(value=(photo, annotations), label=f"Photo {k} (saved review, numbered concepts)"),
                 status)

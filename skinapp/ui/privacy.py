@@ -4,11 +4,12 @@
   writes, and review exports) is emptied at start-up and shutdown, and every file in it is deleted once it
   is older than the retention. Nothing derived from a photo outlives the retention (saved reviews live in
   the review data directory, which the user chose to keep).
-* :class:`ExportGuard`: a pure ASGI middleware. Every browser gets a random session cookie; a review
-  export is written under a random name and recorded with the cookie of the session that asked for it.
-  A request for an export file (``/gradio_api/file=.../skinapp-export-<token>.zip``) with another or no
-  cookie gets 403. Clients without cookies (``gradio_client``) get exports that only the URL opens: a
-  128-bit random token no other session is told.
+* :class:`ExportGuard`: a pure ASGI middleware. Every browser gets a random session cookie; an export
+  (review archive or agreement CSV) is written under a random name and recorded with the cookie of the
+  session that asked for it. A request for an export file
+  (``/gradio_api/file=.../skinapp-export-<token>.zip`` or ``.csv``) with another or no cookie gets 403.
+  Clients without cookies (``gradio_client``) get exports that only the URL opens: a 128-bit random
+  token no other session is told.
 """
 
 from __future__ import annotations
@@ -27,9 +28,12 @@ log = logging.getLogger(__name__)
 
 #: The cookie that names a browser session (HttpOnly, SameSite=Strict, no expiry: gone with the browser).
 SESSION_COOKIE = "skinapp_session"
-#: Export archives are named so; the token is the only part another session would have to guess.
-EXPORT_NAME = "skinapp-export-{token}.zip"
-_EXPORT_RE = re.compile(r"skinapp-export-([0-9a-f]{32})\.zip")
+#: Exports are named so (``suffix`` one of :data:`EXPORT_SUFFIXES`); the token is the only part another session
+#: would have to guess.
+EXPORT_NAME = "skinapp-export-{token}.{suffix}"
+#: Kinds of export: review archives (zip) and agreement tables (csv).
+EXPORT_SUFFIXES = ("zip", "csv")
+_EXPORT_RE = re.compile(r"skinapp-export-([0-9a-f]{32})\.(?:" + "|".join(EXPORT_SUFFIXES) + ")")
 
 
 class TempSweeper:
@@ -158,13 +162,16 @@ def session_cookie(header: str | None) -> str | None:
     return morsel.value if morsel is not None and re.fullmatch(r"[0-9a-f]{32}", morsel.value) else None
 
 
-def new_export_path(export_root: str | Path, registry: dict[str, str | None], owner: str | None) -> Path:
-    """A fresh export path ``<export_root>/<token>/skinapp-export-<token>.zip``, recorded for ``owner``."""
+def new_export_path(export_root: str | Path, registry: dict[str, str | None], owner: str | None,
+                    suffix: str = "zip") -> Path:
+    """A fresh export path ``<export_root>/<token>/skinapp-export-<token>.<suffix>``, recorded for ``owner``."""
+    if suffix not in EXPORT_SUFFIXES:
+        raise ValueError(f"exports are one of {EXPORT_SUFFIXES}; got {suffix!r}")
     token = secrets.token_hex(16)
     registry[token] = owner
     folder = Path(export_root) / token
     folder.mkdir(parents=True, exist_ok=True)
-    return folder / EXPORT_NAME.format(token=token)
+    return folder / EXPORT_NAME.format(token=token, suffix=suffix)
 
 
 def _header(scope: dict, name: bytes) -> str | None:

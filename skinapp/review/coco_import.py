@@ -1,0 +1,94 @@
+"""Import a COCO instance-segmentation file (e.g. exported by CVAT or by :func:`~skinapp.review.export.export_coco`)
+as a new version of the reviews of the photos it annotates.
+
+Images are matched to stored photos by ``image_key`` (our exports carry it) or else by the file name's stem
+(``images/<key>.png``, or ``<key>.jpg`` as uploaded to CVAT). Segmentations may be compressed RLE (``counts``
+a string), uncompressed RLE (``counts`` a list) or polygons; pycocotools decodes all three. Every image is checked
+before anything is saved: an unknown image, a size that differs from the stored photo, or an annotation that
+cannot be decoded raises ValueError naming it, and nothing is imported.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from skinapp.review.store import ConceptReview, Review, ReviewStore
+
+log = logging.getLogger(__name__)
+
+
+def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarray:
+    """bool [H, W] from a COCO segmentation (compressed / uncompressed RLE, or polygons [[x, y, ...], ...])."""
+    if isinstance(segmentation, dict):
+        counts = segmentation.get("counts")
+        if list(segmentation.get("size", [])) != [height, width]:
+            raise ValueError(f"its RLE is {segmentation.get('size')} but the image is {height}x{width}")
+        rle = (mask_utils.frPyObjects(segmentation, height, width) if isinstance(counts, list)
+               else {"size": [height, width], "counts": counts.encode("ascii") if isinstance(counts, str) else counts})
+    elif isinstance(segmentation, list) and segmentation:
+        rle = mask_utils.merge(mask_utils.frPyObjects([list(map(float, p)) for p in segmentation], height, width))
+    else:
+        raise ValueError("it has no segmentation (RLE or polygons)")
+    return mask_utils.decode(rle).astype(bool)
+
+
+def _image_key(image: dict[str, Any], known: set[str]) -> str:
+    key = str(image.get("image_key") or PurePosixPath(str(image.get("file_name", ""))).stem).lower()
+    if key not in known:
+        raise ValueError(f"COCO image {image.get('id')} ({PurePosixPath(str(image.get('file_name', ''))).name}) "
+                         "matches no saved photo: images are matched by image_key or a file name <photo key>.png.")
+    return key
+
+
+def import_coco(store: ReviewStore, path: str | Path, reviewer: str = "", note: str = "imported from COCO"
+                ) -> list[Review]:
+    """Save the annotations of each image in the COCO file as a new version of that photo's review.
+
+    Each annotation becomes a concept (phrase: its category's name; decision "accept"; provenance "imported";
+    box from ``bbox``). Returns the saved versions, in the file's image order.
+
+    Raises:
+        ValueError: unreadable file, unknown image, size mismatch, undecodable segmentation (nothing is saved).
+    """
+    try:
+        coco = json.loads(Path(path).read_text())
+        images, annotations = list(coco["images"]), list(coco.get("annotations", []))
+        categories = {c["id"]: str(c["name"]) for c in coco.get("categories", [])}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"Not a COCO annotation file: {exc}") from exc
+    known = {r.image_key for r in store.list_reviews()}
+    planned = []
+    for image in images:
+        key = _image_key(image, known)
+        review = store.load(key)
+        size = (int(image.get("height", -1)), int(image.get("width", -1)))
+        if size != (review.height, review.width):
+            raise ValueError(f"COCO image {image.get('id')} is {size[1]}x{size[0]} but photo {key[:12]} is "
+                             f"{review.width}x{review.height}: annotate the exported working-size photo.")
+        masks, concepts = [], []
+        for ann in (a for a in annotations if a.get("image_id") == image.get("id")):
+            try:
+                mask = decode_segmentation(ann.get("segmentation"), *size)
+            except (ValueError, TypeError, KeyError) as exc:
+                raise ValueError(f"Annotation {ann.get('id')} of image {image.get('id')}: {exc}.") from exc
+            x, y, w, h = (float(v) for v in (ann.get("bbox") or mask_utils.toBbox(
+                mask_utils.encode(np.asfortranarray(mask.astype(np.uint8))))))
+            phrase = categories.get(ann.get("category_id"), "")
+            if not phrase:
+                raise ValueError(f"Annotation {ann.get('id')}: category {ann.get('category_id')} is not listed.")
+            concepts.append(ConceptReview(len(masks), phrase, float(ann.get("score", 1.0)), (x, y, x + w, y + h),
+                                          "accept", provenance="imported"))
+            masks.append(mask)
+        if not concepts:
+            raise ValueError(f"COCO image {image.get('id')} (photo {key[:12]}) has no annotations.")
+        planned.append((key, np.stack(masks), concepts))
+    saved = [store.save(key, store.load_photo(key), masks, concepts, reviewer=reviewer, note=note,
+                        prompts=store.load(key).prompts) for key, masks, concepts in planned]
+    log.info("Imported %d annotations over %d photos from COCO", sum(len(c) for _, _, c in planned), len(saved))
+    return saved

@@ -1,0 +1,91 @@
+"""The Review tab's agreement panel: reviewers of the photo shown, compared (thin handlers over
+:mod:`skinapp.review.agreement`), and the whole store's agreement as a CSV for the session that asked.
+
+For the photo key shown: one row per reviewer pair and concept both reviewers kept (same number and phrase)
+with the two decisions, the IoU of their masks, and the pair's Cohen's kappa over keep/reject on every photo
+both reviewed. The CSV is :func:`skinapp.review.agreement.write_csv` of the whole store, written under a
+session-bound export name (:func:`skinapp.ui.privacy.new_export_path`, checked by
+:class:`~skinapp.ui.privacy.ExportGuard`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from skinapp.review.agreement import agreement, write_csv
+from skinapp.review.store import ReviewStore
+from skinapp.ui.privacy import new_export_path, session_cookie
+
+log = logging.getLogger(__name__)
+
+AGREEMENT_COLUMNS = ["reviewer A", "reviewer B", "#", "concept", "decision A", "decision B", "mask IoU",
+                     "kappa (all shared photos)"]
+
+
+def _name(reviewer: str) -> str:
+    return reviewer or "(unnamed)"
+
+
+class AgreementHandlers:
+    """Handlers of the agreement panel.
+
+    Args:
+        store: the review store.
+        refuse: ``Handlers._refuse`` (one log line, the message kept for the failure text).
+        export_dir, export_owners: where exports go and {token: owner cookie} (``Handlers``'s, shared with
+            :class:`~skinapp.ui.privacy.ExportGuard`).
+    """
+
+    def __init__(self, store: ReviewStore, refuse, export_dir: str | Path,
+                 export_owners: dict[str, str | None]) -> None:
+        self.store = store
+        self._refuse = refuse
+        self.export_dir = Path(export_dir)
+        self.export_owners = export_owners
+
+    def photo(self, photo_key: Any, request: gr.Request | None = None) -> tuple[pd.DataFrame, str]:
+        """The reviewer pairs x concepts of the photo ``photo_key`` names. Outputs: table, status."""
+        key = str(photo_key or "").strip().lower()
+        if not re.fullmatch(r"[0-9a-f]{64}", key):
+            raise self._refuse("agreement", ValueError("Analyse a photo (or reopen a saved review) first: there is "
+                                                       "no photo key."), request)
+        concepts, pairs = agreement(self.store)
+        kappas = {(p.reviewer_a, p.reviewer_b): p for p in pairs}
+        rows = [[_name(c.reviewer_a), _name(c.reviewer_b), c.concept, c.phrase, c.decision_a, c.decision_b,
+                 round(c.iou, 3), _kappa(kappas[(c.reviewer_a, c.reviewer_b)].kappa)]
+                for c in concepts if c.image_key == key]
+        reviewers = sorted({r.reviewer for r in self.store.latest_by_reviewer() if r.image_key == key})
+        if len(reviewers) < 2:
+            status = (f"Photo `{key[:12]}` has {len(reviewers)} reviewer(s) "
+                      f"({', '.join(map(_name, reviewers)) or 'none'}): agreement needs two.")
+        else:
+            shown = {(c.reviewer_a, c.reviewer_b) for c in concepts if c.image_key == key}
+            status = f"Photo `{key[:12]}`: latest versions of {', '.join(map(_name, reviewers))} compared. " + " ".join(
+                f"{_name(a)} vs {_name(b)}: Cohen's kappa {_kappa(kappas[(a, b)].kappa)} over "
+                f"{kappas[(a, b)].n_decided} decided concepts on {kappas[(a, b)].n_photos} shared photos."
+                for a, b in sorted(shown))
+        return pd.DataFrame(rows, columns=AGREEMENT_COLUMNS), status
+
+    def export_csv(self, request: gr.Request | None = None) -> tuple[str, str]:
+        """The whole store's agreement as CSV, for this session only. Outputs: file, status."""
+        concepts, pairs = agreement(self.store)
+        if not pairs:
+            raise self._refuse("agreement", ValueError("No photo has been reviewed by two or more reviewers yet."),
+                                request)
+        owner = session_cookie(request.headers.get("cookie")) if request is not None else None
+        target = write_csv(concepts, pairs, new_export_path(self.export_dir, self.export_owners, owner, "csv"))
+        log.info("Exported reviewer agreement (%d pairs, %d concepts)", len(pairs), len(concepts))
+        return str(target), (f"Agreement of {len(pairs)} reviewer pairs over {len(concepts)} concepts. The download "
+                             "is for this session only and is deleted after the retention time: save it now.")
+
+
+def _kappa(value: float) -> str:
+    """Kappa to 3 decimals; "n/a" when undefined (NaN: no decided concept, or one answer throughout)."""
+    return "n/a" if math.isnan(value) else f"{value:.3f}"

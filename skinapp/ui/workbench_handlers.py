@@ -1,0 +1,291 @@
+"""Handlers of the Review tab's mask workbench and its named API endpoints (thin: the work is in
+:class:`skinapp.review.workbench.Workbench`).
+
+Every handler acts on the photo key it is given; edits are kept per (browser or client session, photo key).
+UI handlers return component values; the API functions (:meth:`WorkbenchHandlers.api_functions`) return JSON
+with masks as COCO RLE (:func:`skinapp.review.export.rle_encode`).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+from collections.abc import Callable
+from typing import Any
+
+import cv2
+import gradio as gr
+import numpy as np
+
+from skinapp.review.agreement import agreement, summary_lines
+from skinapp.review.export import rle_encode
+from skinapp.review.store import Review
+from skinapp.review.workbench import Draft, Workbench
+
+log = logging.getLogger(__name__)
+
+#: Colour of the selected concept's mask (RGB) and its opacity.
+SELECTED_COLOUR = (0, 200, 255)
+OPACITY = 0.45
+
+
+def _session(request: gr.Request | None) -> str:
+    return getattr(request, "session_hash", None) or "api"
+
+
+def _key(value: Any) -> str:
+    key = str(value or "").strip().lower()
+    if not re.fullmatch(r"[0-9a-f]{64}", key):
+        raise ValueError("Analyse a photo (or reopen a saved review) first: there is no photo key.")
+    return key
+
+
+def _api(fn: Callable) -> Callable:
+    """An API function whose ValueError reaches the client as its message (gr.Error), logged as one line."""
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (ValueError, OSError) as exc:
+            log.info("%s refused: %s", fn.__name__, exc)
+            raise gr.Error(str(exc), print_exception=False) from exc
+    return call
+
+
+def render(pixels: np.ndarray, draft: Draft, selected: Any) -> np.ndarray:
+    """The photo with every concept's outline (white), the selected concept filled and outlined in colour, and its
+    clicks (green positive, red negative). uint8 [H, W, 3] at working size, so a click's (x, y) is a pixel."""
+    out = np.array(pixels, dtype=np.uint8, copy=True)
+    chosen = next((c for c in draft.concepts if str(c.index) == str(selected)), None)
+    for c in draft.concepts:
+        contours, _ = cv2.findContours(c.mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(out, contours, -1, (255, 255, 255), 1)
+    if chosen is not None:
+        fill = np.array(SELECTED_COLOUR, np.float32)
+        out[chosen.mask] = (out[chosen.mask] * (1 - OPACITY) + fill * OPACITY).astype(np.uint8)
+        contours, _ = cv2.findContours(chosen.mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(out, contours, -1, SELECTED_COLOUR, 2)
+        radius = max(3, round(max(out.shape[:2]) / 120))
+        for x, y, label in chosen.points:
+            cv2.circle(out, (int(x), int(y)), radius, (0, 200, 0) if label else (220, 0, 0), -1)
+            cv2.circle(out, (int(x), int(y)), radius, (255, 255, 255), 1)
+    return out
+
+
+def concept_json(draft: Draft) -> dict[str, Any]:
+    """The draft as JSON: photo key, size and each concept with its RLE mask, box, provenance, clicks."""
+    return {"photo_key": draft.image_key, "height": draft.size[0], "width": draft.size[1], "source": draft.source,
+            "concepts": [{"index": c.index, "phrase": c.phrase, "box": list(c.box), "provenance": c.provenance,
+                          "decision": c.decision, "clicks": [list(p) for p in c.points], "mask": rle_encode(c.mask)}
+                         for c in draft.concepts]}
+
+
+class WorkbenchHandlers:
+    """UI handlers and API functions over one :class:`Workbench`.
+
+    Args:
+        bench: the workbench.
+        handlers: the app's :class:`~skinapp.ui.handlers.Handlers` (its ``_refuse``: one log line, the message
+            remembered for the failure text; its table save for a photo without edits).
+    """
+
+    def __init__(self, bench: Workbench, handlers) -> None:
+        self.bench = bench
+        self.handlers = handlers
+        self._refuse = handlers._refuse
+
+    def _view(self, key: str, draft: Draft, selected: Any, status: str) -> tuple:
+        choices = [(f"#{c.index} {c.phrase} ({c.provenance})", str(c.index)) for c in draft.concepts]
+        values = [v for _, v in choices]
+        chosen = str(selected) if str(selected) in values else (values[0] if values else None)
+        image = gr.Image(value=render(self.bench.pixels(key), draft, chosen),
+                         label=f"Photo {key[:12]}: click to refine concept #{chosen}")
+        return image, gr.Dropdown(choices=choices, value=chosen), status
+
+    def _run(self, action: str, request, fn, key_value, selected, status) -> tuple:
+        try:
+            key = _key(key_value)
+            draft = fn(_session(request), key)
+            return self._view(key, draft, selected, status(draft) if callable(status) else status)
+        except (ValueError, OSError) as exc:
+            raise self._refuse(action, exc, request) from exc
+
+    # -- UI -----------------------------------------------------------------------------------
+    def start(self, photo_key: str, request: gr.Request | None = None) -> tuple:
+        """Show the photo's draft (started from its analysis or saved review). Outputs: image, concept, status."""
+        if not str(photo_key or "").strip():
+            return None, gr.Dropdown(choices=[], value=None), ""
+        return self._run("workbench", request, self.bench.draft, photo_key, None,
+                         lambda d: f"Editing {len(d.concepts)} concepts of photo `{d.image_key[:12]}` ({d.source}).")
+
+    def show(self, photo_key: str, concept: Any, request: gr.Request | None = None) -> tuple:
+        return self._run("workbench", request, self.bench.draft, photo_key, concept, "")
+
+    def click(self, photo_key: str, concept: Any, mode: str, evt: gr.SelectData,
+              request: gr.Request | None = None) -> tuple:
+        """A click on the photo: a positive or negative point for the selected concept."""
+        x, y = (float(v) for v in evt.index[:2])
+        positive = mode != "negative"
+        areas: list[int] = []
+
+        def refine(session: str, key: str) -> Draft:
+            areas.append(int(self.bench.draft(session, key).concept(concept).mask.sum()))
+            draft = self.bench.refine(session, key, concept, x, y, positive)
+            areas.append(int(draft.concept(concept).mask.sum()))
+            return draft
+        return self._run("workbench", request, refine, photo_key, concept,
+                         lambda d: f"Concept #{concept}: {'positive' if positive else 'negative'} click at "
+                                   f"({x:.0f}, {y:.0f}); mask {areas[0]} -> {areas[1]} px.")
+
+    def undo(self, photo_key: str, concept: Any, request: gr.Request | None = None) -> tuple:
+        return self._run("workbench", request, self.bench.undo, photo_key, concept, "Undone.")
+
+    def redo(self, photo_key: str, concept: Any, request: gr.Request | None = None) -> tuple:
+        return self._run("workbench", request, self.bench.redo, photo_key, concept, "Redone.")
+
+    def delete(self, photo_key: str, concept: Any, request: gr.Request | None = None) -> tuple:
+        return self._run("workbench", request, lambda s, k: self.bench.delete(s, k, concept), photo_key, None,
+                         f"Deleted concept #{concept} (Undo brings it back).")
+
+    def add(self, photo_key: str, box_text: str, phrase: str, request: gr.Request | None = None) -> tuple:
+        """Add a concept from a box typed as "x0, y0, x1, y1" (pixels) and a phrase."""
+        def add(session: str, key: str) -> Draft:
+            numbers = re.findall(r"-?\d+(?:\.\d+)?", str(box_text or ""))
+            if len(numbers) != 4:
+                raise ValueError("Give the new concept's box as four numbers: x0, y0, x1, y1 (pixels).")
+            return self.bench.add(session, key, [float(v) for v in numbers], phrase)
+        return self._run("workbench", request, add, photo_key, "last",
+                         lambda d: f"Added concept #{d.concepts[-1].index} '{d.concepts[-1].phrase}'.")
+
+    def paint(self, photo_key: str, concept: Any, editor: Any, request: gr.Request | None = None) -> tuple:
+        """Apply the brush layer of the image editor: painted pixels become the concept's mask."""
+        def paint(session: str, key: str) -> Draft:
+            layers = (editor or {}).get("layers") or []
+            if not layers or layers[0] is None:
+                raise ValueError("Paint the concept on the brush layer first.")
+            layer = np.asarray(layers[0])
+            mask = layer[..., 3] > 0 if layer.ndim == 3 and layer.shape[2] == 4 else layer.reshape(
+                layer.shape[:2] + (-1,)).max(-1) > 0
+            return self.bench.paint(session, key, concept, mask)
+        return self._run("workbench", request, paint, photo_key, concept, f"Painted concept #{concept}.")
+
+    def brush_canvas(self, photo_key: str, concept: Any, request: gr.Request | None = None) -> dict | None:
+        """The image editor's value: the photo as background, the selected concept's mask as the brush layer."""
+        try:
+            key = _key(photo_key)
+            draft = self.bench.draft(_session(request), key)
+            c = draft.concept(concept)
+        except ValueError:
+            return None
+        layer = np.zeros((*draft.size, 4), np.uint8)
+        layer[c.mask] = (*SELECTED_COLOUR, 255)
+        return {"background": self.bench.pixels(key), "layers": [layer], "composite": None}
+
+    def save_review(self, session: str, photo_key: Any, table: Any, reviewer: str, note: str) -> Review:
+        """The one save: a new version of the photo's review, with this session's edited masks when it has edits
+        (the table's decisions applied to them), else the model's masks (or the reopened review's) with the
+        table's decisions (:meth:`skinapp.ui.handlers.Handlers.save_table`). ``table`` None: the draft's decisions.
+
+        Raises:
+            ValueError: no photo key, a table of another photo, nothing to save.
+        """
+        key = _key(photo_key)
+        rows = table.to_dict("records") if hasattr(table, "to_dict") else []
+        if table is not None and not self.bench.has_edits(session, key):
+            return self.handlers.save_table(key, table, reviewer, note)
+        draft = self.bench.draft(session, key)
+        verdicts = {}
+        for row in rows:
+            try:
+                index = int(float(row.get("#")))
+            except (TypeError, ValueError):
+                continue
+            concept = next((c for c in draft.concepts if c.index == index), None)
+            if concept is None:
+                continue  # deleted in the editor
+            if str(row.get("concept") or "") != concept.phrase:
+                raise ValueError(f"The review table does not belong to photo {key[:12]}: analyse that photo again "
+                                 "(or reopen its review).")
+            verdicts[index] = (str(row.get("decision") or "pending"), str(row.get("new label") or ""),
+                               str(row.get("comment") or ""))
+        if verdicts:
+            self.bench.set_verdicts(session, key, verdicts)
+        return self.bench.save(session, key, reviewer or "", note or "")
+
+    def save(self, photo_key: str, table: Any, reviewer: str, note: str, request: gr.Request | None = None) -> tuple:
+        """The Review tab's Save button (API ``/save_review``). Outputs: status, saved reviews, table."""
+        try:
+            review = self.save_review(_session(request), photo_key, table, reviewer, note)
+        except (ValueError, OSError) as exc:
+            raise self._refuse("save_review", exc, request) from exc
+        return self.handlers.saved_outputs(review)
+
+    def version_choices(self, photo_key: str) -> gr.Dropdown:
+        try:
+            versions = self.bench.store.versions(_key(photo_key))
+        except ValueError:
+            versions = []
+        return gr.Dropdown(choices=[(f"v{v.revision} \u00b7 {v.reviewer or '(unnamed)'} \u00b7 {len(v.concepts)} "
+                                     "concepts", str(v.revision)) for v in versions],
+                           value=str(versions[0].revision) if versions else None)
+
+    def open_version(self, photo_key: str, revision: Any, request: gr.Request | None = None) -> tuple:
+        try:
+            number = int(str(revision))
+        except ValueError:
+            raise self._refuse("workbench", ValueError("Choose a saved version first."), request) from None
+        return self._run("workbench", request, lambda s, k: self.bench.open(s, k, number), photo_key, None,
+                         f"Opened version {number}: edits start from it.")
+
+    # -- API ----------------------------------------------------------------------------------
+    def api_functions(self) -> dict[str, Any]:
+        """{api_name: function} for ``gr.api``: JSON in, JSON out (masks as RLE)."""
+        bench = self.bench
+
+        def refine(photo_key: str, concept: int, x: float, y: float, positive: bool = True,
+                   request: gr.Request = None) -> dict:
+            """One click on a concept; returns the photo's concepts (masks as COCO RLE)."""
+            return concept_json(bench.refine(_session(request), _key(photo_key), concept, x, y, positive))
+
+        def add_concept(photo_key: str, x0: float, y0: float, x1: float, y1: float, phrase: str,
+                        request: gr.Request = None) -> dict:
+            """Add a concept from a pixel box and a phrase; returns the photo's concepts."""
+            return concept_json(bench.add(_session(request), _key(photo_key), (x0, y0, x1, y1), phrase))
+
+        def delete_concept(photo_key: str, concept: int, request: gr.Request = None) -> dict:
+            """Delete a concept; returns the remaining concepts."""
+            return concept_json(bench.delete(_session(request), _key(photo_key), concept))
+
+        def undo_edit(photo_key: str, request: gr.Request = None) -> dict:
+            return concept_json(bench.undo(_session(request), _key(photo_key)))
+
+        def save_version(photo_key: str, reviewer: str = "", note: str = "", request: gr.Request = None) -> dict:
+            """The Save button without a table: a new version (edited masks if any, else the model's) with the
+            editor's decisions; returns its revision and provenance."""
+            review = self.save_review(_session(request), photo_key, None, reviewer, note)
+            return {"photo_key": review.image_key, "revision": review.revision,
+                    "provenance": {str(c.index): c.provenance for c in review.concepts}}
+
+        def versions(photo_key: str, with_masks: bool = False) -> list:
+            """Every saved version of the photo's review, newest first (masks as RLE when asked)."""
+            key = _key(photo_key)
+            return [{"revision": v.revision, "reviewer": v.reviewer, "saved_at": v.updated_at, "note": v.note,
+                     "concepts": [{"index": c.index, "phrase": c.phrase, "decision": c.decision, "label": c.label,
+                                   "provenance": c.provenance,
+                                   **({"mask": rle_encode(bench.store.load_mask(key, c.index, v.version))}
+                                      if with_masks else {})} for c in v.concepts]}
+                    for v in bench.store.versions(key)]
+
+        def reviewer_agreement() -> dict:
+            """Per reviewer pair: photos, concepts, mean mask IoU, Cohen's kappa (NaN as null)."""
+            _, pairs = agreement(bench.store)
+            return {"lines": summary_lines(pairs),
+                    "pairs": [{"reviewer_a": p.reviewer_a, "reviewer_b": p.reviewer_b, "n_photos": p.n_photos,
+                               "n_concepts": p.n_concepts, "n_decided": p.n_decided, "mean_iou": p.mean_iou,
+                               "kappa": None if np.isnan(p.kappa) else p.kappa} for p in pairs]}
+
+        functions = {"refine": refine, "add_concept": add_concept, "delete_concept": delete_concept,
+                     "undo_edit": undo_edit, "save_version": save_version, "versions": versions,
+                     "agreement": reviewer_agreement}
+        return {name: _api(fn) for name, fn in functions.items()}

@@ -1,0 +1,313 @@
+"""What the clinician reads from the handlers, compared whole: the status lines, the banner, the error shown
+next to an action, the saved-review list, and how a review table from the screen or the API is read.
+
+The Analyzer is the real one at the tiny profile (untrained: the banner must be there); nothing is mocked
+but the Gradio request, which only carries the session id and cookie.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from types import SimpleNamespace
+
+import gradio as gr
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from skinapp.pipeline import Analyzer
+from skinapp.provenance import UNTRAINED_WARNING, WeightsInfo, untrained
+from skinapp.review import ReviewStore
+from skinapp.synthetic import make_skin_photo
+from skinapp.ui import Handlers
+from skinapp.ui.handlers import REVIEW_COLUMNS, banner_html, label_positions, review_table
+
+KEY, TABLE, STATUS, DETAILS = 6, 7, 11, 10
+
+
+@pytest.fixture(scope="module")
+def analyzer() -> Analyzer:
+    return Analyzer.create(profile="tiny", device="cpu", warmup=False)
+
+
+@pytest.fixture
+def handlers(analyzer, tmp_path) -> Handlers:
+    return Handlers(analyzer, ReviewStore(tmp_path / "data"), export_dir=tmp_path / "exports")
+
+
+@pytest.fixture
+def photo(tmp_path) -> str:
+    path = tmp_path / "photo.png"
+    Image.fromarray(make_skin_photo(seed=8, size=(192, 256), lesion_colour="dark_brown").pixels).save(path)
+    return str(path)
+
+
+def _request(session: str = "s1", cookie: str | None = None):
+    return SimpleNamespace(session_hash=session, headers={"cookie": cookie} if cookie else {})
+
+
+# --------------------------------------------------------------------------- banner
+
+
+def test_banner_names_each_untrained_model_once_and_the_fix():
+    weights = (untrained("fusion"), WeightsInfo("sam_vit_b", True, "sam.pth"), untrained("vit <tiny>"),
+               untrained("fusion", "again"))
+    shown = banner_html(f"{UNTRAINED_WARNING}\nUntrained: details on a second line", weights)
+    assert shown == (
+        '<div class="untrained-banner" role="alert" style="background:#b00020;color:#fff;padding:8px 14px;'
+        'border-radius:6px;"><b style="font-size:1.15em;">&#9888; UNTRAINED WEIGHTS \u2014 NOT A DIAGNOSIS</b>'
+        '<span style="font-size:0.9em;margin-left:10px;">Untrained: fusion, vit &lt;tiny&gt;. How to fix: README '
+        '\u2192 Real weights (python -m skinapp.checkpoints download ...)</span></div>')
+    assert "Untrained:" not in banner_html(UNTRAINED_WARNING, (WeightsInfo("sam", True, "x"),))
+
+
+def test_without_a_banner_the_weights_used_are_one_quiet_line():
+    weights = (WeightsInfo("fusion", True, "fusion.safetensors"), WeightsInfo("vit", True, "a<b>.pth"))
+    assert banner_html("", weights) == ('<div class="weights-ok">Weights used: fusion: trained (fusion.safetensors); '
+                                        'vit: trained (a&lt;b&gt;.pth)</div>')
+
+
+# --------------------------------------------------------------------------- analyse / explain
+
+
+def test_analyse_status_and_details_name_the_photo_and_what_was_found(handlers, photo):
+    out = handlers.analyze(photo, "lesion . arm", 0.3, 0.25)
+    result = handlers.analyzer.latest_analysis(photo)
+    k, n = result.image_key[:12], len(result.concepts)
+    assert out[STATUS] == f"Analysed photo `{k}`: {n} concepts, '{result.prediction.predicted}'."
+    times = ", ".join(f"{name} {v:.2f}s" for name, v in result.timings.items())
+    assert out[DETAILS] == (f"**Photo** `{k}` (256x192), {n} concepts ({result.concepts.source}). "
+                            f"**Timings:** {times}.")
+    assert out[9] == (f"{n} concepts of photo `{k}` ready for review; nothing is stored until you press Save "
+                      "review.")
+    assert out[1].label == f"Diagnosis \u00b7 photo {k} \u2014 {UNTRAINED_WARNING}"
+    assert out[1].value["label"] == result.prediction.predicted
+    assert out[0].label == f"Concepts ({n}) \u00b7 photo {k} \u2014 untrained"
+    assert out[3].label == f"Decisive concept \u00b7 photo {k}"
+    assert out[4] == f"Photo `{k}`: {result.decisive_text}"
+    assert out[8].label == f"Photo {k} with numbered concepts"
+    assert [a["label"] for a in out[0].value["annotations"]] == [t for _, t in result.annotations]
+    assert [a["label"] for a in out[8].value["annotations"]] == [f"#{i} {p}" for i, p in
+                                                                 enumerate(result.concepts.phrases)]
+
+
+def test_a_photo_note_is_shown_in_the_status_and_the_details(handlers, tmp_path):
+    rgba = tmp_path / "rgba.png"
+    pixels = make_skin_photo(seed=4, size=(160, 200)).pixels
+    Image.fromarray(np.dstack([pixels, np.full(pixels.shape[:2], 255, np.uint8)])).save(rgba)
+    out = handlers.analyze(str(rgba), "lesion", 0.3, 0.25)
+    notes = "; ".join(handlers.analyzer.latest_analysis(str(rgba)).notes)
+    assert notes, "an RGBA photo is converted, and the conversion is noted"
+    assert out[STATUS].endswith(f" Note: {notes}.") and out[DETAILS].endswith(f"\n\n**Notes:** {notes}")
+
+
+def test_mask_opacity_halves_each_concept_mask(handlers, photo):
+    out = handlers.analyze(photo, "lesion . arm", 0.3, 0.25)
+    result = handlers.analyzer.latest_analysis(photo)
+    shown = np.asarray(Image.open(out[0].value["annotations"][0]["image"]["path"]))  # RGBA: the mask is alpha
+    assert set(np.unique(shown[..., 3])) == {0, 127}, "a translucent mask: half opacity, never opaque"
+    assert np.array_equal(shown[..., 3] > 0, result.concepts.masks[0])
+
+
+def test_explain_status_names_the_photo_the_weights_and_the_times(handlers, photo):
+    gallery, sims, banner, status = handlers.explain(photo, "irregular streaks\nblue-whitish veil", None)
+    result = handlers.analyzer.explain(photo, ["irregular streaks", "blue-whitish veil"])
+    k = result.image_key[:12]
+    assert re.fullmatch(rf"Explained 2 phrase\(s\) for photo `{k}` with CLIP weights "
+                        rf"{re.escape(result.clip_label)} \(image_pass \d+\.\d\ds, explain \d+\.\d\ds, render "
+                        rf"\d+\.\d\ds, total \d+\.\d\ds\)\.", status)
+    assert gallery.label == f"Photo {k}: photo / Grad-CAM / Grad E-CLIP / MedGrad E-CLIP"
+    assert list(sims.columns) == ["photo", "phrase", "CLIP similarity", "note"]
+    assert list(sims["CLIP similarity"]) == [round(float(s), 4) for s in result.similarities]
+    assert banner == banner_html(result.banner, result.weights)
+
+
+def test_a_long_phrase_warning_quotes_its_start(handlers, photo):
+    long_phrase = " ".join("abcdefghij"[i % 10] for i in range(90))
+    _, _, _, status = handlers.explain(photo, long_phrase, None)
+    assert status.endswith(f"\n\n&#9888; '{long_phrase[:60]}\u2026' is longer than CLIP's 77-token text input: "
+                           "only its start was used (cut to 77 tokens).")
+
+
+# --------------------------------------------------------------------------- errors next to the action
+
+
+def test_the_error_is_shown_to_the_session_that_caused_it_only(handlers, caplog):
+    with caplog.at_level(logging.INFO, logger="skinapp.ui.handlers"), pytest.raises(gr.Error) as err:
+        handlers.analyze(None, "lesion", 0.3, 0.25, request=_request("s1"))
+    assert (err.value.title, err.value.visible, err.value.print_exception) == ("Cannot do that", False, False)
+    message = str(err.value.message)
+    assert [r.getMessage() for r in caplog.records] == [f"analyze refused: {message}"]
+    assert handlers.error_text("analyze")(_request("s1")) == (
+        f'<div class="action-error" role="alert">&#10060; {message}</div>')
+    assert handlers.error_text("analyze")(_request("s2")) == (
+        '<div class="action-error" role="alert">&#10060; That failed.</div>')
+    assert handlers.error_text("explain")(_request("s1")).endswith("That failed.</div>")
+    with pytest.raises(gr.Error, match="Upload a photo on the Analyse tab first"):
+        handlers.explain(None, "streaks", None, request=_request("s1"))
+    assert handlers.error_text("explain")(_request("s1")) == (
+        '<div class="action-error" role="alert">&#10060; Upload a photo on the Analyse tab first.</div>')
+
+
+def test_cleared_empties_every_photo_output():
+    out = Handlers.cleared("Working...")
+    assert len(out) == 16 and out[11] == "Working..."
+    assert [v for i, v in enumerate(out) if i not in (7, 11)] == [None, None, None, None, "", "", "", None, "", "",
+                                                                  None, None, "", ""]
+    assert list(out[7].columns) == REVIEW_COLUMNS and out[7].empty
+
+
+# --------------------------------------------------------------------------- review
+
+
+def test_review_table_rounds_scores_and_starts_pending(handlers, photo):
+    handlers.analyze(photo, "lesion . arm", 0.3, 0.25)
+    concepts = handlers.analyzer.latest_analysis(photo).concepts
+    table = review_table(concepts)
+    assert table.values.tolist() == [[i, concepts.phrases[i], round(float(concepts.scores[i]), 3), "pending", "", ""]
+                                     for i in range(len(concepts))]
+
+
+def test_save_status_counts_decisions_and_the_list_shows_the_review(handlers, photo):
+    out = handlers.analyze(photo, "lesion . arm", 0.3, 0.25)
+    key, table = out[KEY], out[TABLE].copy()
+    n = len(table)
+    assert n >= 2
+    table.loc[0, "decision"] = "accept"
+    table.loc[1, ["decision", "new label"]] = ["relabel", "naevus"]
+    status, choices, saved = handlers.save_review(key, table, "dr a", "note")
+    review = handlers.store.load(key)
+    assert status == (f"Saved review of photo `{key[:12]}` (revision 1) at "
+                      f"{time.strftime('%H:%M:%S', time.localtime(review.updated_at))}: 1 accept, 0 reject, "
+                      f"1 relabel, {n - 2} pending.")
+    assert choices.choices == [(f"{key[:12]} \u00b7 rev 1 \u00b7 {n} concepts \u00b7 "
+                                f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(review.updated_at))} \u00b7 dr a",
+                                key)]
+    assert choices.value == key
+    result = handlers.analyzer.latest_analysis(photo)
+    assert [(c.index, c.phrase, c.score, c.box) for c in review.concepts] == [
+        (i, result.concepts.phrases[i], float(result.concepts.scores[i]),
+         tuple(float(v) for v in result.concepts.boxes[i])) for i in range(n)]
+    assert saved.values.tolist()[1] == [1, result.concepts.phrases[1], round(float(result.concepts.scores[1]), 3),
+                                        "relabel", "naevus", ""]
+    assert (review.reviewer, review.note, review.prompts) == ("dr a", "note", ["lesion", "arm"])
+
+
+def test_reopen_shows_each_concept_with_its_final_label_and_decision(handlers, photo):
+    out = handlers.analyze(photo, "lesion . arm", 0.3, 0.25)
+    table = out[TABLE].copy()
+    table.loc[0, "decision"] = "accept"
+    table.loc[1, ["decision", "new label"]] = ["relabel", "naevus"]
+    handlers.save_review(out[KEY], table, "", "")
+    phrases = list(table["concept"])
+    key, frame, reviewer, note, preview, status = handlers.open_review(out[KEY][:8].upper() + "  ")
+    assert key == out[KEY] and (reviewer, note) == ("", "")
+    assert status == (f"Reopened review of photo `{key[:12]}` (revision 1); edit and press Save review to amend "
+                      "it.")
+    assert preview.label == f"Photo {key[:12]} (saved review, numbered concepts)"
+    labels = [a["label"] for a in preview.value["annotations"]]
+    assert labels[:2] == [f"#0 {phrases[0]} (accept)", "#1 naevus (relabel)"]
+    assert labels[2:] == [f"#{i} {phrases[i]} (pending)" for i in range(2, len(phrases))]
+
+
+def test_amending_a_reopened_review_keeps_phrase_and_score_from_the_table(handlers, photo, analyzer):
+    out = handlers.analyze(photo, "lesion . arm", 0.3, 0.25)
+    handlers.save_review(out[KEY], out[TABLE], "", "")
+    analyzer.states.clear()  # the app forgot the photo: only the saved review is left
+    _, frame, *_ = handlers.open_review(out[KEY])
+    frame.loc[0, "decision"] = "reject"
+    status, _, _ = handlers.save_review(out[KEY], frame, "dr b", "second look")
+    assert "(revision 2)" in status and ": 0 accept, 1 reject, 0 relabel, " in status
+    review = handlers.store.load(out[KEY])
+    assert [(c.phrase, round(c.score, 3), c.decision) for c in review.concepts][0] == (
+        frame.loc[0, "concept"], frame.loc[0, "score"], "reject")
+    assert (review.reviewer, review.note) == ("dr b", "second look")
+
+
+@pytest.mark.parametrize("table, message", [
+    (pd.DataFrame([[0, "lesion", 0.5]], columns=["#", "concept", "score"]),
+     "The review table lacks the columns ['comment', 'decision', 'new label']."),
+    (pd.DataFrame([["first", "lesion", 0.5, "accept", "", ""]], columns=REVIEW_COLUMNS),
+     "The review table does not belong to photo {k}: analyse that photo again (or reopen its review)."),
+])
+def test_a_malformed_table_is_refused_with_what_is_wrong(handlers, photo, table, message):
+    out = handlers.analyze(photo, "lesion . arm", 0.3, 0.25)
+    with pytest.raises(gr.Error) as err:
+        handlers.save_review(out[KEY], table, "", "")
+    assert err.value.message == message.format(k=out[KEY][:12])
+
+
+def test_a_table_as_plain_rows_or_with_blank_rows_is_read(handlers, photo):
+    out = handlers.analyze(photo, "lesion . arm", 0.3, 0.25)
+    rows = out[TABLE].assign(decision="accept").values.tolist()
+    blank = [None, None, None, None, None, None]
+    status, _, saved = handlers.save_review(out[KEY], rows + [blank], "", "")
+    assert f": {len(rows)} accept, 0 reject" in status and len(saved) == len(rows)
+    as_api = {"headers": REVIEW_COLUMNS, "data": [[str(r[0]), *r[1:]] for r in rows]}  # "#" as text
+    status, _, _ = handlers.save_review(out[KEY].upper(), as_api, "", "")
+    assert "(revision 2)" in status
+
+
+def test_a_score_edited_on_screen_no_longer_matches_the_photo(handlers, photo):
+    out = handlers.analyze(photo, "lesion . arm", 0.3, 0.25)
+    k = out[KEY][:12]
+    edited = out[TABLE].copy()
+    edited.loc[0, "score"] = edited.loc[0, "score"] + 0.01
+    for bad in (edited, out[TABLE].assign(concept="something else"),
+                out[TABLE].assign(**{"#": len(out[TABLE])}), out[TABLE].assign(score="high")):
+        with pytest.raises(gr.Error) as err:
+            handlers.save_review(out[KEY], bad, "", "")
+        assert err.value.message == (f"The review table does not belong to photo {k}: analyse that photo again (or "
+                                     "reopen its review).")
+    nudged = out[TABLE].copy()
+    nudged.loc[0, "score"] = nudged.loc[0, "score"] + 0.0009  # within the table's rounding
+    assert "(revision 1)" in handlers.save_review(out[KEY], nudged, "", "")[0]
+
+
+def test_a_photo_the_app_forgot_without_a_saved_review_is_refused(handlers, photo, analyzer):
+    out = handlers.analyze(photo, "lesion . arm", 0.3, 0.25)
+    analyzer.states.clear()
+    with pytest.raises(gr.Error) as err:
+        handlers.save_review(out[KEY], out[TABLE], "", "")
+    assert err.value.message == (f"Photo {out[KEY][:12]} is no longer in the app's memory and has no saved review; "
+                                 "analyse it again before saving.")
+    with pytest.raises(gr.Error) as err:
+        handlers.save_review("not-a-key", out[TABLE], "", "")
+    assert err.value.message == ("Analyse a photo (or reopen a saved review) before saving: the review has no photo "
+                                 "key.")
+
+
+@pytest.mark.parametrize("name, message", [
+    ("", "Choose a saved review first."),
+    ("abc", "A review is named by its photo key (hexadecimal, at least 8 characters)."),
+    ("zzzzzzzzzz", "A review is named by its photo key (hexadecimal, at least 8 characters)."),
+    ("0123456789abcdef", "There is no saved review of photo 0123456789ab."),
+])
+def test_reopening_names_what_is_wrong(handlers, name, message):
+    with pytest.raises(gr.Error) as err:
+        handlers.open_review(name)
+    assert err.value.message == message
+
+
+def test_export_goes_to_the_asking_session_and_says_what_it_holds(handlers, photo):
+    out = handlers.analyze(photo, "lesion . arm", 0.3, 0.25)
+    table = out[TABLE].copy()
+    table.loc[0, "decision"] = "accept"
+    table.loc[1, "decision"] = "reject"
+    handlers.save_review(out[KEY], table, "", "")
+    archive, message = handlers.export_reviews(request=_request("s1", cookie="x=1; skinapp_session=" + "ab12" * 8))
+    assert message == ("Exported 1 reviewed concepts from 1 photos. The download is for this session only and is "
+                       "deleted after the retention time: save it now.")
+    token = next(iter(handlers.export_owners))
+    assert handlers.export_owners == {token: "ab12" * 8} and token in archive
+    assert sorted(p.suffix for p in handlers.export_dir.rglob("*") if p.is_file()) == [".zip"], "no unzipped copy"
+
+
+def test_label_positions_put_each_number_deepest_inside_its_mask():
+    masks = np.zeros((2, 60, 100), bool)
+    masks[0, 10:31, 10:51] = True  # 21 x 41: deepest along its middle row, from 10 px inside its left edge
+    masks[1, :, 80:] = True  # touches the photo's border: the border counts as an edge (10 px in from the top)
+    assert label_positions(masks, min_gap=5) == [(20, 20), (89, 9)]

@@ -1,0 +1,139 @@
+"""The Review tab's handlers behind the one Save button and the agreement panel, called as plain functions.
+
+- Save: with edits in the session it saves the edited masks (painted / added provenance) plus the table's
+  decisions; without edits the model's masks; the API's ``/save_version`` is the same save without a table.
+- Agreement panel on the hand-computed store of :mod:`tests.test_review_agreement` (ann vs bob: kappa 0.25 over
+  6 decided concepts on 3 photos; photo 1 concept 0 IoU 1/3), and its CSV bound to the session that asked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+from pathlib import Path
+from types import SimpleNamespace
+
+import gradio as gr
+import numpy as np
+import pytest
+from PIL import Image
+
+from skinapp.pipeline import Analyzer
+from skinapp.review import ReviewStore
+from skinapp.review.workbench import Workbench
+from skinapp.synthetic import make_skin_photo
+from skinapp.ui import Handlers
+from skinapp.ui.agreement_handlers import AGREEMENT_COLUMNS, AgreementHandlers
+from skinapp.ui.privacy import SESSION_COOKIE, ExportGuard
+from skinapp.ui.workbench_handlers import WorkbenchHandlers
+from tests.test_review_agreement import KEYS, store  # noqa: F401 (the hand-computed store fixture)
+
+KEY, TABLE = 6, 7  # Handlers.analyze outputs
+
+
+@pytest.fixture(scope="module")
+def analyzer() -> Analyzer:
+    return Analyzer.create(profile="tiny", device="cpu", warmup=False)
+
+
+@pytest.fixture
+def app(analyzer, tmp_path):
+    handlers = Handlers(analyzer, ReviewStore(tmp_path / "data"), export_dir=tmp_path / "exports")
+    path = tmp_path / "photo.png"
+    Image.fromarray(make_skin_photo(seed=8, size=(192, 256), lesion_colour="dark_brown").pixels).save(path)
+    out = handlers.analyze(str(path), "lesion . arm . leg", 0.3, 0.25)
+    return handlers, WorkbenchHandlers(Workbench(analyzer, handlers.store), handlers), out[KEY], out[TABLE]
+
+
+def _session(name: str) -> SimpleNamespace:
+    return SimpleNamespace(session_hash=name, headers={})
+
+
+def test_one_save_keeps_edits_when_there_are_some_else_the_model_masks(app, analyzer):
+    handlers, wb, key, table = app
+    model = analyzer.analyses_of(key)[0].concepts.masks
+    reviews = handlers.store
+    assert len(table) >= 2, "the planted photo should give at least two concepts"
+    # no edits: the model's masks, the table's decisions
+    table.loc[0, "decision"] = "accept"
+    status, _, saved = wb.save(key, table, "dr a", "", request=_session("s1"))
+    v1 = reviews.load(key)
+    assert v1.revision == 1 and "Saved version 1" in status and "0 edited by hand" in status
+    assert all(c.provenance == "model" for c in v1.concepts) and v1.concepts[0].decision == "accept"
+    assert all(np.array_equal(reviews.load_mask(key, c.index), model[c.index]) for c in v1.concepts)
+    # paint concept 0 in session s1, then Save: the painted mask, the table's new decision for concept 1
+    painted = np.zeros(model.shape[1:], bool)
+    painted[10:40, 20:60] = True
+    wb.bench.paint("s1", key, 0, painted)
+    table.loc[1, "decision"] = "reject"
+    status, _, saved = wb.save(key, table, "dr a", "", request=_session("s1"))
+    v2 = reviews.load(key)
+    assert v2.revision == 2 and "Saved version 2" in status and "1 edited by hand" in status
+    assert v2.concepts[0].provenance == "painted" and np.array_equal(reviews.load_mask(key, 0), painted)
+    assert [c.decision for c in v2.concepts[:2]] == ["accept", "reject"] and list(saved["decision"][:2]) == [
+        "accept", "reject"]
+    # another session has no edits: its Save stores the model's masks again
+    wb.save(key, table, "dr b", "", request=_session("s2"))
+    assert np.array_equal(reviews.load_mask(key, 0), model[0]) and reviews.load(key).concepts[0].provenance == "model"
+    # the API's /save_version is the same save (no table): session s1's edits, its draft's decisions
+    saved_api = wb.api_functions()["save_version"](key, "dr a", "", request=_session("s1"))
+    assert saved_api["revision"] == 4 and saved_api["provenance"]["0"] == "painted"
+    assert np.array_equal(reviews.load_mask(key, 0), painted) and reviews.load(key).concepts[1].decision == "reject"
+
+
+def test_save_with_edits_refuses_a_table_of_another_photo(app):
+    handlers, wb, key, table = app
+    wb.bench.delete("s1", key, len(table) - 1)
+    foreign = table.assign(concept="not this photo's phrase")
+    with pytest.raises(gr.Error):
+        wb.save(key, foreign, "", "", request=_session("s1"))
+    assert handlers.store.load(key) is None
+
+
+def test_agreement_panel_for_the_photo_shown(store, tmp_path):  # noqa: F811
+    agree = AgreementHandlers(store, _refuse, tmp_path / "exports", {})
+    frame, status = agree.photo(KEYS[0])
+    assert list(frame.columns) == AGREEMENT_COLUMNS
+    assert frame.values.tolist() == [["ann", "bob", 0, "lesion", "accept", "accept", 0.333, "0.250"],
+                                     ["ann", "bob", 1, "arm", "accept", "reject", 1.0, "0.250"]]
+    assert "kappa 0.250 over 6 decided concepts on 3 shared photos" in status
+    frame, status = agree.photo(KEYS[2])  # ann, bob and cy: three pairs; ann vs cy decided one concept alike
+    pairs = {(a, b): k for a, b, *_, k in frame.values.tolist()}
+    assert pairs == {("ann", "bob"): "0.250", ("ann", "cy"): "n/a", ("bob", "cy"): "n/a"} and len(frame) == 6
+    with pytest.raises(gr.Error):
+        agree.photo("")
+
+
+def test_agreement_csv_reaches_only_the_session_that_asked(store, tmp_path):  # noqa: F811
+    owners: dict[str, str | None] = {}
+    agree = AgreementHandlers(store, _refuse, tmp_path / "exports", owners)
+    mine, other = "a" * 32, "b" * 32
+    path, message = agree.export_csv(SimpleNamespace(session_hash="x", headers={"cookie": f"{SESSION_COOKIE}={mine}"}))
+    token = Path(path).parent.name
+    assert path.endswith(f"skinapp-export-{token}.csv") and owners == {token: mine} and "this session only" in message
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    ann_bob = next(r for r in rows if r["level"] == "pair" and (r["reviewer_a"], r["reviewer_b"]) == ("ann", "bob"))
+    assert (ann_bob["kappa"], ann_bob["n_decided"]) == ("0.2500", "6")
+    assert _status(owners, f"/gradio_api/file={path}", other) == 403
+    assert _status(owners, f"/gradio_api/file={path}", None) == 403
+    assert _status(owners, f"/gradio_api/file={path}", mine) == 200
+
+
+def _refuse(action: str, exc: Exception, request) -> gr.Error:
+    return gr.Error(str(exc))
+
+
+def _status(owners: dict, path: str, cookie: str | None) -> int:
+    """The HTTP status ExportGuard gives a GET of ``path`` with that session cookie (200: passed to the app)."""
+    sent: list[dict] = []
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+
+    async def send(message):
+        sent.append(message)
+
+    headers = [(b"cookie", f"{SESSION_COOKIE}={cookie}".encode())] if cookie else []
+    asyncio.run(ExportGuard(app, owners)({"type": "http", "path": path, "headers": headers}, None, send))
+    return sent[0]["status"]
