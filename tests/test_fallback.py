@@ -276,3 +276,16 @@ def test_rim_that_leaks_along_a_shadow_line_is_cut_back_to_the_lesion():
     assert leaked[100:, 100:].any()  # the premise: growth alone follows the line towards the corner
     chosen = lesion_candidates(rgb, region, LesionConfig())[0].mask
     assert _iou(chosen, rim) > 0.9 and not chosen[100:, 100:].any()
+
+
+def test_convex_outline_fills_notches_but_offers_no_hull_that_reaches_the_frame():
+    """``convex_outline``: a disc with a notch (hair across it) is filled to its hull; an outline that leaked
+    to the frame keeps its own shape (its hull would be a polygon extrapolated across the edge)."""
+    from skinapp.concepts.fallback_outline import convex_outline
+
+    yy, xx = np.mgrid[:64, :64]
+    disc = (yy - 32) ** 2 + (xx - 32) ** 2 < 15 ** 2
+    notched = disc & ~((np.abs(yy - 32) <= 1) & (xx > 32))
+    assert _iou(convex_outline(notched), disc) > 0.95
+    leak = disc | ((np.abs(yy - xx) <= 2) & (xx > 32))
+    assert np.array_equal(convex_outline(leak), leak)

@@ -102,13 +102,17 @@ def convex_outline(mask: np.ndarray) -> np.ndarray:
     """Convex hull of bool ``mask`` [h, w] (``cv2.convexHull`` of its pixels, filled) -> bool [h, w].
 
     Expert lesion masks are smooth, mostly convex outlines; a threshold outline is notched wherever hair,
-    glare or texture inside the lesion falls below the split.
+    glare or texture inside the lesion falls below the split. A hull that reaches the frame is not offered
+    (``mask`` is returned): the shape beyond the frame is unknown, and such hulls are mostly leaks along the
+    edge filled into large polygons.
     """
     pts = cv2.findNonZero(mask.astype(np.uint8))
     if pts is None or len(pts) < 3:
         return mask
     out = np.zeros(mask.shape, np.uint8)
     cv2.fillPoly(out, [cv2.convexHull(pts)], 1)
+    if out[0].any() or out[-1].any() or out[:, 0].any() or out[:, -1].any():
+        return mask
     return out.astype(bool) | mask
 
 
