@@ -253,3 +253,39 @@ def test_faint_rim_joins_its_core_but_a_faint_blob_alone_does_not_become_lesion(
     grown = lesion_candidates(rgb, region, LesionConfig())[0].mask
     assert _iou(grown, rim) > 0.9 and not grown[faint].any()
     assert _iou(lesion_candidates(rgb, region, LesionConfig(grow_rim=False))[0].mask, core) > 0.9
+
+
+def test_rim_that_leaks_along_a_shadow_line_is_cut_back_to_the_lesion():
+    """Outline choice (``LesionConfig.choose_outline``): a dark core in a faint rim, and a thin faint line of
+    the rim's colour (a shadow or fold, 5 px wide) running from the rim to the corner. Hysteresis growth
+    follows the line to the corner; of the three outlines (grown, opened, convex hull) the ranking evidence
+    rates the opening highest (solid, enclosed by skin, centred), which cuts the line and keeps the lesion."""
+    from skinapp.concepts.fallback_lesions import lesion_candidates
+
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[:128, :128]
+    core, rim = (yy - 64) ** 2 + (xx - 64) ** 2 < 15 ** 2, (yy - 64) ** 2 + (xx - 64) ** 2 < 30 ** 2
+    line = (np.abs(yy - xx) <= 2) & (xx > 64)
+    rgb = np.empty((128, 128, 3), np.float32)
+    rgb[:] = np.array([200, 160, 140]) / 255
+    rgb[rim | line] = np.array([175, 128, 110]) / 255
+    rgb[core] = np.array([90, 60, 50]) / 255
+    rgb = np.clip(rgb + rng.normal(0, 0.01, rgb.shape), 0, 1).astype(np.float32)
+    region = np.ones((128, 128), bool)
+    leaked = lesion_candidates(rgb, region, LesionConfig(choose_outline=False))[0].mask
+    assert leaked[100:, 100:].any()  # the premise: growth alone follows the line towards the corner
+    chosen = lesion_candidates(rgb, region, LesionConfig())[0].mask
+    assert _iou(chosen, rim) > 0.9 and not chosen[100:, 100:].any()
+
+
+def test_convex_outline_fills_notches_but_offers_no_hull_that_reaches_the_frame():
+    """``convex_outline``: a disc with a notch (hair across it) is filled to its hull; an outline that leaked
+    to the frame keeps its own shape (its hull would be a polygon extrapolated across the edge)."""
+    from skinapp.concepts.fallback_outline import convex_outline
+
+    yy, xx = np.mgrid[:64, :64]
+    disc = (yy - 32) ** 2 + (xx - 32) ** 2 < 15 ** 2
+    notched = disc & ~((np.abs(yy - 32) <= 1) & (xx > 32))
+    assert _iou(convex_outline(notched), disc) > 0.95
+    leak = disc | ((np.abs(yy - xx) <= 2) & (xx > 32))
+    assert np.array_equal(convex_outline(leak), leak)
