@@ -230,7 +230,7 @@ def test_amending_a_reopened_review_keeps_phrase_and_score_from_the_table(handle
     (pd.DataFrame([[0, "lesion", 0.5]], columns=["#", "concept", "score"]),
      "The review table lacks the columns ['comment', 'decision', 'new label']."),
     (pd.DataFrame([["first", "lesion", 0.5, "accept", "", ""]], columns=REVIEW_COLUMNS),
-     "The review table does not belong to photo {k}: analyse that photo again (or reopen its review)."),
+     "Row '#' must be a concept number; got 'first'."),
 ])
 def test_a_malformed_table_is_refused_with_what_is_wrong(handlers, photo, table, message):
     out = handlers.analyze(photo, "lesion . arm", 0.3, 0.25)

@@ -282,6 +282,8 @@ class Handlers:
         rows = _table_rows(table)
         if not rows:
             raise ValueError("There are no concepts to review: analyse a photo (or reopen a review) first.")
+        for row in rows:  # a row that names no concept number is the user's edit to point at, not a foreign table
+            _index(row)
         key = _photo_key(photo_key)
         result = next((a for a in self.analyzer.analyses_of(key)
                        if _rows_match(rows, a.concepts.phrases, [float(s) for s in a.concepts.scores])), None)
