@@ -132,8 +132,8 @@ def test_download_of_a_kept_unpinned_file_is_reported_unverified(toy, capsys):
     (bert / "vocab.txt").write_bytes(toy["vocab"])
     code, lines, _ = _run(toy, capsys, "download", "toy_bert", "--no-progress")
     assert code == EXIT_UNVERIFIED
-    # a kept file is not re-hashed: an unpinned one has no digest to show
-    assert lines == [f"{'?':64s}  {bert / 'config.json'}  UNVERIFIED (no pinned SHA-256)",
+    # an unpinned file's digest is printed, so the user can compare it with the publisher's and pin it
+    assert lines == [f"{_sha(toy['cfg'])}  {bert / 'config.json'}  UNVERIFIED (no pinned SHA-256)",
                      f"{_sha(toy['vocab'])}  {bert / 'vocab.txt'}  verified"]
 
 

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from skinapp.checkpoints._errors import CheckpointMissing, ChecksumMismatchError, DownloadError, ManifestError
-from skinapp.checkpoints._hashing import FileState
+from skinapp.checkpoints._hashing import FileState, sha256_file
 from skinapp.checkpoints._manifest import checkpoint_dir, manifest, offline, use_manifest
 from skinapp.checkpoints._resolve import EntryStatus, download, status
 
@@ -72,7 +72,9 @@ def _cmd_download(args: argparse.Namespace) -> int:
     st = status(args.name, path=location)
     for f in st.files:
         verdict = "verified" if f.state is FileState.VERIFIED else "UNVERIFIED (no pinned SHA-256)"
-        print(f"{f.sha256 or '?':64s}  {f.path}  {verdict}")
+        # an unpinned file's digest is what a user compares with the publisher's to pin it
+        digest = f.sha256 or (sha256_file(f.path) if f.path.is_file() else "?")
+        print(f"{digest:64s}  {f.path}  {verdict}")
     return EXIT_OK if st.verified else EXIT_UNVERIFIED
 
 
