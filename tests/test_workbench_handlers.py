@@ -137,3 +137,28 @@ def _status(owners: dict, path: str, cookie: str | None) -> int:
     headers = [(b"cookie", f"{SESSION_COOKIE}={cookie}".encode())] if cookie else []
     asyncio.run(ExportGuard(app, owners)({"type": "http", "path": path, "headers": headers}, None, send))
     return sent[0]["status"]
+
+
+def test_import_coco_from_the_review_tab_saves_a_new_version_or_says_what_is_wrong(app, tmp_path):
+    """The Review tab's Import (and ``python -m skinapp.review.coco_import``): a COCO file of a saved photo becomes
+    its next version with provenance "imported"; a file of an unknown photo is refused with nothing saved."""
+    from skinapp.review import export_coco
+    from skinapp.review.coco_import import main as import_main
+
+    handlers, wb, key, table = app
+    wb.save(key, table.assign(decision="accept"), "dr a", "", request=_session("s1"))
+    coco = export_coco(handlers.store, tmp_path / "coco")
+    status = wb.import_coco(SimpleNamespace(name=str(coco)), "cvat team", request=_session("s1"))
+    review = handlers.store.load(key)
+    assert status == f"Imported photo `{key[:12]}` as version 2 ({len(review.concepts)} concepts)."
+    assert (review.revision, review.reviewer) == (2, "cvat team")
+    assert {c.provenance for c in review.concepts} == {"imported"}
+    foreign = tmp_path / "foreign.json"
+    foreign.write_text(coco.read_text().replace(key, "ab" * 32))
+    with pytest.raises(gr.Error, match="matches no saved photo"):
+        wb.import_coco(SimpleNamespace(name=str(foreign)), "", request=_session("s1"))
+    assert handlers.store.load(key).revision == 2
+    # the same import from the command line
+    assert import_main([str(coco), "--data-dir", str(handlers.store.data_dir), "--reviewer", "cli"]) == 0
+    assert handlers.store.load(key).revision == 3
+    assert import_main([str(foreign), "--data-dir", str(handlers.store.data_dir)]) == 1

@@ -6,12 +6,17 @@ Images are matched to stored photos by ``image_key`` (our exports carry it) or e
 a string), uncompressed RLE (``counts`` a list) or polygons; pycocotools decodes all three. Every image is checked
 before anything is saved: an unknown image, a size that differs from the stored photo, or an annotation that
 cannot be decoded raises ValueError naming it, and nothing is imported.
+
+Command line: ``python -m skinapp.review.coco_import FILE [--data-dir DIR] [--reviewer NAME]`` (exit 0 when
+imported, 1 with the reason on stderr when refused).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
+import sys
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -92,3 +97,26 @@ def import_coco(store: ReviewStore, path: str | Path, reviewer: str = "", note: 
                         prompts=store.load(key).prompts) for key, masks, concepts in planned]
     log.info("Imported %d annotations over %d photos from COCO", sum(len(c) for _, _, c in planned), len(saved))
     return saved
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m skinapp.review.coco_import", description=__doc__.splitlines()[0])
+    parser.add_argument("file", help="the COCO JSON file")
+    parser.add_argument("--data-dir", default=None, help="the review store's folder (default $SKINAPP_DATA_DIR)")
+    parser.add_argument("--reviewer", default="", help="who made the annotations (saved with each version)")
+    args = parser.parse_args(argv)
+    store = ReviewStore(args.data_dir)
+    try:
+        saved = import_coco(store, args.file, reviewer=args.reviewer)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    for review in saved:
+        print(f"{review.image_key[:12]}: version {review.revision}, {len(review.concepts)} concepts")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

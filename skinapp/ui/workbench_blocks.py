@@ -63,6 +63,13 @@ def add_workbench(wb: WorkbenchHandlers, agree: AgreementHandlers, error_text, r
         agreement_table = gr.Dataframe(headers=AGREEMENT_COLUMNS, interactive=False, elem_id="agreement-table")
         agreement_file = gr.File(label="Agreement CSV (this session only, temporary)", interactive=False)
 
+    with gr.Accordion("Import annotations (COCO JSON, e.g. from CVAT) as new versions", open=False,
+                      elem_id="coco-import"):
+        with gr.Row():
+            coco_file = gr.File(label="COCO file", file_types=[".json"], elem_id="coco-file")
+            import_btn = gr.Button("Import", size="sm", elem_id="coco-import-btn")
+        import_status = gr.Markdown(elem_id="coco-import-status")
+
     view = [image, concept, status]
 
     def on_failure(event) -> None:
@@ -83,6 +90,9 @@ def add_workbench(wb: WorkbenchHandlers, agree: AgreementHandlers, error_text, r
     for event in (compare.click(agree.photo, [review_key], [agreement_table, agreement_status], **private),
                   export.click(agree.export_csv, None, [agreement_file, agreement_status], **private)):
         event.failure(error_text("agreement"), None, [agreement_status], **private, queue=False)
+    importing = import_btn.click(wb.import_coco, [coco_file, reviewer], [import_status], **private)
+    importing.failure(error_text("import_coco"), None, [import_status], **private, queue=False)
+    importing.success(wb.version_choices, [review_key], [versions], **private)
     on_failure(open_version.click(wb.open_version, [review_key, versions], view, **private))
     load_brush.click(wb.brush_canvas, [review_key, concept], [editor], **private)
     on_failure(apply_brush.click(wb.paint, [review_key, concept, editor], view, **private))

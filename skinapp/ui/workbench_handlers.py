@@ -19,6 +19,7 @@ import gradio as gr
 import numpy as np
 
 from skinapp.review.agreement import agreement, summary_lines
+from skinapp.review.coco_import import import_coco
 from skinapp.review.export import rle_encode
 from skinapp.review.store import Review
 from skinapp.review.workbench import Draft, Workbench
@@ -220,6 +221,19 @@ class WorkbenchHandlers:
         except (ValueError, OSError) as exc:
             raise self._refuse("save_review", exc, request) from exc
         return self.handlers.saved_outputs(review)
+
+    def import_coco(self, file: Any, reviewer: str, request: gr.Request | None = None) -> str:
+        """Import a COCO file (e.g. from CVAT) as a new version of each photo it annotates; returns the status.
+        Everything is checked before anything is saved (:func:`skinapp.review.coco_import.import_coco`)."""
+        path = getattr(file, "name", file)
+        if not path:
+            raise self._refuse("import_coco", ValueError("Choose a COCO JSON file first."), request)
+        try:
+            saved = import_coco(self.bench.store, path, reviewer=reviewer or "")
+        except (ValueError, OSError) as exc:
+            raise self._refuse("import_coco", exc, request) from exc
+        return "Imported " + "; ".join(f"photo `{r.image_key[:12]}` as version {r.revision} ({len(r.concepts)} "
+                                       "concepts)" for r in saved) + "."
 
     def version_choices(self, photo_key: str) -> gr.Dropdown:
         try:
