@@ -158,3 +158,18 @@ def test_build_clip_l14_profiles_have_the_l14_grid():
     assert b.model.visual.transformer.resblocks[0].attn.num_heads == 16
     f = F.normalize(b.model.encode_image(torch.zeros(1, 3, 224, 224)), dim=-1)
     assert f.shape == (1, 32)
+
+
+def test_a_weight_file_missing_a_tensor_is_refused_naming_it(tmp_path):
+    """The DermLIP loader (and the MONET converter and our own CLIP files, through one strict load) refuse weights
+    that miss a tensor of the config, naming the file and the tensor."""
+    from safetensors.torch import load_file, save_file
+
+    write_tiny_dermlip(tmp_path / "d", "safetensors")
+    path = next((tmp_path / "d").glob("*.safetensors"))
+    state = load_file(path)
+    del state["ln_final.weight"]
+    save_file(state, path)
+    expected = r"d/.*\.safetensors does not fit its CLIP config: missing \['ln_final\.weight'"
+    with pytest.raises(ValueError, match=expected):
+        load_open_clip_hub(tmp_path / "d")

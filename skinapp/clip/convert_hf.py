@@ -187,7 +187,7 @@ def load_hf_clip(directory: str | Path, device: str | torch.device = "cpu", labe
         FileNotFoundError: the directory or a required file is missing.
         ValueError: unsupported config, tokenizer, or weights that do not fit.
     """
-    from skinapp.clip.model import _model_from_config, make_bundle
+    from skinapp.clip.model import make_bundle, model_from_state
 
     directory = Path(directory)
     for name in ("config.json", "model.safetensors"):
@@ -201,12 +201,7 @@ def load_hf_clip(directory: str | Path, device: str | torch.device = "cpu", labe
     if crop is not None and crop != size:
         raise ValueError(f"{directory.name}: preprocessor crop {crop} px differs from the model's {size} px input")
     check_clip_bpe(directory)
-    model = _model_from_config(config)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if k != "attn_mask"]
-    if missing or unexpected:
-        raise ValueError(f"{directory.name}: converted weights do not fit: missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}")
+    model = model_from_state(config, state, f"{directory.name} (converted weights)")
     for note in notes:
         log.info("%s: %s", directory.name, note)
     weights = WeightsInfo(name="clip", trained=True, source=f"{directory} (transformers CLIPModel, converted)")

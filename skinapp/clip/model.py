@@ -165,6 +165,21 @@ def _model_from_config(config: dict[str, Any]) -> open_clip.CLIP:
                           quick_gelu=quick_gelu)
 
 
+def model_from_state(config: dict[str, Any], state: dict[str, torch.Tensor], what: str) -> open_clip.CLIP:
+    """An open_clip ``CLIP`` built from ``config`` with ``state`` loaded strictly (the causal ``attn_mask`` buffer
+    aside, which open_clip rebuilds).
+
+    Raises:
+        ValueError: ``state`` misses or adds tensors; ``what`` names the file in the message.
+    """
+    model = _model_from_config(config)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if k != "attn_mask"]
+    if missing or unexpected:
+        raise ValueError(f"{what} does not fit its CLIP config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return model
+
+
 def make_bundle(model: open_clip.CLIP, config: dict[str, Any], weights: WeightsInfo, label: str,
                 device: str | torch.device, mean: tuple[float, ...] = OPENAI_DATASET_MEAN,
                 std: tuple[float, ...] = OPENAI_DATASET_STD, tokenizer: Any = None) -> ClipBundle:
@@ -243,12 +258,7 @@ def load_clip_checkpoint(path: str | Path, device: str | torch.device = "cpu",
             log.info("%s has no JSON config: read with the %r profile's architecture", path.name, profile)
         for note in notes:
             (log.warning if "not stated" in note else log.info)("%s: %s", path.name, note)
-        model = _model_from_config(config)
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        missing = [k for k in missing if k != "attn_mask"]
-        if missing or unexpected:
-            raise ValueError(f"{path.name} does not match the CLIP config: missing {missing[:5]}, "
-                             f"unexpected {unexpected[:5]}")
+        model = model_from_state(config, state, path.name)
         label = meta.get("label", "fine-tuned" if meta else "pretrained")
     if "sha256" in meta and meta["sha256"] != sha256_file(path):
         raise ValueError(f"{path.name}: SHA-256 does not match its sidecar JSON; the file is damaged")

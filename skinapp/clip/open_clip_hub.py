@@ -92,7 +92,7 @@ def load_open_clip_hub(directory: str | Path, device: str | torch.device = "cpu"
         FileNotFoundError: missing config or weights. ValueError: unsupported config, or weights that do not
             fit it (strict load).
     """
-    from skinapp.clip.model import _model_from_config, make_bundle
+    from skinapp.clip.model import make_bundle, model_from_state
 
     directory = Path(directory)
     config, mean, std, notes = read_config(directory)
@@ -101,12 +101,7 @@ def load_open_clip_hub(directory: str | Path, device: str | torch.device = "cpu"
     state = state.get("state_dict", state) if isinstance(state.get("state_dict"), dict) else state
     state = {k.removeprefix("module."): v for k, v in state.items()}
     config, shape_notes = resolve_config(config, state, f"{directory.name}/{path.name}")
-    model = _model_from_config(config)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if k != "attn_mask"]
-    if missing or unexpected:
-        raise ValueError(f"{directory.name}/{path.name} does not fit its config: missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}")
+    model = model_from_state(config, state, f"{directory.name}/{path.name}")
     for note in (*notes, *shape_notes):
         (log.warning if "default" in note else log.info)("%s: %s", directory.name, note)
     source = f"{directory} (open_clip hf-hub format)"
