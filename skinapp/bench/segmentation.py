@@ -164,9 +164,20 @@ def default_methods(grounded: bool = True) -> tuple[list[LesionMethod], list[str
     return methods + baseline_methods(), notes
 
 
+def warm_up(methods: Sequence[LesionMethod]) -> None:
+    """Run every method once on a small synthetic photo, untimed: the first calls into OpenCV / scikit-image pay a
+    one-time initialisation (about 3 s here) that is not a per-photo cost."""
+    from skinapp.synthetic import make_skin_photo
+
+    image = load_image(make_skin_photo(seed=0, size=(256, 256)).pixels)
+    for method in methods:
+        method.masks(image)
+
+
 def run(folders: Sequence[str | Path], methods: Sequence[LesionMethod], side: int | None = 1024,
         limit: int | None = None) -> list[ImageResult]:
-    """Every method on every masked photo of every folder."""
+    """Every method on every masked photo of every folder (after :func:`warm_up`)."""
+    warm_up(methods)
     results = []
     for folder in folders:
         for sample in read_samples(folder, limit):
