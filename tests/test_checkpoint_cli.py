@@ -161,3 +161,41 @@ def test_the_manifest_option_does_not_outlive_the_command(toy, capsys, monkeypat
     monkeypatch.delenv("SKINAPP_MANIFEST", raising=False)
     assert _run(toy, capsys, "list")[0] == EXIT_OK
     assert "sam_vit_b" in ckpt.manifest(), "the repository manifest is back after the command"
+
+
+def test_verify_all_fails_when_an_early_checkpoint_is_missing_or_tampered(toy, capsys):
+    """The exit code sums up every checkpoint, not the last one checked."""
+    bert = toy["dir"] / "toy-bert"
+    bert.mkdir()
+    (bert / "config.json").write_bytes(toy["cfg"])
+    (bert / "vocab.txt").write_bytes(toy["vocab"])
+    (toy["dir"] / "f.safetensors").write_bytes(b"ours")
+    assert _run(toy, capsys, "verify")[0] == EXIT_FAILED, "toy_sam (first) is missing"
+    (toy["dir"] / "toy_sam.pth").write_bytes(toy["model"][::-1])
+    assert _run(toy, capsys, "verify")[0] == EXIT_FAILED, "toy_sam (first) is tampered"
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--help"], ["usage: python -m skinapp.checkpoints [-h] [--manifest MANIFEST] COMMAND ...",
+                  "List, download and verify the checkpoints skinapp uses.",
+                  "--manifest MANIFEST  manifest JSON to use instead of checkpoints/manifest.json",
+                  "list                show every checkpoint: present/missing and verification state",
+                  "download            download one checkpoint (resumable, SHA-256 checked)",
+                  "verify              recompute SHA-256 of present files and report mismatches"]),
+    (["download", "--help"], ["usage: python -m skinapp.checkpoints download [-h] [--dir DIR] [--retries RETRIES]",
+                              "--dir DIR          destination directory (default: the checkpoint directory)",
+                              "--retries RETRIES  retries per URL after a dropped connection",
+                              "--no-progress      hide the progress bar"]),
+    (["verify", "--help"], ["usage: python -m skinapp.checkpoints verify [-h] [--skip-missing] [name]",
+                            "name            one checkpoint (default: all)",
+                            "--skip-missing  do not fail on checkpoints that are absent"]),
+])
+def test_help_names_each_command_and_option(argv, expected, capsys, monkeypatch):
+    """What `--help` tells a user (at a width where argparse does not wrap)."""
+    monkeypatch.setenv("COLUMNS", "160")
+    with pytest.raises(SystemExit) as done:
+        main(argv)
+    assert done.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse's column alignment aside
+    for line in expected:
+        assert " ".join(line.split()) in text, f"{line!r} not in: {text}"
