@@ -69,7 +69,7 @@ def review_table(concepts) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=REVIEW_COLUMNS)
 
 
-def _table_rows(table: Any) -> list[dict[str, Any]]:
+def table_rows(table: Any) -> list[dict[str, Any]]:
     """Rows of the review table as dicts, whatever form Gradio or gradio_client gives it in."""
     if table is None:
         return []
@@ -80,10 +80,10 @@ def _table_rows(table: Any) -> list[dict[str, Any]]:
     missing = set(REVIEW_COLUMNS) - set(table.columns)
     if missing:
         raise ValueError(f"The review table lacks the columns {sorted(missing)}.")
-    return [rec for rec in table.to_dict("records") if _text(rec.get("#")) != ""]
+    return [rec for rec in table.to_dict("records") if cell_text(rec.get("#")) != ""]
 
 
-def _index(row: dict[str, Any]) -> int:
+def row_index(row: dict[str, Any]) -> int:
     try:
         return int(float(row["#"]))
     except (TypeError, ValueError) as exc:
@@ -94,23 +94,23 @@ def _rows_match(rows: list[dict[str, Any]], phrases: list[str], scores: list[flo
     """True when every row names a concept of this photo by its number, phrase and score."""
     for row in rows:
         try:
-            i = _index(row)
+            i = row_index(row)
             score = float(row.get("score"))
         except (TypeError, ValueError):
             return False
-        if not 0 <= i < len(phrases) or _text(row.get("concept")) != phrases[i] or abs(score - scores[i]) > 1e-3:
+        if not 0 <= i < len(phrases) or cell_text(row.get("concept")) != phrases[i] or abs(score - scores[i]) > 1e-3:
             return False
     return True
 
 
-def _text(value: Any) -> str:
+def cell_text(value: Any) -> str:
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return ""
     return str(value)
 
 
 def _photo_key(value: Any) -> str:
-    key = _text(value).strip().lower()
+    key = cell_text(value).strip().lower()
     if not re.fullmatch(r"[0-9a-f]{64}", key):
         raise ValueError("Analyse a photo (or reopen a saved review) before saving: the review has no photo key.")
     return key
@@ -279,11 +279,11 @@ class Handlers:
         The table must belong to that photo: its rows name the photo's concepts by number, phrase and score;
         otherwise (and for a photo neither in memory nor saved) ValueError with a message for the UI.
         """
-        rows = _table_rows(table)
+        rows = table_rows(table)
         if not rows:
             raise ValueError("There are no concepts to review: analyse a photo (or reopen a review) first.")
         for row in rows:  # a row that names no concept number is the user's edit to point at, not a foreign table
-            _index(row)
+            row_index(row)
         key = _photo_key(photo_key)
         result = next((a for a in self.analyzer.analyses_of(key)
                        if _rows_match(rows, a.concepts.phrases, [float(s) for s in a.concepts.scores])), None)
@@ -317,15 +317,15 @@ class Handlers:
         return [phrases.get(i, "\0") for i in range(n)], [round(scores.get(i, -9.0), 3) for i in range(n)]
 
     def _verdict(self, row: dict[str, Any], result: AnalysisResult | None) -> ConceptReview:
-        index = _index(row)
+        index = row_index(row)
         if result is not None:
             c = result.concepts
             phrase, score, box = c.phrases[index], float(c.scores[index]), tuple(float(v) for v in c.boxes[index])
         else:
-            phrase, score, box = _text(row.get("concept")), float(row.get("score") or 0.0), (0.0, 0.0, 0.0, 0.0)
+            phrase, score, box = cell_text(row.get("concept")), float(row.get("score") or 0.0), (0.0, 0.0, 0.0, 0.0)
         return ConceptReview(index=index, phrase=phrase, score=score, box=box,
-                             decision=_text(row.get("decision")) or "pending", label=_text(row.get("new label")),
-                             comment=_text(row.get("comment")))
+                             decision=cell_text(row.get("decision")) or "pending",
+                             label=cell_text(row.get("new label")), comment=cell_text(row.get("comment")))
 
     def _review_frame(self, review: Review) -> pd.DataFrame:
         rows = [[c.index, c.phrase, round(c.score, 3), c.decision, c.label, c.comment] for c in review.concepts]
@@ -340,7 +340,7 @@ class Handlers:
 
     def _find_review(self, key: str) -> str:
         """The full key of the saved review ``key`` names (the full key, or a unique prefix of 8+ characters)."""
-        key = _text(key).strip().lower()
+        key = cell_text(key).strip().lower()
         if not key:
             raise ValueError("Choose a saved review first.")
         if not re.fullmatch(r"[0-9a-f]{8,64}", key):

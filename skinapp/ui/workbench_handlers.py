@@ -23,6 +23,7 @@ from skinapp.review.coco_import import import_coco
 from skinapp.review.export import rle_encode
 from skinapp.review.store import Review
 from skinapp.review.workbench import Draft, Workbench
+from skinapp.ui.handlers import cell_text, row_index, table_rows
 
 log = logging.getLogger(__name__)
 
@@ -192,24 +193,20 @@ class WorkbenchHandlers:
             ValueError: no photo key, a table of another photo, nothing to save.
         """
         key = _key(photo_key)
-        rows = table.to_dict("records") if hasattr(table, "to_dict") else []
         if table is not None and not self.bench.has_edits(session, key):
             return self.handlers.save_table(key, table, reviewer, note)
         draft = self.bench.draft(session, key)
         verdicts = {}
-        for row in rows:
-            try:
-                index = int(float(row.get("#")))
-            except (TypeError, ValueError):
-                continue
+        for row in table_rows(table):  # the review table in any form Gradio or gradio_client sends it
+            index = row_index(row)
             concept = next((c for c in draft.concepts if c.index == index), None)
             if concept is None:
                 continue  # deleted in the editor
-            if str(row.get("concept") or "") != concept.phrase:
+            if cell_text(row.get("concept")) != concept.phrase:
                 raise ValueError(f"The review table does not belong to photo {key[:12]}: analyse that photo again "
                                  "(or reopen its review).")
-            verdicts[index] = (str(row.get("decision") or "pending"), str(row.get("new label") or ""),
-                               str(row.get("comment") or ""))
+            verdicts[index] = (cell_text(row.get("decision")) or "pending", cell_text(row.get("new label")),
+                               cell_text(row.get("comment")))
         if verdicts:
             self.bench.set_verdicts(session, key, verdicts)
         return self.bench.save(session, key, reviewer or "", note or "")
