@@ -20,7 +20,7 @@ from skinapp.clip.model import whole_photo_preprocess
 from skinapp.explain import ImagePass
 from skinapp.explain.base import token_layout, tokens_to_ld, vision_tower
 from skinapp.explain.entropy import ENTROPY_RADIUS, entropy_weight
-from skinapp.explain.pipeline import _normalize_params, prepare_image  # the one-photo pass's own helpers
+from skinapp.explain.pipeline import normalize_params, prepare_image  # the one-photo pass's own helpers
 from skinapp.image import InvalidImageError
 from skinapp.results import ImageState
 
@@ -40,7 +40,7 @@ def clip_passes(model: torch.nn.Module, images: Sequence[Any], preprocess: Any, 
     visual = vision_tower(model)
     block = visual.transformer.resblocks[-1]
     layout = token_layout(visual.transformer)
-    mean, std = _normalize_params(preprocess)
+    mean, std = normalize_params(preprocess)
     grid = tuple(int(g) for g in visual.grid_size)
     xs = [prepare_image(model, image, preprocess) for image in images]
     captured: list[torch.Tensor] = []
@@ -97,7 +97,7 @@ def prefill(analyzer: Any, photos: Sequence[Any], clip_choice: str | None = None
     if todo:
         encoder = models.global_encoder
         batch = torch.cat([encoder.preprocess(s.image) for s in todo]).to(models.device)
-        with torch.no_grad(), analyzer._autocast():
+        with torch.no_grad(), analyzer.autocast():
             tokens = encoder.tokens(batch).float()
         for i, state in enumerate(todo):
             with state.lock:

@@ -211,7 +211,9 @@ class Analyzer:
         return list(self.clips)
 
     # -- per-image state ----------------------------------------------------------------------
-    def _autocast(self, device: torch.device | None = None) -> contextlib.AbstractContextManager:
+    def autocast(self, device: torch.device | None = None) -> contextlib.AbstractContextManager:
+        """The mixed precision of the ViT, fusion and concept passes: bf16 autocast on CUDA, none elsewhere (the
+        SAM encoder chooses its own, :mod:`skinapp.precision`)."""
         if (device or self.device).type == "cuda":
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
@@ -261,7 +263,7 @@ class Analyzer:
         with state.lock:
             if state.global_tokens is None:
                 batch = models.global_encoder.preprocess(state.image).to(models.device)
-                with self._global_lock, torch.no_grad(), self._autocast(models.device):
+                with self._global_lock, torch.no_grad(), self.autocast(models.device):
                     state.global_tokens = models.global_encoder.tokens(batch)[0].float()
             return state.global_tokens
 
@@ -343,7 +345,7 @@ class Analyzer:
         image = state.image
         t = time.perf_counter()
         progress(0.1, desc="Finding concepts (detector + segmenter)")
-        with self._concept_lock, self._autocast(models.device):
+        with self._concept_lock, self.autocast(models.device):
             concepts = models.extractor.extract(image, phrases, box_threshold=box_t, text_threshold=text_t)
         timings["concepts"] = time.perf_counter() - t
 
@@ -354,7 +356,7 @@ class Analyzer:
 
         t = time.perf_counter()
         progress(0.8, desc="Fusion diagnosis")
-        with self._fusion_lock, torch.no_grad(), self._autocast(models.device):
+        with self._fusion_lock, torch.no_grad(), self.autocast(models.device):
             prediction = predict(models.fusion, tokens, concepts, models.class_names,
                                  weights=(models.global_encoder.weights,))
         timings["fusion"] = time.perf_counter() - t

@@ -70,12 +70,15 @@ def test_levers_are_measured_with_flops_peak_and_agreement(quick_results):
     lv = quick_results["levers"]
     assert lv["peak_gflops"]["fp32"] > 0 and lv["threads"]["torch_threads"] == 2
     sam = lv["sam"]["variants"]
-    assert set(sam) == {"fp32", "fp32_sdpa", "bf16", "bf16_sdpa"}
+    assert set(sam) == {"fp32", "fp32_sdpa", "bf16", "bf16_sdpa", "int8_dynamic_sdpa"}
+    assert sam["int8_dynamic_sdpa"]["measured_only"] and not sam["bf16_sdpa"]["measured_only"]
+    assert 0.9 < sam["int8_dynamic_sdpa"]["embedding_cosine"] < 1.0, "int8 weights must move the embedding a little"
     # The bench SAM has random relative-position tables, so this covers the SDPA path's position bias.
     assert sam["fp32_sdpa"]["embedding_cosine"] > 0.99999 and sam["fp32_sdpa"]["min_mask_iou"] >= 0.99
     assert sam["fp32_sdpa"]["agrees"] and lv["sam"]["n_boxes"] == quick_results["upload"]["n_concepts"]
     gd = lv["grounding_dino"]["variants"]
-    assert set(gd) == {"fp32", "bf16_backbone", "bf16_transformer", "fp32_256px"}
+    assert set(gd) == {"fp32", "bf16_backbone", "bf16_transformer", "fp32_256px", "int8_dynamic"}
+    assert gd["int8_dynamic"]["measured_only"] and gd["int8_dynamic"]["probs_max_abs_diff"] > 0
     assert gd["fp32"]["same_boxes"] and gd["fp32"]["probs_max_abs_diff"] == 0.0
     assert gd["bf16_backbone"]["probs_max_abs_diff"] > 0, "the bf16 scope changed nothing"
     assert 0 < gd["fp32_256px"]["flops"] < gd["fp32"]["flops"] and "probs_max_abs_diff" not in gd["fp32_256px"]
@@ -102,3 +105,6 @@ def test_recommend_adopts_only_levers_that_agree_and_gain():
                              **{n: {"seconds": 10.0 / s, "speedup": s, "agrees": a} for n, (s, a) in kw.items()}}}
     assert recommend(rows(fast=(2.0, False), ok=(1.5, True)), rows(slight=(1.03, True)))["sam_encoder"] == "ok"
     assert recommend(rows(fast=(2.0, False)), rows(slight=(1.03, True)))["grounding_dino"] == "fp32"
+    only = rows(int8=(3.0, True), ok=(1.5, True))
+    only["variants"]["int8"]["measured_only"] = True  # agrees and is fastest, but the app cannot switch to it
+    assert recommend(only, rows())["sam_encoder"] == "ok"

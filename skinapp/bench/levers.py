@@ -6,15 +6,22 @@ CPU slows both alike. FLOPs are counted once per model pass with ``torch.utils.f
 achieved GFLOP/s is set against this CPU's peak, measured in the same run as the best of a few large
 square matmuls (2048 x 2048; 1024 in the quick form) in float32 and in bf16.
 
-A lever becomes a recommended default (:func:`recommend`) only when it is faster by more than 5 % and its
-agreement holds: SAM embedding cosine >= 0.999 and mask IoU >= 0.98 on the same boxes; Grounding DINO the same
-boxes above threshold (each reference box matched, same prompt, IoU >= 0.9) and sigmoid logits within 0.05.
+Levers the app has no switch for are measured and marked ``measured_only``: dynamic int8 quantisation of every
+``nn.Linear`` (``torch.ao.quantization.quantize_dynamic``, fbgemm; on a copy of the model) and, when asked,
+``torch.compile`` of SAM's encoder (inductor; its first call, the compilation, is reported apart).
+
+A lever becomes a recommended default (:func:`recommend`) only when the app can switch to it, it is faster by
+more than 5 % and its agreement holds: SAM embedding cosine >= 0.999 and mask IoU >= 0.98 on the same boxes;
+Grounding DINO the same boxes above threshold (each reference box matched, same prompt, IoU >= 0.9) and sigmoid
+logits within 0.05.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -32,6 +39,8 @@ from skinapp.concepts.types import Detections
 SAM_COSINE, SAM_MASK_IOU = 0.999, 0.98
 GDINO_BOX_IOU, GDINO_PROB_DIFF = 0.9, 0.05
 MIN_GAIN = 1.05
+# the SAM encoder settings the app can switch to (SKINAPP_BF16, SKINAPP_SAM_SDPA)
+SAM_SWITCHES = ("fp32", "fp32_sdpa", "bf16", "bf16_sdpa")
 
 
 def peak_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 3) -> float:
@@ -70,25 +79,48 @@ def interleaved(variants: dict[str, tuple[Callable[[], None], Callable[[], Any]]
     return {name: min(ts) for name, ts in times.items()}, outputs
 
 
+def int8_dynamic(module: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``module`` with every ``nn.Linear`` dynamically quantised to int8 (weights int8 per tensor,
+    activations quantised per batch at run time; fbgemm on x86). The original is left as it is."""
+    with warnings.catch_warnings():  # torch.ao's quantised tensors are deprecated in favour of torchao (not used)
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.ao.quantization.quantize_dynamic(copy.deepcopy(module), {torch.nn.Linear}, dtype=torch.qint8)
+
+
 def _mask_ious(a: np.ndarray, b: np.ndarray) -> list[float]:
     return [float((x & y).sum() / max((x | y).sum(), 1)) for x, y in zip(a, b)]
 
 
-def sam_levers(models: BenchModels, photo: np.ndarray, boxes: np.ndarray, rounds: int, warmup: int) -> dict:
-    """SAM's image encoder: fp32, fp32 + SDPA, bf16, bf16 + SDPA; agreement against fp32 on the same boxes."""
+def sam_levers(models: BenchModels, photo: np.ndarray, boxes: np.ndarray, rounds: int, warmup: int,
+               compile_encoder: bool = False) -> dict:
+    """SAM's image encoder: fp32, fp32 + SDPA, bf16, bf16 + SDPA, int8 dynamic (+ SDPA) and, with
+    ``compile_encoder``, bf16 + SDPA under ``torch.compile``; agreement against fp32 on the same boxes."""
     seg = models.segmenter
-    before = (seg.encoder_bf16, sdpa_enabled(seg.sam.image_encoder))
+    encoder = seg.sam.image_encoder
+    before = (seg.encoder_bf16, sdpa_enabled(encoder))
+    int8_encoder = int8_dynamic(encoder)
+    use_sdpa(int8_encoder, True)
 
-    def setting(bf16: bool, sdpa: bool) -> Callable[[], None]:
+    def setting(bf16: bool, sdpa: bool, module: torch.nn.Module = encoder) -> Callable[[], None]:
         def setup() -> None:
             seg.encoder_bf16 = bf16
-            use_sdpa(seg.sam.image_encoder, sdpa)
+            use_sdpa(encoder, sdpa)
+            seg.sam.image_encoder = module
         return setup
 
     variants = {name: (setting(bf16, sdpa), lambda: seg.embed(photo))
                 for name, bf16, sdpa in (("fp32", False, False), ("fp32_sdpa", False, True),
                                          ("bf16", True, False), ("bf16_sdpa", True, True))}
+    variants["int8_dynamic_sdpa"] = (setting(False, True, int8_encoder), lambda: seg.embed(photo))
+    compile_seconds = None
     try:
+        if compile_encoder:
+            compiled = torch.compile(encoder)
+            setting(True, True, compiled)()
+            t0 = time.perf_counter()
+            seg.embed(photo)  # the compilation
+            compile_seconds = time.perf_counter() - t0
+            variants["bf16_sdpa_compiled"] = (setting(True, True, compiled), lambda: seg.embed(photo))
         times, embs = interleaved(variants, rounds, warmup, models.device)
         setting(False, False)()
         flops = count_flops(lambda: seg.embed(photo))
@@ -106,7 +138,9 @@ def sam_levers(models: BenchModels, photo: np.ndarray, boxes: np.ndarray, rounds
                       "min_mask_iou": min(ious) if ious else 1.0}
         row = rows[name]
         row["agrees"] = row["embedding_cosine"] >= SAM_COSINE and row["min_mask_iou"] >= SAM_MASK_IOU
-    return {"flops": flops, "n_boxes": len(boxes), "variants": rows, "default": _sam_default_name(before)}
+        row["measured_only"] = name not in SAM_SWITCHES
+    return {"flops": flops, "n_boxes": len(boxes), "variants": rows, "default": _sam_default_name(before),
+            "compile_seconds": compile_seconds}
 
 
 def _sam_default_name(setting: tuple[bool, bool]) -> str:
@@ -144,9 +178,11 @@ def gdino_levers(models: BenchModels, photo: np.ndarray, prompts: tuple[str, ...
     det = models.detector
     model, device = det.model, models.device
     before_scope, before_size = gdino_speed.bf16_scope(model), int(det.config["input_size"])
+    int8_model = int8_dynamic(model)
 
-    def setting(scope: str, size: int) -> Callable[[], None]:
+    def setting(scope: str, size: int, module: torch.nn.Module = model) -> Callable[[], None]:
         def setup() -> None:
+            det.model = module
             gdino_speed.set_bf16_scope(model, scope, device)
             if int(det.config["input_size"]) != size:
                 det.set_input_size(size)
@@ -165,11 +201,13 @@ def gdino_levers(models: BenchModels, photo: np.ndarray, prompts: tuple[str, ...
              "bf16_transformer": ("transformer", before_size)}
     names.update({f"fp32_{s}px": ("off", s) for s in sizes if s != before_size})
     variants = {name: (setting(*cfg), lambda: det.query_outputs(photo, caption)) for name, cfg in names.items()}
+    names["int8_dynamic"] = ("off", before_size)
+    variants["int8_dynamic"] = (setting("off", before_size, int8_model), lambda: det.query_outputs(photo, caption))
     try:
         times, raw = interleaved(variants, rounds, warmup, device)
         flops = {}
         for name, cfg in names.items():
-            if cfg[0] == "off":
+            if cfg[0] == "off" and name != "int8_dynamic":
                 setting(*cfg)()
                 flops[name] = count_flops(lambda: det.query_outputs(photo, caption))
     finally:
@@ -185,14 +223,17 @@ def gdino_levers(models: BenchModels, photo: np.ndarray, prompts: tuple[str, ...
         if size == before_size:
             row["probs_max_abs_diff"] = float((probs - ref_probs).abs().max())
         row["agrees"] = row["same_boxes"] and row.get("probs_max_abs_diff", 0.0) <= GDINO_PROB_DIFF
+        row["measured_only"] = name == "int8_dynamic"  # the app's switches: SKINAPP_GDINO_BF16, the input size
         rows[name] = row
     return {"flops": flops["fp32"], "variants": rows, "default": before_scope, "default_size": before_size}
 
 
 def recommend(sam: dict, gdino: dict) -> dict[str, str]:
-    """The fastest variant whose agreement holds and which beats float32 by > 5 % (else float32), per model."""
+    """The fastest variant the app can switch to whose agreement holds and which beats float32 by > 5 % (else
+    float32), per model."""
     def pick(rows: dict[str, dict]) -> str:
-        good = [(r["seconds"], n) for n, r in rows.items() if n == "fp32" or (r["agrees"] and r["speedup"] > MIN_GAIN)]
+        good = [(r["seconds"], n) for n, r in rows.items()
+                if n == "fp32" or (r["agrees"] and r["speedup"] > MIN_GAIN and not r.get("measured_only"))]
         return min(good)[1]
     return {"sam_encoder": pick(sam["variants"]), "grounding_dino": pick(gdino["variants"])}
 
@@ -222,6 +263,10 @@ def _f(x: float) -> str:
     return f"{x * 1000:.1f} ms" if x < 1 else f"{x:.2f} s"
 
 
+def _agrees(row: dict) -> str:
+    return ("yes" if row["agrees"] else "NO") + (" (measured only: no app switch)" if row.get("measured_only") else "")
+
+
 def levers_markdown(lv: dict[str, Any]) -> list[str]:
     """The levers section of the benchmark report."""
     peak = lv["peak_gflops"]
@@ -241,7 +286,7 @@ def levers_markdown(lv: dict[str, Any]) -> list[str]:
         lines.append(f"| SAM encoder ({sam['flops'] / 1e9:.0f} GFLOP) | {name} | {_f(r['seconds'])} | "
                      f"{r['speedup']:.2f}x | {r['gflops_per_s']:.0f} ({100 * r['gflops_per_s'] / pk:.0f} %) | "
                      f"cosine {r['embedding_cosine']:.5f}, min mask IoU {r['min_mask_iou']:.4f} "
-                     f"({sam['n_boxes']} boxes) | {'yes' if r['agrees'] else 'NO'} |")
+                     f"({sam['n_boxes']} boxes) | {_agrees(r)} |")
     for name, r in gd["variants"].items():
         pk = peak.get("bf16") if r["bf16_scope"] != "off" and peak.get("bf16") else peak["fp32"]
         probs = f", logits max diff {r['probs_max_abs_diff']:.3f}" if "probs_max_abs_diff" in r else ""
@@ -249,8 +294,10 @@ def levers_markdown(lv: dict[str, Any]) -> list[str]:
                      f"{_f(r['seconds'])} | {r['speedup']:.2f}x | {r['gflops_per_s']:.0f} "
                      f"({100 * r['gflops_per_s'] / pk:.0f} %) | {r['matched']}/{r['n_ref']} boxes matched "
                      f"(IoU >= {GDINO_BOX_IOU}, min {r['min_matched_iou']:.3f}){probs} | "
-                     f"{'yes' if r['agrees'] else 'NO'} |")
+                     f"{_agrees(r)} |")
     rec = lv["recommended"]
+    if sam.get("compile_seconds") is not None:
+        lines += ["", f"`torch.compile` of the SAM encoder: first call (compilation) {_f(sam['compile_seconds'])}."]
     lines += ["", f"Defaults in this run: SAM encoder `{sam['default']}`, Grounding DINO bf16 scope "
               f"`{gd['default']}` at {gd['default_size']} px. Recommended from these measurements (fastest lever "
               f"that agrees and gains > 5 %): SAM encoder `{rec['sam_encoder']}`, Grounding DINO "

@@ -14,7 +14,7 @@ import platform
 import statistics
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,7 @@ class BenchSettings:
     lever_rounds: int = 2
     lever_warmup: int = 1
     peak_matmul_n: int = 2048
+    compile_sam: bool = False  # torch.compile the SAM encoder as one more lever (minutes of compilation on a CPU)
 
     @classmethod
     def quick(cls) -> BenchSettings:
@@ -230,7 +231,8 @@ def bench_levers(models: BenchModels, settings: BenchSettings, upload: dict[str,
     peak = {"fp32": levers.peak_gflops(torch.float32, settings.peak_matmul_n)}
     if models.device.type == "cpu" and precision.cpu_has_native_bf16():
         peak["bf16"] = levers.peak_gflops(torch.bfloat16, settings.peak_matmul_n)
-    sam = levers.sam_levers(models, image.pixels, ref.detections.boxes, settings.lever_rounds, settings.lever_warmup)
+    sam = levers.sam_levers(models, image.pixels, ref.detections.boxes, settings.lever_rounds, settings.lever_warmup,
+                            compile_encoder=settings.compile_sam)
     gd = levers.gdino_levers(models, image.pixels, PROMPTS, settings.detector_sizes, settings.lever_rounds,
                              settings.lever_warmup, box_threshold=0.0, max_boxes=settings.max_concepts)
     flops = {"grounding_dino": gd["flops"], "sam_embedding": sam["flops"], **levers.pass_flops(models, photo)}
@@ -242,9 +244,10 @@ def bench_levers(models: BenchModels, settings: BenchSettings, upload: dict[str,
 
 
 def run_benchmark(device: str = "cpu", quick: bool = False, threads: int | None = 2,
-                  sam_variant: str = "vit_b") -> dict[str, Any]:
-    """Run every part of the benchmark and return the results as a JSON-ready dict."""
-    settings = BenchSettings.quick() if quick else BenchSettings.full()
+                  sam_variant: str = "vit_b", compile_sam: bool = False) -> dict[str, Any]:
+    """Run every part of the benchmark and return the results as a JSON-ready dict (``compile_sam``: add
+    ``torch.compile`` of the SAM encoder to the levers)."""
+    settings = replace(BenchSettings.quick() if quick else BenchSettings.full(), compile_sam=compile_sam)
     if threads:
         torch.set_num_threads(threads)
     t0 = time.perf_counter()

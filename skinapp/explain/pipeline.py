@@ -117,7 +117,9 @@ class Explanation:
         return self.maps[method]
 
 
-def _normalize_params(preprocess: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def normalize_params(preprocess: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The per-channel (mean, std) of ``preprocess``'s ``Normalize`` step (torchvision Compose), else OpenAI
+    CLIP's, the default of open_clip's models."""
     for t in getattr(preprocess, "transforms", []):
         if type(t).__name__ == "Normalize":
             return tuple(float(m) for m in t.mean), tuple(float(s) for s in t.std)
@@ -180,7 +182,7 @@ def encode_image_for_explain(model: nn.Module, image: Any, entropy_radius: int |
     layout = token_layout(visual.transformer)
     preprocess = preprocess or default_preprocess(model)
     x = prepare_image(model, image, preprocess)
-    mean, std = _normalize_params(preprocess)
+    mean, std = normalize_params(preprocess)
     grid = tuple(int(g) for g in visual.grid_size)
     captured: list[torch.Tensor] = []
     handle = block.register_forward_pre_hook(lambda mod, args: captured.append(args[0].detach()))
@@ -280,5 +282,5 @@ def explain(model: Any, image: Any, texts: Sequence[str] | torch.Tensor, methods
     image_pass = encode_image_for_explain(model, image, entropy_radius if needs_entropy else None, preprocess,
                                           weights)
     expl = explain_from_pass(model, image_pass, texts, methods, eclip_mode, tokenizer, gradcam_variant)
-    expl.mean, expl.std = _normalize_params(preprocess or default_preprocess(model))
+    expl.mean, expl.std = normalize_params(preprocess or default_preprocess(model))
     return expl
