@@ -137,48 +137,74 @@ def _generate(dest: Path, mutmut: str, env: dict, max_children: int) -> list[str
     return sorted(_statuses(listing))
 
 
-def run_group(name: str, group: dict, workdir: Path, max_children: int, sample: int | None = None,
-              seed: int = 0) -> dict:
-    dest = workdir / name
-    _copy_tree(dest)
-    _narrow_config(dest, group)
-    (dest / "mutants" / "checkpoints").mkdir(parents=True)  # mutmut copies also_copy files but not their folders
-    mutmut = str(Path(sys.executable).with_name("mutmut"))
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    t0 = time.perf_counter()
-    chosen: list[str] = []
-    total = None
-    if sample is not None:
-        every = _generate(dest, mutmut, env, max_children)
-        total = len(every)
-        chosen = sample_names(every, sample, seed)
-        (dest / "sample.txt").write_text("\n".join(chosen) + "\n")
-        log.info("%s: %d mutants, running a sample of %d (seed %d)", name, total, len(chosen), seed)
-    with open(dest / "run.log", "w") as out:  # written as it runs: `tail -f <workdir>/<group>/run.log`
-        run = subprocess.run([mutmut, "run", "--max-children", str(max_children), *chosen], cwd=dest, env=env,
+def _run_mutmut(dest: Path, mutmut: str, env: dict, max_children: int, names: list[str]) -> None:
+    with open(dest / "run.log", "a") as out:  # written as it runs: `tail -f <workdir>/<group>/run.log`
+        run = subprocess.run([mutmut, "run", "--max-children", str(max_children), *names], cwd=dest, env=env,
                              stdout=out, stderr=subprocess.STDOUT, text=True)
     if run.returncode != 0:
         tail = (dest / "run.log").read_text().replace("\r", "\n").strip().splitlines()[-15:]
         raise RuntimeError(f"mutmut failed in {dest} (exit {run.returncode}; add debug = true to its "
                            "[tool.mutmut] to see the tests' output):\n" + "\n".join(tail))
+
+
+def run_group(name: str, group: dict, workdir: Path, max_children: int, sample: int | None = None,
+              seed: int = 0, again: bool = False) -> dict:
+    """Mutate ``group`` in ``<workdir>/<name>`` and summarise. ``again``: reuse that copy (its mutants and
+    results), refresh its tests from the working tree, and re-run only the mutants not killed last time."""
+    dest = workdir / name
+    mutmut = str(Path(sys.executable).with_name("mutmut"))
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    t0 = time.perf_counter()
+    sample_file = dest / "sample.txt"
+    if again:
+        previous = json.loads((dest / "summary.json").read_text())
+        for test in (ROOT / "tests").rglob("*.py"):  # the strengthened tests, in the copy and in mutmut's copy
+            for target in (dest, dest / "mutants"):
+                shutil.copy2(test, target / test.relative_to(ROOT))
+        chosen = sample_file.read_text().split() if sample_file.exists() else []
+        total, seed = previous.get("total_mutants"), previous.get("seed", seed)
+        log.info("%s: re-running the %d mutants not killed last time", name, len(previous["not_killed"]))
+        if previous["not_killed"]:
+            _run_mutmut(dest, mutmut, env, max_children, previous["not_killed"])
+    else:
+        _copy_tree(dest)
+        _narrow_config(dest, group)
+        (dest / "mutants" / "checkpoints").mkdir(parents=True)  # mutmut copies also_copy files, not their folders
+        chosen, total = [], None
+        if sample is not None:
+            every = _generate(dest, mutmut, env, max_children)
+            total = len(every)
+            chosen = sample_names(every, sample, seed)
+            sample_file.write_text("\n".join(chosen) + "\n")
+            log.info("%s: %d mutants, running a sample of %d (seed %d)", name, total, len(chosen), seed)
+        _run_mutmut(dest, mutmut, env, max_children, chosen)
     listing = subprocess.run([mutmut, "results", "--all", "true"], cwd=dest, env=env, capture_output=True,
                              text=True, check=True).stdout
     statuses = _statuses(listing)
     if chosen:
         statuses = {k: statuses[k] for k in chosen}
+    summary = summarise(statuses, sampled=bool(chosen))
+    summary.update(group=name, paths=group["paths"], tests=group["tests"],
+                   seconds=round(time.perf_counter() - t0, 1), again=again)
+    if chosen:
+        summary.update(total_mutants=total, sample_size=len(statuses), seed=seed)
+    (dest / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def summarise(statuses: dict[str, str], sampled: bool = False) -> dict:
+    """Counts, killed, score (timeouts count as killed) and the mutants not killed, from {mutant: status};
+    for a sample also the 95 % Wilson interval of the score."""
     counts: dict[str, int] = {}
     for status in statuses.values():
         counts[status] = counts.get(status, 0) + 1
     killed = sum(counts.get(s, 0) for s in KILLED)
-    summary = {"group": name, "paths": group["paths"], "tests": group["tests"], "mutants": len(statuses),
-               "killed": killed, "score": round(killed / len(statuses), 4) if statuses else None,
-               "counts": counts, "not_killed": sorted(k for k, s in statuses.items() if s not in KILLED),
-               "seconds": round(time.perf_counter() - t0, 1), "mutmut_exit": run.returncode}
-    if chosen:
+    summary = {"mutants": len(statuses), "killed": killed,
+               "score": round(killed / len(statuses), 4) if statuses else None, "counts": counts,
+               "not_killed": sorted(k for k, s in statuses.items() if s not in KILLED)}
+    if sampled and statuses:
         low, high = wilson_interval(killed, len(statuses))
-        summary.update(total_mutants=total, sample_size=len(statuses), seed=seed,
-                       interval_95=[round(low, 4), round(high, 4)], interval_method="Wilson score")
-    (dest / "summary.json").write_text(json.dumps(summary, indent=2))
+        summary.update(interval_95=[round(low, 4), round(high, 4)], interval_method="Wilson score")
     return summary
 
 
@@ -191,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sample", type=int, metavar="N",
                    help="run a seeded uniform random sample of N mutants per group (score with a 95 %% interval)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sample (default 0)")
+    p.add_argument("--again", action="store_true",
+                   help="reuse <workdir>/<group>: copy the current tests in and re-run only the mutants not killed")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     known = groups()
@@ -205,11 +233,12 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name in args.groups:
         log.info("mutating %s ...", name)
-        summary = run_group(name, known[name], args.workdir, args.max_children, args.sample, args.seed)
+        summary = run_group(name, known[name], args.workdir, args.max_children, args.sample, args.seed,
+                            args.again)
         rows.append(summary)
         log.info("%s: %d/%d killed (%.1f %%), %s, %.0f s", name, summary["killed"], summary["mutants"],
                  100 * (summary["score"] or 0), summary["counts"], summary["seconds"])
-        if "interval_95" in summary:
+        if "sample_size" in summary:
             log.info("%s: sample of %d of %d mutants (seed %d); 95 %% Wilson interval %.1f-%.1f %%", name,
                      summary["sample_size"], summary["total_mutants"], summary["seed"],
                      *(100 * x for x in summary["interval_95"]))
@@ -218,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info("\n| group | files | mutants | killed | score |\n|---|---|---|---|---|")
     for r in rows:
         extra = (f" (sample of {r['total_mutants']}, seed {r['seed']}; 95 % CI "
-                 f"{100 * r['interval_95'][0]:.1f}-{100 * r['interval_95'][1]:.1f} %)" if "interval_95" in r else "")
+                 f"{100 * r['interval_95'][0]:.1f}-{100 * r['interval_95'][1]:.1f} %)" if "sample_size" in r else "")
         log.info("| %s | %s | %d | %d | %.1f %%%s |", r["group"], ", ".join(r["paths"]), r["mutants"], r["killed"],
                  100 * (r["score"] or 0), extra)
     return 0
