@@ -150,7 +150,8 @@ def _run_mutmut(dest: Path, mutmut: str, env: dict, max_children: int, names: li
 def run_group(name: str, group: dict, workdir: Path, max_children: int, sample: int | None = None,
               seed: int = 0, again: bool = False) -> dict:
     """Mutate ``group`` in ``<workdir>/<name>`` and summarise. ``again``: reuse that copy (its mutants and
-    results), refresh its tests from the working tree, and re-run only the mutants not killed last time."""
+    results), refresh its tests from the working tree, and re-run only the mutants not killed last time (all of
+    the sample, or the group, when the group's test list changed: mutmut then resets every verdict)."""
     dest = workdir / name
     mutmut = str(Path(sys.executable).with_name("mutmut"))
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
@@ -160,12 +161,23 @@ def run_group(name: str, group: dict, workdir: Path, max_children: int, sample: 
         previous = json.loads((dest / "summary.json").read_text())
         for test in (ROOT / "tests").rglob("*.py"):  # the strengthened tests, in the copy and in mutmut's copy
             for target in (dest, dest / "mutants"):
+                (target / test.relative_to(ROOT)).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(test, target / test.relative_to(ROOT))
+        before = (dest / "pyproject.toml").read_text()
+        shutil.copy2(ROOT / "pyproject.toml", dest / "pyproject.toml")
+        _narrow_config(dest, group)
         chosen = sample_file.read_text().split() if sample_file.exists() else []
         total, seed = previous.get("total_mutants"), previous.get("seed", seed)
-        log.info("%s: re-running the %d mutants not killed last time", name, len(previous["not_killed"]))
-        if previous["not_killed"]:
-            _run_mutmut(dest, mutmut, env, max_children, previous["not_killed"])
+        changed = (dest / "pyproject.toml").read_text() != before
+        if not changed:
+            names = previous["not_killed"]
+            log.info("%s: re-running the %d mutants not killed last time", name, len(names))
+        else:  # the group's tests changed: mutmut resets every verdict, so the whole sample (or group) runs again
+            names = chosen
+            log.info("%s: the group's tests changed: re-running %s", name,
+                     f"all {len(chosen)} sampled mutants" if chosen else "every mutant")
+        if names or changed:  # changed and no sample: names == [] runs every mutant
+            _run_mutmut(dest, mutmut, env, max_children, names)
     else:
         _copy_tree(dest)
         _narrow_config(dest, group)
