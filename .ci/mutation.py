@@ -163,12 +163,11 @@ def run_group(name: str, group: dict, workdir: Path, max_children: int, sample: 
             for target in (dest, dest / "mutants"):
                 (target / test.relative_to(ROOT)).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(test, target / test.relative_to(ROOT))
-        before = (dest / "pyproject.toml").read_text()
         shutil.copy2(ROOT / "pyproject.toml", dest / "pyproject.toml")
         _narrow_config(dest, group)
         chosen = sample_file.read_text().split() if sample_file.exists() else []
         total, seed = previous.get("total_mutants"), previous.get("seed", seed)
-        changed = (dest / "pyproject.toml").read_text() != before
+        changed = (previous.get("tests"), previous.get("deselect", [])) != (group["tests"], group.get("deselect", []))
         if not changed:
             names = previous["not_killed"]
             log.info("%s: re-running the %d mutants not killed last time", name, len(names))
@@ -196,7 +195,7 @@ def run_group(name: str, group: dict, workdir: Path, max_children: int, sample: 
     if chosen:
         statuses = {k: statuses[k] for k in chosen}
     summary = summarise(statuses, sampled=bool(chosen))
-    summary.update(group=name, paths=group["paths"], tests=group["tests"],
+    summary.update(group=name, paths=group["paths"], tests=group["tests"], deselect=group.get("deselect", []),
                    seconds=round(time.perf_counter() - t0, 1), again=again)
     if chosen:
         summary.update(total_mutants=total, sample_size=len(statuses), seed=seed)
@@ -216,7 +215,7 @@ def summarise(statuses: dict[str, str], sampled: bool = False) -> dict:
                "not_killed": sorted(k for k, s in statuses.items() if s not in KILLED)}
     if sampled and statuses:
         low, high = wilson_interval(killed, len(statuses))
-        summary.update(interval_95=[round(low, 4), round(high, 4)], interval_method="Wilson score")
+        summary.update(interval_95=[round(low, 6), round(high, 6)], interval_method="Wilson score")
     return summary
 
 

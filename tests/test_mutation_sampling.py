@@ -84,5 +84,5 @@ def test_summary_of_a_sample_counts_timeouts_as_killed_and_gives_the_interval():
     assert {k: summary[k] for k in ("mutants", "killed", "score", "not_killed")} == {
         "mutants": 5, "killed": 3, "score": 0.6, "not_killed": ["c", "d"]}
     assert summary["counts"] == {"killed": 2, "timeout": 1, "survived": 1, "no tests": 1}
-    assert summary["interval_95"] == [round(v, 4) for v in mutation.wilson_interval(3, 5)]
+    assert summary["interval_95"] == [round(v, 6) for v in mutation.wilson_interval(3, 5)]
     assert "interval_95" not in mutation.summarise(statuses)  # a full run has no sampling error
