@@ -6,6 +6,7 @@ Usage (from the repository root)::
     .venv/bin/python .ci/mutation.py --list
     .venv/bin/python .ci/mutation.py pipeline --workdir /scratch/mut --max-children 4
     .venv/bin/python .ci/mutation.py handlers --sample 60 --seed 1     # a seeded random sample of mutants
+    .venv/bin/python .ci/mutation.py handlers --again                  # re-run what the last run left
 
 The groups (files to mutate, tests that may kill them, and optionally ``deselect``: node ids of slow
 tests left out of the mutant runs) are data in ``[tool.skinapp.mutation]`` of pyproject.toml. For each
@@ -20,8 +21,9 @@ Mutation sampling (``--sample N --seed S``): the group's mutants are generated (
 only, no tests run), N of their names are drawn uniformly at random without replacement with
 ``random.Random(S)``, and only those are run (``mutmut run NAME...``). The sampled score k/N estimates the
 score over all mutants; its 95 % Wilson score interval (Wilson 1927) is reported with the total mutant
-count. Random mutant sampling: Wong & Mathur 1995 (J. Systems and Software 31(3)), who found a 10 %
-sample kept most of the test-adequacy information of all mutants.
+count. Random mutant sampling ("x % selection"): Wong & Mathur 1995 (J. Systems and Software 31(3)).
+``--again`` reuses ``<workdir>/<group>`` after the tests were strengthened: the current tests are copied in
+and only the mutants not killed last time run again (the whole sample when the group's test list changed).
 """
 
 from __future__ import annotations
