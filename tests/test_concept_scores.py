@@ -6,6 +6,8 @@ the analyzer's device (section 2).
 
 from __future__ import annotations
 
+import time
+
 import gradio as gr
 import numpy as np
 import pytest
@@ -76,8 +78,19 @@ def test_scores_name_their_model_and_carry_the_untrained_banner(analyzer, photo)
     result = analyzer.concept_scores(photo, "erythema\nscale, crust")
     assert result.concepts and set(result.concepts) == {"erythema", "scale", "crust"}
     assert result.clip_label in result.producer and result.producer.startswith("Scores from CLIP weights")
-    assert UNTRAINED_WARNING in result.banner  # tiny demo CLIP
+    # tiny demo CLIP: the warning, which model is untrained, and why (the reason load_models gave for CLIP)
+    assert result.banner == (f"{UNTRAINED_WARNING}\nUntrained: clip_tiny: untrained (random init (tiny profile)).\n"
+                             "Phrase heatmaps come from an untrained demo CLIP model (tiny profile).")
     assert [v for _, v in result.choices()] == result.concepts
+
+
+def test_timings_are_the_seconds_each_stage_took(analyzer, photo):
+    t0 = time.perf_counter()
+    result = analyzer.concept_scores(photo, "erythema\nulcer")
+    elapsed = time.perf_counter() - t0
+    assert set(result.timings) == {"image_pass", "text", "total"}
+    assert 0 <= result.timings["image_pass"] <= result.timings["total"] <= elapsed
+    assert 0 < result.timings["text"] <= result.timings["total"] - result.timings["image_pass"]
 
 
 def test_bad_input_is_refused_with_a_message(analyzer, photo):

@@ -7,6 +7,7 @@ but the Gradio request, which only carries the session id and cookie.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import time
@@ -18,6 +19,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from skinapp.clip.model import build_clip
 from skinapp.drawing import label_positions
 from skinapp.pipeline import Analyzer
 from skinapp.provenance import UNTRAINED_WARNING, WeightsInfo, untrained
@@ -132,6 +134,32 @@ def test_a_long_phrase_warning_quotes_its_start(handlers, photo):
                            "only its start was used (cut to 77 tokens).")
 
 
+# --------------------------------------------------------------------------- concept scores
+
+
+def test_concept_scores_use_the_clip_weights_chosen_and_say_so(analyzer, photo, tmp_path):
+    """With two CLIP models loaded, the chart, picker and status come from the one picked in the dropdown."""
+    second = "second: tiny CLIP, seed 1"
+    models = dataclasses.replace(analyzer.models, clips={**analyzer.models.clips, second: build_clip("tiny", seed=1)})
+    two = Handlers(Analyzer(models), ReviewStore(tmp_path / "data"))
+    fig, picker, status = two.concept_scores(photo, "erythema\nulcer\nplaque", second)
+    expected = two.analyzer.concept_scores(photo, "erythema\nulcer\nplaque", second)
+    default = two.analyzer.concept_scores(photo, "erythema\nulcer\nplaque", None)
+    assert not np.allclose(expected.scores, default.scores), "the two CLIP models must disagree for this test"
+    assert status == (f"Scored 3 concepts for photo `{expected.image_key[:12]}`. Scores from CLIP weights "
+                      f"{second}. Click a concept to explain it.")
+    assert picker.choices == [(f"{c} \u00b7 {s:.3f}", c) for c, s in zip(expected.concepts, expected.scores)]
+    assert picker.value is None
+
+
+def test_explaining_without_a_picked_concept_is_refused_next_to_explain(handlers, photo):
+    with pytest.raises(gr.Error) as err:
+        handlers.explain_concept(photo, None, None, request=_request("s1"))
+    assert err.value.message == "Choose a concept first."
+    assert handlers.error_text("explain")(_request("s1")) == (
+        '<div class="action-error" role="alert">&#10060; Choose a concept first.</div>')
+
+
 # --------------------------------------------------------------------------- errors next to the action
 
 
@@ -194,6 +222,23 @@ def test_save_status_counts_decisions_and_the_list_shows_the_review(handlers, ph
     assert saved.values.tolist()[1] == [1, result.concepts.phrases[1], round(float(result.concepts.scores[1]), 3),
                                         "relabel", "naevus", ""]
     assert (review.reviewer, review.note, review.prompts) == ("dr a", "note", ["lesion", "arm"])
+
+
+def test_the_review_list_selects_nothing_until_the_user_picks_a_review(handlers, photo):
+    """On page load and Refresh the list offers the saved reviews but preselects none (Reopen must not open the
+    latest review nobody chose); after a save the saved review is selected."""
+    out = handlers.analyze(photo, "lesion . arm", 0.3, 0.25)
+    _, after_save, _ = handlers.save_review(out[KEY], out[TABLE], "", "")
+    assert after_save.value == out[KEY]
+    listed = handlers.review_choices()
+    assert [value for _, value in listed.choices] == [out[KEY]]
+    assert listed.value is None
+
+
+def test_saving_an_empty_table_says_what_to_do(handlers):
+    with pytest.raises(gr.Error) as err:
+        handlers.save_review(None, pd.DataFrame(columns=REVIEW_COLUMNS), "", "")
+    assert err.value.message == "There are no concepts to review: analyse a photo (or reopen a review) first."
 
 
 def test_reopen_shows_each_concept_with_its_final_label_and_decision(handlers, photo):

@@ -6,6 +6,7 @@ import io
 
 import numpy as np
 import pytest
+import torch
 
 from skinapp import models, pipeline
 from skinapp.checkpoints import CheckpointMissing
@@ -172,6 +173,14 @@ def test_unknown_clip_choice(analyzer):
 
 def test_parse_phrases_cleans():
     assert parse_phrases("  blue   veil \n\nblue veil\nstreaks ") == ["blue veil", "streaks"]
+
+
+def test_without_a_device_the_models_go_to_cuda_when_there_is_one_else_cpu():
+    """`python app.py` without --device / SKINAPP_DEVICE passes device=None: it must pick a device, not fail."""
+    loaded = models.load_models("tiny", device=None)
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert loaded.device.type == expected
+    assert {p.device.type for p in loaded.fusion.parameters()} == {expected}
 
 
 def test_auto_profile_without_checkpoints_is_demo(tmp_path, monkeypatch):

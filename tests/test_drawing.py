@@ -1,0 +1,42 @@
+"""The concept numbers written on the photo (skinapp.drawing.numbered_photo): readable at any photo size and
+never on top of each other. Plain arrays, no model."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from skinapp.drawing import numbered_photo
+
+
+def _ink(photo: np.ndarray, shown: np.ndarray) -> np.ndarray:
+    """bool [H, W]: where a number was written."""
+    return np.any(shown != photo, axis=-1)
+
+
+def _height(ink: np.ndarray) -> int:
+    rows = np.flatnonzero(ink.any(axis=1))
+    return int(rows[-1] - rows[0] + 1)
+
+
+def test_numbers_grow_with_the_photo_so_they_stay_readable():
+    """The text scale is min(H, W) / 350 (at least 0.7): on a 1050-px photo a number is ~3x as tall as on a
+    350-px one, so it is not a speck on a phone photo."""
+    heights = {}
+    for side in (350, 1050):
+        photo = np.full((side, side + side // 3, 3), 128, np.uint8)
+        heights[side] = _height(_ink(photo, numbered_photo(photo, np.ones((1, *photo.shape[:2]), bool), [7])))
+    assert 2.5 < heights[1050] / heights[350] < 3.5, heights
+
+
+def test_two_numbers_whose_masks_share_a_centre_are_written_apart():
+    """A lesion inside a larger patch of skin: both masks are deepest at the same point; the second number
+    goes at least 2.5 text heights away, so the two never overlap (two separate words of ink)."""
+    photo = np.full((300, 400, 3), 128, np.uint8)
+    masks = np.zeros((2, 300, 400), bool)
+    masks[0, 100:200, 150:250] = True  # lesion
+    masks[1, 20:280, 50:350] = True  # skin around it, same centre
+    ink = _ink(photo, numbered_photo(photo, masks, [0, 1])).astype(np.uint8)
+    words = cv2.dilate(ink, np.ones((7, 7), np.uint8))  # the glyphs of one number join into one blob
+    n_blobs, _ = cv2.connectedComponents(words)
+    assert n_blobs - 1 == 2
