@@ -229,14 +229,6 @@ class Analyzer:
         image = load_image(image_source)
         return states.get_or_compute(image.key, lambda: ImageState(image))
 
-    def analysis(self, ref: str) -> AnalysisResult:
-        """A cached analysis by its ``ref``. Raises ValueError when it has been evicted."""
-        key = ref.split(":")[0] if isinstance(ref, str) else ""
-        state = self.states.get(key) if key else None
-        if state is None or ref not in state.analyses:
-            raise ValueError("This analysis is no longer in the app's memory; analyse the photo again.")
-        return state.analyses[ref]
-
     def latest_analysis(self, image_source: Any) -> AnalysisResult | None:
         """The most recent analysis of a cached photo (by key, ref, or anything load_image reads), or None."""
         try:
