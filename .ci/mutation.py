@@ -243,6 +243,11 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         log.error("unknown group(s) %s; known: %s", unknown, ", ".join(known))
         return 2
+    unfinished = [g for g in args.groups if args.again and not (args.workdir / g / "summary.json").exists()]
+    if unfinished:
+        log.error("--again needs a finished run of %s in %s (no summary.json there): run it without --again",
+                  ", ".join(unfinished), args.workdir)
+        return 2
     rows = []
     for name in args.groups:
         log.info("mutating %s ...", name)

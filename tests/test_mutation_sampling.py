@@ -86,3 +86,9 @@ def test_summary_of_a_sample_counts_timeouts_as_killed_and_gives_the_interval():
     assert summary["counts"] == {"killed": 2, "timeout": 1, "survived": 1, "no tests": 1}
     assert summary["interval_95"] == [round(v, 6) for v in mutation.wilson_interval(3, 5)]
     assert "interval_95" not in mutation.summarise(statuses)  # a full run has no sampling error
+
+
+def test_again_without_a_finished_run_is_refused_with_what_to_do(tmp_path, caplog):
+    (tmp_path / "metrics").mkdir()  # a scratch copy whose run never finished: no summary.json
+    assert mutation.main(["metrics", "--again", "--workdir", str(tmp_path)]) == 2
+    assert "--again needs a finished run of metrics in" in caplog.text and "run it without --again" in caplog.text
