@@ -24,7 +24,7 @@ def _photo(h: int = 20, w: int = 30) -> tuple[np.ndarray, np.ndarray]:
 
 def test_a_save_without_a_photo_key_is_refused_with_the_fix(tmp_path):
     pixels, masks = _photo()
-    for key in ("", "XYZ", KEY.upper()):
+    for key in ("", "XYZ", "X" * 64, KEY.upper()):
         with pytest.raises(ValueError, match=r"^A review needs the photo's key; analyse a photo first\.$"):
             ReviewStore(tmp_path).save(key, pixels, masks, [])
 
@@ -283,3 +283,98 @@ def test_the_stale_sweep_keeps_named_young_temporary_and_legacy_files(tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == [".tmp-in-flight", ".tmp-x.png", "kept", "young"]
     files.remove_stale(KEY, set(), 0.0)
     assert sorted(p.name for p in folder.iterdir()) == [".tmp-in-flight", ".tmp-x.png"]
+
+
+def test_every_version_keeps_its_own_size_and_prompts(tmp_path):
+    store = ReviewStore(tmp_path)
+    pixels, masks = _photo(h=20, w=30)
+    store.save(KEY, pixels, masks, [_concept(0)], prompts=["lesion"])
+    store.save(KEY, pixels, masks, [_concept(0)], prompts=["lesion", "arm"])
+    newest, oldest = store.versions(KEY)
+    assert [(v.revision, v.width, v.height, v.prompts) for v in (newest, oldest)] == [
+        (2, 30, 20, ["lesion", "arm"]), (1, 30, 20, ["lesion"])]
+    first = store.load_version(KEY, 1)
+    assert (first.width, first.height, first.prompts) == (30, 20, ["lesion"])
+    [latest] = store.latest_by_reviewer()
+    assert (latest.revision, latest.width, latest.height) == (2, 30, 20)
+
+
+def test_masks_as_0_255_bytes_are_stored_as_masks_and_the_save_is_logged_once(tmp_path, caplog):
+    import logging
+
+    store = ReviewStore(tmp_path)
+    pixels, masks = _photo()
+    as_png_bytes = masks.astype(np.uint8) * 255  # e.g. masks read back from PNG files
+    with caplog.at_level(logging.INFO, logger="skinapp.review.store"):
+        saved = store.save(KEY, pixels, as_png_bytes, [_concept(0), _concept(1, "reject")])
+    assert [r.getMessage() for r in caplog.records if r.name == "skinapp.review.store"] == [
+        f"Saved review of {KEY[:12]} (revision 1, 2 concepts)"]
+    for i in range(2):
+        assert np.array_equal(store.load_mask(KEY, i), masks[i])
+    assert (saved.reviewer, saved.note, saved.prompts) == ("", "", [])  # nothing given: nothing recorded
+
+
+def test_a_nested_data_directory_is_created_and_each_thread_keeps_one_connection(tmp_path):
+    import threading
+
+    store = ReviewStore(tmp_path / "a" / "b" / "reviews")
+    assert store.db_path.is_file() and store.db_path.parent == tmp_path / "a" / "b" / "reviews"
+    assert store._connection() is store._connection()  # reused within a thread (WAL, pragmas set once)
+    other = []
+    worker = threading.Thread(target=lambda: other.append(store._connection()))
+    worker.start()
+    worker.join()
+    assert other[0] is not store._connection()  # sqlite3 connections are not shared between threads
+
+
+def test_the_temporary_file_is_made_next_to_its_target_not_in_the_system_temp_dir(tmp_path, monkeypatch):
+    """Next to the target, the rename is atomic (same filesystem); the system temp dir may be elsewhere or gone."""
+    import tempfile
+
+    from skinapp.review.mask_files import atomic_write_png
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-temp-dir"))
+    target = tmp_path / "data" / "photos" / "p.png"
+    atomic_write_png(target, np.full((4, 5, 3), 9, np.uint8))
+    assert sorted(p.name for p in target.parent.iterdir()) == ["p.png"]
+
+
+def test_a_photo_that_cannot_be_written_reports_its_own_error(tmp_path, monkeypatch):
+    """The photo is written before the version folder exists; cleaning up the (absent) folder must not hide
+    the real error behind a FileNotFoundError."""
+    from skinapp.review import mask_files
+
+    def disk_full(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(mask_files.os, "replace", disk_full)
+    pixels, masks = _photo()
+    with pytest.raises(OSError) as err:
+        mask_files.MaskFiles(tmp_path).write_save(KEY, pixels, masks, [0])
+    assert str(err.value) == "disk full"
+    assert not (tmp_path / "masks").exists() and list((tmp_path / "photos").iterdir()) == []
+
+
+def test_the_stale_sweep_goes_on_when_another_process_removed_an_entry_first(tmp_path, monkeypatch):
+    import os
+    import shutil
+    import time
+
+    from skinapp.review import mask_files
+
+    files = mask_files.MaskFiles(tmp_path)
+    old = time.time() - 1000
+    for name in ("a", "b", "c"):
+        (files.version_dir(KEY) / name).mkdir(parents=True)
+        os.utime(files.version_dir(KEY) / name, (old, old))
+    calls, real_rmtree = [], shutil.rmtree
+
+    def raced(path):  # the first folder is removed by a concurrent sweep just before this one gets to it
+        calls.append(path)
+        real_rmtree(path)
+        if len(calls) == 1:
+            raise FileNotFoundError(path)
+
+    monkeypatch.setattr(mask_files.shutil, "rmtree", raced)
+    files.remove_stale(KEY, set(), 500.0)
+    assert list(files.version_dir(KEY).iterdir()) == [] and len(calls) == 3
