@@ -206,7 +206,14 @@ def test_api_json_versions_with_masks_and_save(bench):
     assert lesion[10:30, 20:45].all() and lesion.sum() == 500
     out = api["delete_concept"](KEY, 1, request=who)
     assert (out["photo_key"], out["height"], out["width"], out["source"]) == (KEY, H, W, "revision 1")
-    assert [c["index"] for c in out["concepts"]] == [0]
+    [lesion_json] = out["concepts"]
+    assert {k: v for k, v in lesion_json.items() if k != "mask"} == {
+        "index": 0, "phrase": "lesion", "box": [20.0, 10.0, 45.0, 30.0], "provenance": "model", "decision": "accept",
+        "clicks": []}
+    assert rle_decode(lesion_json["mask"]).sum() == 500
+    clicked = api["refine"](KEY, 0, 30, 20, positive=False, request=who)["concepts"][0]
+    assert (clicked["clicks"], clicked["provenance"]) == ([[30.0, 20.0, 0]], "refined")
+    api["undo_edit"](KEY, request=who)
     assert api["undo_edit"](KEY, request=who)["concepts"][1]["phrase"] == "arm"
     saved = api["save_version"](KEY, reviewer="api", request=who)
     assert saved == {"photo_key": KEY, "revision": 2, "provenance": {"0": "model", "1": "model"}}
@@ -217,3 +224,12 @@ def test_api_json_versions_with_masks_and_save(bench):
         "lines": ["(unnamed) vs api: 1 photos, 2 concepts, mean mask IoU 1.000, Cohen's kappa 1.000 over 2 decided"],
         "pairs": [{"reviewer_a": "", "reviewer_b": "api", "n_photos": 1, "n_concepts": 2, "n_decided": 2,
                    "mean_iou": 1.0, "kappa": 1.0}]}
+
+
+def test_the_agreement_csv_needs_two_reviewers_and_says_so(bench):
+    from skinapp.ui.agreement_handlers import AgreementHandlers
+
+    handlers, wb = bench
+    panel = AgreementHandlers(wb.bench.store, handlers._refuse, handlers.export_dir, handlers.export_owners)
+    _refused(handlers, "agreement", lambda: panel.export_csv(_who()),
+             "No photo has been reviewed by two or more reviewers yet.")
