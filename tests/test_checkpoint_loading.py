@@ -179,3 +179,54 @@ def test_safetensors_are_read_to_the_cpu_by_suffix(tmp_path):
     save_file(weights, str(tmp_path / "m.safetensors"))
     loaded = ckpt.load_state_dict(tmp_path / "m.safetensors")
     assert type(loaded) is dict and loaded["w"].device.type == "cpu" and torch.equal(loaded["w"], weights["w"])
+
+
+def test_a_file_saved_on_another_device_is_loaded_to_the_cpu(tmp_path):
+    """A checkpoint written on a GPU / Apple machine records its tensors' device; this app maps them to the CPU
+    (built here without such a device: the location tag of a CPU file rewritten to "mps")."""
+    import zipfile
+
+    cpu_file, mps_file = tmp_path / "cpu.pth", tmp_path / "mps.pth"
+    torch.save({"w": torch.arange(3.0)}, cpu_file)
+    with zipfile.ZipFile(cpu_file) as zin, zipfile.ZipFile(mps_file, "w", zipfile.ZIP_STORED) as zout:
+        for name in zin.namelist():
+            data = zin.read(name)
+            zout.writestr(name, data.replace(b"cpu", b"mps") if name.endswith("data.pkl") else data)
+    with pytest.raises(RuntimeError, match="mps"):
+        torch.load(mps_file, weights_only=True)  # control: the file really names another device
+    loaded = ckpt.load_state_dict(mps_file)
+    assert loaded["w"].device.type == "cpu" and torch.equal(loaded["w"], torch.arange(3.0))
+
+
+def test_a_pickle_is_refused_even_when_torch_is_told_to_allow_it(tmp_path, monkeypatch):
+    """TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 turns torch.load's safe default off; the app's explicit
+    weights_only=True is not a default, so a pickle that would run code is still refused, with the fix."""
+    marker = tmp_path / "code-ran"
+
+    class Payload:
+        def __reduce__(self):
+            return exec, (f"open({str(marker)!r}, 'w').write('pwned')",)
+
+    evil = tmp_path / "evil.pth"
+    torch.save({"payload": Payload()}, evil)
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    with pytest.raises(ckpt.UnsafeCheckpointError) as err:
+        ckpt.load_state_dict(evil)
+    assert not marker.exists()
+    message = str(err.value)
+    assert message.startswith(f"{evil} could not be loaded with torch.load(weights_only=True): ")
+    assert message.endswith(". If it holds pickled objects or TorchScript it would run code when loaded, so it is "
+                            "refused; convert it to a state dict or safetensors from a trusted source.")
+
+
+def test_a_single_file_entry_checks_a_renamed_copy_and_logs_the_check(files, tmp_path, caplog):
+    copy = tmp_path / "renamed" / "my-sam.pth"
+    copy.parent.mkdir()
+    copy.write_bytes(files["single.pth"].read_bytes())
+    with caplog.at_level(logging.DEBUG, logger="skinapp.checkpoints._loading"):
+        assert set(ckpt.load_state_dict(copy, name="single")) == {"w"}
+    assert [r.getMessage() for r in caplog.records if r.name == "skinapp.checkpoints._loading"] == [
+        f"{copy}: SHA-256 verified"]
+    _tamper(copy)
+    with pytest.raises(ckpt.ChecksumMismatchError, match="my-sam.pth: expected"):
+        ckpt.load_state_dict(copy, name="single")

@@ -192,3 +192,71 @@ def test_offline_setting(monkeypatch, value, expected):
     else:
         monkeypatch.setenv("SKINAPP_OFFLINE", value)
     assert ckpt.offline() is expected
+
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def test_a_hub_file_is_read_with_main_as_its_default_revision_and_described_for_people():
+    pinned = _file(hub={"repo_id": "org/model-1", "filename": "sub/m.pth", "revision": COMMIT})
+    branch = _file(filename="n.pth", hub={"repo_id": "org/model-1", "filename": "n.pth"})
+    entries = ckpt.manifest({"checkpoints": [_entry(files=[pinned]), _entry(name="other", files=[branch])]})
+    hub = entries["toy"].files[0].hub
+    assert (hub.repo_id, hub.filename, hub.revision, hub.pinned) == ("org/model-1", "sub/m.pth", COMMIT, True)
+    assert hub.describe() == f"hf://org/model-1/sub/m.pth @ {COMMIT}"
+    assert entries["toy"].files[0].source == f"hf://org/model-1/sub/m.pth @ {COMMIT}"
+    hub = entries["other"].files[0].hub
+    assert (hub.revision, hub.pinned) == ("main", False)
+    assert hub.describe() == "hf://org/model-1/n.pth @ main (not pinned)"
+    assert entries["other"].on_hub and entries["other"].downloadable
+
+
+@pytest.mark.parametrize("hub, message", [
+    ("org/model", "'hub' must be an object with repo_id, filename and revision"),
+    ({"repo_id": "model", "filename": "m.pth"}, "hub repo_id must look like 'owner/name', got 'model'"),
+    ({"repo_id": 5, "filename": "m.pth"}, "hub repo_id must look like 'owner/name', got 5"),
+    ({"repo_id": "o/m", "filename": ""}, "hub filename must be a path inside the repository, got ''"),
+    ({"repo_id": "o/m", "filename": 3}, "hub filename must be a path inside the repository, got 3"),
+    ({"repo_id": "o/m", "filename": "a//m.pth"}, "hub filename must be a path inside the repository, got 'a//m.pth'"),
+    ({"repo_id": "o/m", "filename": "./m.pth"}, "hub filename must be a path inside the repository, got './m.pth'"),
+    ({"repo_id": "o/m", "filename": "../m.pth"},
+     "hub filename must be a path inside the repository, got '../m.pth'"),
+    ({"repo_id": "o/m", "filename": "m.pth", "revision": ""}, "hub revision must be a commit hash or a branch name"),
+    ({"repo_id": "o/m", "filename": "m.pth", "revision": 7}, "hub revision must be a commit hash or a branch name"),
+])
+def test_a_malformed_hub_location_is_refused_with_the_file_it_belongs_to(hub, message):
+    assert _error({"checkpoints": [_entry(files=[_file(hub=hub)])]}) == f"<dict>: checkpoint 'toy': m.pth: {message}"
+
+
+@pytest.mark.parametrize("hubs", [
+    [{"repo_id": "o/m", "filename": "a.bin"}, None],  # one file not on the Hub
+    [{"repo_id": "o/m", "filename": "a.bin"}, {"repo_id": "o/other", "filename": "b.bin"}],  # two repositories
+    [{"repo_id": "o/m", "filename": "a.bin"}, {"repo_id": "o/m", "filename": "b.bin", "revision": COMMIT}],
+    [{"repo_id": "o/m", "filename": "a.bin"}, {"repo_id": "o/m", "filename": "weights/b.bin"}],  # another name
+])
+def test_a_hub_directory_entry_is_one_repository_snapshot(hubs):
+    files = [_file(filename=name, **({"hub": hub} if hub else {})) for name, hub in zip(("a.bin", "b.bin"), hubs)]
+    assert _error({"checkpoints": [_entry(files=files, directory="d")]}) == (
+        "<dict>: checkpoint 'toy': the files of a Hub directory entry must all come from one repo and revision, "
+        "under their own names")
+    good = [_file(filename=name, hub={"repo_id": "o/m", "filename": name}) for name in ("a.bin", "b.bin")]
+    assert ckpt.manifest({"checkpoints": [_entry(files=good, directory="d")]})["toy"].on_hub
+
+
+@pytest.mark.parametrize("env, hub, expected", [
+    ({}, True, None),
+    ({"SKINAPP_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}, True, "SKINAPP_OFFLINE=1"),
+    ({"SKINAPP_OFFLINE": "yes"}, False, "SKINAPP_OFFLINE=1"),
+    ({"HF_HUB_OFFLINE": " Yes "}, True, "HF_HUB_OFFLINE=1"),
+    ({"HF_HUB_OFFLINE": "1"}, False, None),  # the Hub's switch does not stop other downloads
+    ({"HF_HUB_OFFLINE": "0"}, True, None),
+    ({"hf_hub_offline": "1"}, True, None),  # environment names are case-sensitive
+])
+def test_offline_reason_names_the_setting_that_forbids_downloads(monkeypatch, env, hub, expected):
+    for name in ("SKINAPP_OFFLINE", "HF_HUB_OFFLINE", "hf_hub_offline"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert _manifest.offline_reason(hub=hub) == expected
+    if not hub:
+        assert _manifest.offline_reason() == expected  # hub=False is the default

@@ -106,10 +106,12 @@ class WorkbenchHandlers:
         return image, gr.Dropdown(choices=choices, value=chosen), status
 
     def _run(self, action: str, request, fn, key_value, selected, status) -> tuple:
+        """``fn(session, key)`` -> Draft, shown with ``selected`` (a concept number, or a function of the draft)."""
         try:
             key = _key(key_value)
             draft = fn(_session(request), key)
-            return self._view(key, draft, selected, status(draft) if callable(status) else status)
+            chosen = selected(draft) if callable(selected) else selected
+            return self._view(key, draft, chosen, status(draft) if callable(status) else status)
         except (ValueError, OSError) as exc:
             raise self._refuse(action, exc, request) from exc
 
@@ -157,7 +159,7 @@ class WorkbenchHandlers:
             if len(numbers) != 4:
                 raise ValueError("Give the new concept's box as four numbers: x0, y0, x1, y1 (pixels).")
             return self.bench.add(session, key, [float(v) for v in numbers], phrase)
-        return self._run("workbench", request, add, photo_key, "last",
+        return self._run("workbench", request, add, photo_key, lambda d: d.concepts[-1].index,
                          lambda d: f"Added concept #{d.concepts[-1].index} '{d.concepts[-1].phrase}'.")
 
     def paint(self, photo_key: str, concept: Any, editor: Any, request: gr.Request | None = None) -> tuple:
