@@ -20,6 +20,8 @@ from tqdm import tqdm
 
 from skinapp.batch import analyse_photos, collect_photos, shard, write_summaries
 from skinapp.batch_encode import CUDA_BATCH_SIZE, default_batch_size
+from skinapp.checkpoints import CheckpointMissing, ChecksumMismatchError, ManifestError, UnsafeCheckpointError
+from skinapp.model_configs import ModelConfigError
 from skinapp.phrases import parse_phrases
 from skinapp.pipeline import Analyzer
 
@@ -58,7 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     device = args.device
     if device is None and distributed and torch.cuda.is_available():
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-    analyzer = Analyzer.create(args.profile, device=device)
+    try:
+        analyzer = Analyzer.create(args.profile, device=device)
+    except (CheckpointMissing, ChecksumMismatchError, UnsafeCheckpointError, ManifestError, ModelConfigError) as exc:
+        # a missing (--profile full), damaged or tampered checkpoint, a bad SKINAPP_MODEL_CONFIGS: one line, as app.py
+        log.error("not starting: %s", exc)
+        return 2
     if rank == 0:
         log.info("%d photos; models: %s", len(photos), analyzer.describe())
     batch_size = args.batch_size or default_batch_size(analyzer.device)

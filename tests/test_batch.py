@@ -156,3 +156,22 @@ def test_batched_encoders_equal_one_by_one(analyzer, photos, tmp_path):
         assert np.abs(a.prediction.probs - b.prediction.probs).max() < 1e-4
         assert np.abs(ax.similarities - bx.similarities).max() < 1e-4
         assert max(np.abs(ax.maps[m] - bx.maps[m]).max() for m in ax.maps) < 1e-3
+
+
+def test_missing_checkpoints_for_the_full_profile_are_one_log_line(photos, tmp_path, monkeypatch, caplog):
+    """`python -m skinapp.analyze --profile full` without the official checkpoints: exit status 2 and one error
+    line saying which file is missing, no traceback (as `python app.py`)."""
+    import logging
+
+    from skinapp import analyze
+
+    for var in [v for v in os.environ if v.startswith("SKINAPP_") and v != "SKINAPP_MANIFEST"]:
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("SKINAPP_CHECKPOINT_DIR", str(tmp_path / "empty"))
+    monkeypatch.setenv("SKINAPP_OFFLINE", "1")
+    with caplog.at_level(logging.ERROR, logger="skinapp.analyze"):
+        status = analyze.main([str(photos), "--out", str(tmp_path / "out"), "--profile", "full"])
+    assert status == 2
+    [refusal] = [r for r in caplog.records if r.name == "skinapp.analyze"]
+    assert refusal.getMessage().startswith("not starting: Checkpoint '") and "is missing" in refusal.getMessage()
+    assert refusal.exc_info is None and not (tmp_path / "out").exists()
