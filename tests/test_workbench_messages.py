@@ -127,6 +127,7 @@ def test_paint_takes_the_brush_layer_and_the_canvas_shows_the_mask(bench):
     canvas = wb.brush_canvas(KEY, "0", who)
     assert canvas["composite"] is None and canvas["background"].shape == (H, W, 3)
     [layer] = canvas["layers"]
+    assert layer.dtype == np.uint8 and layer.shape == (H, W, 4)  # an RGBA image the editor shows as drawn
     assert (layer[2:6, 3:7] == (*SELECTED_COLOUR, 255)).all() and layer[..., 3].sum() == 16 * 255
     assert wb.brush_canvas("nope", "0", who) is None and wb.brush_canvas(KEY, "9", who) is None
 
@@ -216,8 +217,9 @@ def test_api_json_versions_with_masks_and_save(bench):
     assert (clicked["clicks"], clicked["provenance"]) == ([[30.0, 20.0, 0]], "refined")
     api["undo_edit"](KEY, request=who)
     assert api["undo_edit"](KEY, request=who)["concepts"][1]["phrase"] == "arm"
-    saved = api["save_version"](KEY, reviewer="api", request=who)
+    saved = api["save_version"](KEY, reviewer="api", note="second look", request=who)
     assert saved == {"photo_key": KEY, "revision": 2, "provenance": {"0": "model", "1": "model"}}
+    assert (api["versions"](KEY)[0]["reviewer"], api["versions"](KEY)[0]["note"]) == ("api", "second look")
     with pytest.raises(gr.Error) as err:
         api["undo_edit"](KEY, request=_who("fresh"))
     assert err.value.message == "Nothing to undo."
@@ -234,3 +236,16 @@ def test_the_agreement_csv_needs_two_reviewers_and_says_so(bench):
     panel = AgreementHandlers(wb.bench.store, handlers._refuse, handlers.export_dir, handlers.export_owners)
     _refused(handlers, "agreement", lambda: panel.export_csv(_who()),
              "No photo has been reviewed by two or more reviewers yet.")
+
+
+def test_edits_stay_in_the_session_that_made_them_and_leave_the_callers_mask_alone(bench):
+    _, wb = bench
+    wb.bench.set_verdict("s1", KEY, 0, "reject", "naevus", "looks benign")
+    mine = wb.bench.draft("s1", KEY).concept(0)
+    assert (mine.decision, mine.label, mine.comment) == ("reject", "naevus", "looks benign")
+    assert wb.bench.draft("s2", KEY).concept(0).decision == "accept"  # another session's draft is untouched
+    painted = np.zeros((H, W), bool)
+    painted[1:4, 1:4] = True
+    wb.bench.paint("s1", KEY, 0, painted)
+    painted[0, 0] = True  # the caller's array is still its own (the draft keeps a frozen copy)
+    assert wb.bench.draft("s1", KEY).concept(0).mask.sum() == 9
