@@ -28,12 +28,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr  # noqa: E402
 
 from skinapp import model_configs, provisioning  # noqa: E402
-from skinapp.checkpoints import (  # noqa: E402
-    CheckpointMissing,
-    ChecksumMismatchError,
-    ManifestError,
-    UnsafeCheckpointError,
-)
+from skinapp.models import SETUP_ERRORS  # noqa: E402
 from skinapp.pipeline import Analyzer  # noqa: E402
 from skinapp.review import DATA_DIR_ENV, ReviewStore, default_data_dir  # noqa: E402
 from skinapp.ui import build_demo  # noqa: E402
@@ -157,8 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         app, store, owners, sweeper = build_app(args)
-    except (CheckpointMissing, ChecksumMismatchError, UnsafeCheckpointError, ManifestError,
-            model_configs.ModelConfigError) as exc:
+    except SETUP_ERRORS as exc:
         # a missing (--profile full), damaged or tampered checkpoint, a bad SKINAPP_MODEL_CONFIGS: said in one line
         log.error("not starting: %s", exc)
         return 2

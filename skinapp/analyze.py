@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from skinapp import model_configs
 from skinapp.batch import analyse_photos, collect_photos, shard, write_summaries
 from skinapp.batch_encode import CUDA_BATCH_SIZE, default_batch_size
-from skinapp.checkpoints import CheckpointMissing, ChecksumMismatchError, ManifestError, UnsafeCheckpointError
-from skinapp.model_configs import ModelConfigError
+from skinapp.models import SETUP_ERRORS
 from skinapp.phrases import parse_phrases
 from skinapp.pipeline import Analyzer
 
@@ -61,9 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     if device is None and distributed and torch.cuda.is_available():
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
     try:
+        model_configs.apply_from_env()  # architecture configs before anything is built, as app.py
         analyzer = Analyzer.create(args.profile, device=device)
-    except (CheckpointMissing, ChecksumMismatchError, UnsafeCheckpointError, ManifestError, ModelConfigError) as exc:
-        # a missing (--profile full), damaged or tampered checkpoint, a bad SKINAPP_MODEL_CONFIGS: one line, as app.py
+    except SETUP_ERRORS as exc:  # one line, as app.py
         log.error("not starting: %s", exc)
         return 2
     if rank == 0:

@@ -26,6 +26,7 @@ from skinapp.concepts.fallback import ColourConceptExtractor
 from skinapp.concepts.segmenter import build_segmenter
 from skinapp.fusion import build_fusion, build_global_encoder, load_fusion_checkpoint
 from skinapp.fusion.encoders import GlobalEncoder
+from skinapp.model_configs import ModelConfigError
 from skinapp.provenance import WeightsInfo, untrained
 
 log = logging.getLogger(__name__)
@@ -131,6 +132,13 @@ def load_clip_entry(name: str, path: Path, device: torch.device) -> ClipBundle:
         bundle = build_clip("full", checkpoint=path, device=device)
     bundle.licence = entry.licence
     return bundle
+
+
+#: What building the models raises for a set-up the user must fix (a missing, damaged or tampered checkpoint, a bad
+#: manifest, an unreadable ``SKINAPP_MODEL_CONFIGS``): ``python app.py`` and ``python -m skinapp.analyze`` say it in
+#: one log line and exit with status 2.
+SETUP_ERRORS = (ckpt.CheckpointMissing, ckpt.ChecksumMismatchError, ckpt.UnsafeCheckpointError, ckpt.ManifestError,
+                ModelConfigError)
 
 
 def load_models(profile: str = "auto", device: str | torch.device | None = None, sam_variant: str = "vit_b",

@@ -175,3 +175,20 @@ def test_missing_checkpoints_for_the_full_profile_are_one_log_line(photos, tmp_p
     [refusal] = [r for r in caplog.records if r.name == "skinapp.analyze"]
     assert refusal.getMessage().startswith("not starting: Checkpoint '") and "is missing" in refusal.getMessage()
     assert refusal.exc_info is None and not (tmp_path / "out").exists()
+
+
+def test_batch_reads_the_architecture_configs_like_the_app(photos, tmp_path, caplog):
+    """`SKINAPP_MODEL_CONFIGS` applies to the batch command as to `python app.py`: an unreadable file stops it with
+    one line (exit 2) before any photo is analysed."""
+    import logging
+
+    from skinapp import analyze
+
+    absent = tmp_path / "absent.json"
+    with pytest.MonkeyPatch.context() as mp, caplog.at_level(logging.ERROR, logger="skinapp.analyze"):
+        mp.setenv("SKINAPP_MODEL_CONFIGS", str(absent))
+        status = analyze.main([str(photos), "--out", str(tmp_path / "out"), "--profile", "tiny"])
+    assert status == 2
+    [refusal] = [r for r in caplog.records if r.name == "skinapp.analyze"]
+    assert refusal.getMessage().startswith(f"not starting: SKINAPP_MODEL_CONFIGS={absent}: ")
+    assert refusal.exc_info is None and not (tmp_path / "out").exists()
