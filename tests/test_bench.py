@@ -79,6 +79,7 @@ def test_levers_are_measured_with_flops_peak_and_agreement(quick_results):
     gd = lv["grounding_dino"]["variants"]
     assert set(gd) == {"fp32", "bf16_backbone", "bf16_transformer", "fp32_256px", "int8_dynamic"}
     assert gd["int8_dynamic"]["measured_only"] and gd["int8_dynamic"]["probs_max_abs_diff"] > 0
+    assert not any(gd[n]["measured_only"] for n in ("fp32", "bf16_backbone", "bf16_transformer", "fp32_256px"))
     assert gd["fp32"]["same_boxes"] and gd["fp32"]["probs_max_abs_diff"] == 0.0
     assert gd["bf16_backbone"]["probs_max_abs_diff"] > 0, "the bf16 scope changed nothing"
     assert 0 < gd["fp32_256px"]["flops"] < gd["fp32"]["flops"] and "probs_max_abs_diff" not in gd["fp32_256px"]

@@ -197,17 +197,17 @@ def gdino_levers(models: BenchModels, photo: np.ndarray, prompts: tuple[str, ...
         return Detections(boxes[keep].numpy().astype(np.float32), [phrases[i] for i in ids.tolist()],
                           scores.numpy().astype(np.float32))
 
-    names = {"fp32": ("off", before_size), "bf16_backbone": ("backbone", before_size),
-             "bf16_transformer": ("transformer", before_size)}
-    names.update({f"fp32_{s}px": ("off", s) for s in sizes if s != before_size})
+    # name -> (bf16 scope, input size, model); the app can switch to every variant run on its own model.
+    names = {"fp32": ("off", before_size, model), "bf16_backbone": ("backbone", before_size, model),
+             "bf16_transformer": ("transformer", before_size, model),
+             **{f"fp32_{s}px": ("off", s, model) for s in sizes if s != before_size},
+             "int8_dynamic": ("off", before_size, int8_model)}
     variants = {name: (setting(*cfg), lambda: det.query_outputs(photo, caption)) for name, cfg in names.items()}
-    names["int8_dynamic"] = ("off", before_size)
-    variants["int8_dynamic"] = (setting("off", before_size, int8_model), lambda: det.query_outputs(photo, caption))
     try:
         times, raw = interleaved(variants, rounds, warmup, device)
         flops = {}
         for name, cfg in names.items():
-            if cfg[0] == "off" and name != "int8_dynamic":
+            if cfg[0] == "off" and cfg[2] is model:  # FLOPs of float32 per input size (int8 counts as float32's)
                 setting(*cfg)()
                 flops[name] = count_flops(lambda: det.query_outputs(photo, caption))
     finally:
@@ -215,7 +215,7 @@ def gdino_levers(models: BenchModels, photo: np.ndarray, prompts: tuple[str, ...
     outs = {name: (probs, top_detections(probs, boxes)) for name, (probs, boxes) in raw.items()}
     ref_probs, ref_dets = outs["fp32"]
     rows = {}
-    for name, (scope, size) in names.items():
+    for name, (scope, size, module) in names.items():
         probs, dets = outs[name]
         n_flops = flops.get(name, flops["fp32"])
         row = {"seconds": times[name], "speedup": times["fp32"] / times[name], "input_size": size, "bf16_scope": scope,
@@ -223,7 +223,7 @@ def gdino_levers(models: BenchModels, photo: np.ndarray, prompts: tuple[str, ...
         if size == before_size:
             row["probs_max_abs_diff"] = float((probs - ref_probs).abs().max())
         row["agrees"] = row["same_boxes"] and row.get("probs_max_abs_diff", 0.0) <= GDINO_PROB_DIFF
-        row["measured_only"] = name == "int8_dynamic"  # the app's switches: SKINAPP_GDINO_BF16, the input size
+        row["measured_only"] = module is not model  # the app's switches: SKINAPP_GDINO_BF16, the input size
         rows[name] = row
     return {"flops": flops["fp32"], "variants": rows, "default": before_scope, "default_size": before_size}
 
