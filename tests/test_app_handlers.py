@@ -270,8 +270,9 @@ def test_app_module_cli_and_login(monkeypatch):
         app.login()
     monkeypatch.setenv("SKINAPP_PASSWORD", "s3cret")
     assert app.login() == ("clinic", "s3cret")
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as done:
         app.parse_args(["--profile", "huge"])
+    assert done.value.code == 2  # argparse's usage error, not a start with another profile
 
 
 def test_rtl_and_cjk_phrases_are_shown_whole(handlers, photo_path):

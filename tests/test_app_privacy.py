@@ -133,8 +133,9 @@ def test_a_second_sigterm_cannot_interrupt_the_shutdown_clean_up():
 
     previous = signal.getsignal(signal.SIGTERM)
     try:
-        with pytest.raises(SystemExit):
+        with pytest.raises(SystemExit) as done:
             app.exit_on_sigterm(signal.SIGTERM, None)
+        assert done.value.code == 0  # a clean exit, so the atexit clean-up runs
         assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -153,8 +153,9 @@ def test_a_bad_manifest_or_name_is_a_usage_error(toy, capsys, tmp_path):
     absent = tmp_path / "absent.json"
     assert main(["--manifest", str(absent), "list"]) == EXIT_USAGE
     assert capsys.readouterr().err == f"error: checkpoint manifest not found: {absent}\n"
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as done:
         main(["--manifest", toy["manifest"]])  # a command is required
+    assert done.value.code == 2 and "required" in capsys.readouterr().err
 
 
 def test_the_manifest_option_does_not_outlive_the_command(toy, capsys, monkeypatch):

@@ -101,7 +101,7 @@ def test_gelu_monet_variant_and_bad_configs(monet_dir, tmp_path):
     directory, hf = monet_dir
     config = open_clip_config(json.loads((directory / "config.json").read_text()))
     state = {k: v for k, v in hf.state_dict().items() if "post_layernorm" not in k}
-    with pytest.raises(KeyError):
+    with pytest.raises(KeyError, match="post_layernorm"):
         convert_state_dict(state, config)
     # a tokenizer that is not CLIP's BPE is refused, not silently replaced by open_clip's
     other = tmp_path / "monet-other-vocab"
@@ -137,7 +137,7 @@ def test_dermlip_refuses_weights_that_do_not_fit(tmp_path):
     (tmp_path / "d" / "open_clip_config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="vision_cfg.width"):
         load_open_clip_hub(tmp_path / "d")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match="absent"):
         load_open_clip_hub(tmp_path / "absent")
 
 

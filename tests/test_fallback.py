@@ -107,7 +107,7 @@ def test_output_types_shapes_and_provenance(photos, extracted):
     for mask, box in zip(concepts.masks, concepts.boxes):  # boxes are the masks' tight boxes
         ys, xs = np.nonzero(mask)
         np.testing.assert_array_equal(box, [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="read-only"):
         concepts.masks[0, 0, 0] = True  # cached arrays are shared, hence read-only
 
 

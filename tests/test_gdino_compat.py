@@ -46,7 +46,7 @@ def test_unadapted_warper_fails_on_transformers5(bert):
 
 def test_torch_rejects_one_minus_bool_and_adapter_casts_first(bert):
     keep = torch.tensor([[[True, False], [True, True]]])
-    with pytest.raises((NotImplementedError, RuntimeError, TypeError)):
+    with pytest.raises((NotImplementedError, RuntimeError, TypeError), match="bool"):
         _ = 1.0 - keep
     additive = gdino_compat.get_extended_attention_mask(bert, keep)
     assert additive.shape == (1, 1, 2, 2) and additive.dtype == torch.float32

@@ -108,7 +108,7 @@ def test_hub_file_with_the_wrong_sha256_is_refused_and_deleted(hub):
     assert err.value.actual == _sha(bytes(tampered))
     blobs = hub["tmp"] / "hf" / "hub" / "models--org--toy-weights" / "blobs"
     assert [p.name for p in blobs.iterdir() if not p.name.endswith(".sha256")] == []
-    with pytest.raises(ckpt.CheckpointMissing):
+    with pytest.raises(ckpt.CheckpointMissing, match="toy_hub"):
         ckpt.resolve("toy_hub")
 
 

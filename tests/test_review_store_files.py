@@ -125,7 +125,7 @@ def test_a_missing_review_or_mask_is_an_error_not_an_empty_mask(tmp_path):
     assert store.load(KEY) is None and store.load_version(KEY, 1) is None and store.versions(KEY) == []
     pixels, masks = _photo()
     store.save(KEY, pixels, masks, [_concept(0)])  # concept 1 was not reviewed: no file for it
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match=r"[\\/]1\.png"):
         store.load_mask(KEY, 1)
 
 

@@ -85,7 +85,7 @@ def test_save_with_edits_refuses_a_table_of_another_photo(app):
     handlers, wb, key, table = app
     wb.bench.delete("s1", key, len(table) - 1)
     foreign = table.assign(concept="not this photo's phrase")
-    with pytest.raises(gr.Error):
+    with pytest.raises(gr.Error, match="does not belong to photo"):
         wb.save(key, foreign, "", "", request=_session("s1"))
     assert handlers.store.load(key) is None
 
@@ -100,7 +100,7 @@ def test_agreement_panel_for_the_photo_shown(store, tmp_path):  # noqa: F811
     frame, status = agree.photo(KEYS[2])  # ann, bob and cy: three pairs; ann vs cy decided one concept alike
     pairs = {(a, b): k for a, b, *_, k in frame.values.tolist()}
     assert pairs == {("ann", "bob"): "0.250", ("ann", "cy"): "n/a", ("bob", "cy"): "n/a"} and len(frame) == 6
-    with pytest.raises(gr.Error):
+    with pytest.raises(gr.Error, match="there is no photo key"):
         agree.photo("")
 
 
