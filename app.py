@@ -19,6 +19,7 @@ import atexit
 import logging
 import os
 import signal
+import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -33,7 +34,7 @@ from skinapp.pipeline import Analyzer  # noqa: E402
 from skinapp.review import DATA_DIR_ENV, ReviewStore, default_data_dir  # noqa: E402
 from skinapp.ui import build_demo  # noqa: E402
 from skinapp.ui.blocks import CSS  # noqa: E402
-from skinapp.ui.privacy import ExportGuard, TempSweeper  # noqa: E402
+from skinapp.ui.privacy import ExportGuard, TempFolderError, TempSweeper  # noqa: E402
 
 log = logging.getLogger("skinapp.app")
 
@@ -44,13 +45,37 @@ MODEL_CONCURRENCY = 1
 DEFAULT_RETENTION_S = 600
 
 
+def _port(text: str) -> int:
+    """argparse type: a TCP port number, 1-65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 1-65535; got {port}")
+    return port
+
+
+def _seconds(text: str) -> float:
+    """argparse type: a positive, finite number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds; got {text}")
+    return value
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options (defaults from the environment variables the module docstring names); a bad value,
+    from the command line or the environment, is argparse's one-line usage error (exit status 2)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (0.0.0.0 to serve the network)")
-    p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
+    p.add_argument("--port", type=_port, default=os.environ.get("GRADIO_SERVER_PORT", "7860"))
     p.add_argument("--profile", choices=["auto", "tiny", "full"], default=os.environ.get("SKINAPP_PROFILE", "auto"))
     p.add_argument("--data-dir", default=os.environ.get(DATA_DIR_ENV) or str(default_data_dir()),
-                   help="where reviews (SQLite, photos, masks, exports) are kept")
+                   help="where saved reviews (SQLite, photos, masks) are kept")
     p.add_argument("--sam-variant", default=os.environ.get("SKINAPP_SAM_VARIANT", "vit_b"),
                    choices=["vit_b", "vit_l", "vit_h"])
     p.add_argument("--device", default=os.environ.get("SKINAPP_DEVICE") or None, help="cuda / cpu (default: auto)")
@@ -60,8 +85,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=MODEL_CONCURRENCY, help="model events running at once")
     p.add_argument("--share", action="store_true", help="create a public Gradio share link")
     p.add_argument("--no-warmup", action="store_true", help="skip the warm-up pass at start-up")
-    p.add_argument("--retention", type=float, default=float(os.environ.get("SKINAPP_RETENTION_S",
-                                                                           DEFAULT_RETENTION_S)),
+    p.add_argument("--retention", type=_seconds,
+                   default=os.environ.get("SKINAPP_RETENTION_S", str(DEFAULT_RETENTION_S)),
                    help="seconds uploads and their derivatives are kept (default %(default)s)")
     p.add_argument("--temp-dir", default=os.environ.get("SKINAPP_TEMP_DIR") or None,
                    help="the app's own temporary folder (default: <system temp>/skinapp-<port>); emptied at start")
@@ -102,8 +127,7 @@ def build_app(args: argparse.Namespace) -> tuple[gr.Blocks, ReviewStore, dict[st
     The folder is emptied first (what a killed run left behind), then Gradio is pointed at it.
     """
     root = temp_root(args)
-    sweeper = TempSweeper(root, args.retention)
-    sweeper.wipe()
+    sweeper = TempSweeper(root, args.retention).claim(protect=[args.data_dir])
     os.environ["GRADIO_TEMP_DIR"] = str(root / "gradio")  # read by every component and the upload route
     model_configs.apply_from_env()
     failed = None
@@ -121,7 +145,8 @@ def build_app(args: argparse.Namespace) -> tuple[gr.Blocks, ReviewStore, dict[st
                       export_owners=owners, sam_variant=args.sam_variant)
     demo.queue(max_size=QUEUE_MAX_SIZE)
     sweeper.keep_current()  # example photos Gradio copied in: the app's own, not derived from uploads
-    log.info("Reviews are stored in the data directory; temporary files live %d s", retention)
+    log.info("Saved reviews are kept in %s; temporary files live in %s for %d s", Path(args.data_dir).resolve(), root,
+             retention)
     return demo, store, owners, sweeper
 
 
@@ -147,13 +172,28 @@ def launch(demo: gr.Blocks, store: ReviewStore, args: argparse.Namespace,
                 app_kwargs={"middleware": [Middleware(ExportGuard, registry=owners if owners is not None else {})]})
 
 
+def port_in_use(host: str, port: int) -> bool:
+    """Whether another process already listens on ``host``:``port`` (a bind test, as the server will do)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
+    if port_in_use(args.host, args.port):  # before the temporary folder or any model is touched
+        log.error("not starting: port %d on %s is in use (another app?); choose another with --port", args.port,
+                  args.host)
+        return 2
     try:
         app, store, owners, sweeper = build_app(args)
-    except SETUP_ERRORS as exc:
-        # a missing (--profile full), damaged or tampered checkpoint, a bad SKINAPP_MODEL_CONFIGS: said in one line
+    except (*SETUP_ERRORS, TempFolderError) as exc:
+        # a missing (--profile full), damaged or tampered checkpoint, a bad SKINAPP_MODEL_CONFIGS, a device this
+        # machine lacks, a temporary folder another app holds or that is not ours: said in one line
         log.error("not starting: %s", exc)
         return 2
     launch(app, store, args, owners, sweeper)

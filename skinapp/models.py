@@ -134,11 +134,33 @@ def load_clip_entry(name: str, path: Path, device: torch.device) -> ClipBundle:
     return bundle
 
 
+class DeviceError(ValueError):
+    """The requested device is not a torch device, or names CUDA on a machine without it."""
+
+
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    """The torch device to run on: ``device`` ("cpu", "cuda", "cuda:1", ...), or CUDA when present, else the CPU.
+
+    Raises:
+        DeviceError: not a device name, or a CUDA device this machine does not have.
+    """
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise DeviceError(f"Unknown device {device!r}: use cpu, cuda or cuda:N.") from exc
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        raise DeviceError(f"Device {str(dev)!r} was asked for, but this machine has "
+                          f"{torch.cuda.device_count()} CUDA device(s): use --device cpu, or leave it out.")
+    return dev
+
+
 #: What building the models raises for a set-up the user must fix (a missing, damaged or tampered checkpoint, a bad
-#: manifest, an unreadable ``SKINAPP_MODEL_CONFIGS``): ``python app.py`` and ``python -m skinapp.analyze`` say it in
-#: one log line and exit with status 2.
+#: manifest, an unreadable ``SKINAPP_MODEL_CONFIGS``, a device this machine does not have): ``python app.py`` and
+#: ``python -m skinapp.analyze`` say it in one log line and exit with status 2.
 SETUP_ERRORS = (ckpt.CheckpointMissing, ckpt.ChecksumMismatchError, ckpt.UnsafeCheckpointError, ckpt.ManifestError,
-                ModelConfigError)
+                ModelConfigError, DeviceError)
 
 
 def load_models(profile: str = "auto", device: str | torch.device | None = None, sam_variant: str = "vit_b",
@@ -158,11 +180,11 @@ def load_models(profile: str = "auto", device: str | torch.device | None = None,
     Raises:
         ValueError: unknown profile. CheckpointMissing: a required checkpoint is absent ("full" profile).
         ChecksumMismatchError: a checkpoint on disk differs from its pinned SHA-256 (any profile but "tiny").
+        DeviceError: ``device`` is not a device this machine has (:func:`pick_device`).
     """
     if profile not in PROFILES:
         raise ValueError(f"profile must be 'auto', 'tiny' or 'full'; got {profile!r}")
-    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available()
-                                                                        else "cpu")
+    dev = pick_device(device)
     paths = dict(checkpoints or {})
     reasons: dict[str, list[str]] = {"analysis": [], "clip": []}
 

@@ -3,7 +3,10 @@
 * :class:`TempSweeper`: the app's own temporary folder (Gradio's uploads and every output image it
   writes, and review exports) is emptied at start-up and shutdown, and every file in it is deleted once it
   is older than the retention. Nothing derived from a photo outlives the retention (saved reviews live in
-  the review data directory, which the user chose to keep).
+  the review data directory, which the user chose to keep). Before emptying it, the app claims the folder
+  (:meth:`TempSweeper.claim`): a lock file held for the process's life (``filelock``), so a second app on
+  the same folder is refused instead of deleting the first one's files; a folder holding files the app did
+  not put there, or overlapping the review data directory, is refused too.
 * :class:`ExportGuard`: a pure ASGI middleware. Every browser gets a random session cookie; an export
   (review archive or agreement CSV) is written under a random name and recorded with the cookie of the
   session that asked for it. A request for an export file
@@ -20,9 +23,12 @@ import secrets
 import shutil
 import threading
 import time
+from collections.abc import Iterable
 from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock, Timeout
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +39,16 @@ SESSION_COOKIE = "skinapp_session"
 EXPORT_NAME = "skinapp-export-{token}.{suffix}"
 #: Kinds of export: review archives (zip) and agreement tables (csv).
 EXPORT_SUFFIXES = ("zip", "csv")
+#: The lock file that marks a folder as an app temporary folder; a running app holds its lock.
+TEMP_MARKER = ".skinapp-temp.lock"
+#: What the app itself creates in its temporary folder (a folder holding only these may be emptied).
+TEMP_LAYOUT = frozenset({TEMP_MARKER, "gradio", "exports"})
 _EXPORT_RE = re.compile(r"skinapp-export-([0-9a-f]{32})\.(?:" + "|".join(EXPORT_SUFFIXES) + ")")
+
+
+class TempFolderError(RuntimeError):
+    """The temporary folder cannot be claimed: another app holds it, it holds files the app did not create,
+    or it overlaps the review data directory."""
 
 
 class TempSweeper:
@@ -54,6 +69,45 @@ class TempSweeper:
         self.keep: set[Path] = set()  # the app's own assets (example photos Gradio copied in at build time)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._lock: FileLock | None = None
+
+    @property
+    def marker(self) -> Path:
+        return self.root / TEMP_MARKER
+
+    def claim(self, protect: Iterable[str | Path] = ()) -> TempSweeper:
+        """Take the folder for this process (its lock file, held until :meth:`stop`), then empty it.
+
+        Args:
+            protect: folders that must survive (the review data directory): refused when one contains the
+                root, is it, or lies inside it.
+
+        Raises:
+            TempFolderError: another process holds the folder; it holds files the app did not create (no lock
+                file, and entries other than :data:`TEMP_LAYOUT`); or it overlaps a ``protect`` folder.
+                Nothing is deleted then.
+        """
+        root = self.root.resolve()
+        for kept in protect:
+            kept = Path(kept).resolve()
+            if kept == root or root in kept.parents or kept in root.parents:
+                raise TempFolderError(f"The temporary folder {root} overlaps the data directory {kept}; the "
+                                      "temporary folder is emptied at start-up: choose separate folders "
+                                      "(--temp-dir, --data-dir).")
+        if root.is_dir() and not self.marker.exists() and any(c.name not in TEMP_LAYOUT for c in root.iterdir()):
+            raise TempFolderError(f"The temporary folder {root} holds files skinapp did not create, and it is "
+                                  "emptied at start-up: choose an empty or new folder (--temp-dir).")
+        root.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(self.marker, timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise TempFolderError(f"Another skinapp process is using the temporary folder {root} (is the app "
+                                  "already running on this port?): stop it, or choose another --port or "
+                                  "--temp-dir.") from None
+        self._lock = lock
+        self.wipe()
+        return self
 
     def keep_current(self) -> None:
         """Exempt every file now under the root (call right after building the app, before any upload)."""
@@ -67,7 +121,7 @@ class TempSweeper:
             return 0
         for path in sorted(self.root.rglob("*"), key=lambda p: len(p.parts), reverse=True):
             try:
-                if path in self.keep:
+                if path in self.keep or path == self.marker:
                     continue
                 if path.is_file() or path.is_symlink():
                     st = path.lstat()
@@ -83,9 +137,11 @@ class TempSweeper:
         return removed
 
     def wipe(self) -> None:
-        """Delete everything under the root (start-up and shutdown)."""
+        """Delete everything under the root but its lock file (start-up, after :meth:`claim`, and shutdown)."""
         if self.root.is_dir():
             for child in self.root.iterdir():
+                if child == self.marker:
+                    continue
                 if child.is_dir() and not child.is_symlink():
                     shutil.rmtree(child, ignore_errors=True)
                 else:
@@ -93,7 +149,7 @@ class TempSweeper:
         self.root.mkdir(parents=True, exist_ok=True)
 
     def start(self) -> TempSweeper:
-        """Start sweeping every ``interval`` seconds (call :meth:`wipe` first, before the app is built)."""
+        """Start sweeping every ``interval`` seconds (call :meth:`claim` first, before the app is built)."""
         self._thread = threading.Thread(target=self._run, name="skinapp-temp-sweeper", daemon=True)
         self._thread.start()
         return self
@@ -105,9 +161,12 @@ class TempSweeper:
                 log.info("Deleted %d temporary files older than %.0f s", removed, self.retention)
 
     def stop(self) -> None:
-        """Stop sweeping and empty the folder (shutdown)."""
+        """Stop sweeping, empty the folder and release it (shutdown)."""
         self._stop.set()
         self.wipe()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
 
 class ExportGuard:
