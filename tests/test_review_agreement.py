@@ -6,12 +6,13 @@ import csv
 import math
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
 
 from skinapp.review import ConceptReview, ReviewStore
-from skinapp.review.agreement import agreement, pair_kappa, write_csv
+from skinapp.review.agreement import PairAgreement, agreement, main, mask_iou, pair_kappa, summary_lines, write_csv
 
 KEYS = ["a1" * 32, "b2" * 32, "c3" * 32]
 PIXELS = np.zeros((10, 10, 3), np.uint8)
@@ -88,3 +89,104 @@ def test_csv_and_command(store, tmp_path):
     empty = subprocess.run([sys.executable, "-m", "skinapp.review.agreement", "--data-dir", str(tmp_path / "none")],
                            capture_output=True, text=True, timeout=120)
     assert empty.returncode == 2 and "no review store" in empty.stderr
+
+
+# the command, in process (the subprocess test above is left out of the mutation runs, which cannot trace it)
+PAIR_LINES = [
+    "ann vs bob: 3 photos, 6 concepts, mean mask IoU 0.889, Cohen's kappa 0.250 over 6 decided",
+    "ann vs cy: 1 photos, 2 concepts, mean mask IoU 0.750, Cohen's kappa nan over 1 decided",
+    "bob vs cy: 1 photos, 2 concepts, mean mask IoU 0.750, Cohen's kappa nan over 1 decided",
+]
+CSV_HEADER = "level,reviewer_a,reviewer_b,image_key,concept,phrase,decision_a,decision_b,iou,kappa,n_photos," \
+             "n_concepts,n_decided,mean_iou"
+
+
+def test_command_prints_each_pair_and_writes_the_csv_of_the_hand_computed_values(store, tmp_path, capsys):
+    out = tmp_path / "agreement.csv"
+    assert main(["--data-dir", str(store.data_dir), "--csv", str(out)]) == 0
+    assert capsys.readouterr().out.splitlines() == PAIR_LINES
+    k0, k1, k2 = KEYS
+    concept_rows = [  # pair, photo, concept, phrase, decisions, IoU (see the fixture)
+        ("ann", "bob", k0, 0, "lesion", "accept", "accept", "0.3333"), ("ann", "bob", k0, 1, "arm", "accept", "reject",
+                                                                       "1.0000"),
+        ("ann", "bob", k1, 0, "lesion", "reject", "reject", "1.0000"), ("ann", "bob", k1, 1, "arm", "relabel", "accept",
+                                                                       "1.0000"),
+        ("ann", "bob", k2, 0, "lesion", "reject", "accept", "1.0000"), ("ann", "bob", k2, 1, "arm", "accept", "accept",
+                                                                       "1.0000"),
+        ("ann", "cy", k2, 0, "lesion", "reject", "pending", "1.0000"), ("ann", "cy", k2, 1, "arm", "accept", "accept",
+                                                                       "0.5000"),
+        ("bob", "cy", k2, 0, "lesion", "accept", "pending", "1.0000"), ("bob", "cy", k2, 1, "arm", "accept", "accept",
+                                                                       "0.5000"),
+    ]
+    assert out.read_text().splitlines() == [
+        CSV_HEADER,
+        "pair,ann,bob,,,,,,,0.2500,3,6,6,0.8889",
+        "pair,ann,cy,,,,,,,nan,1,2,1,0.7500",
+        "pair,bob,cy,,,,,,,nan,1,2,1,0.7500",
+        *(f"concept,{a},{b},{key},{i},{phrase},{da},{db},{iou},,,,," for a, b, key, i, phrase, da, db, iou
+          in concept_rows)]
+
+
+def test_command_without_csv_writes_no_file_and_reads_the_data_dir_from_the_environment(store, tmp_path,
+                                                                                        monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SKINAPP_DATA_DIR", str(store.data_dir))
+    before = sorted(tmp_path.rglob("*"))
+    assert main([]) == 0
+    assert capsys.readouterr().out.splitlines() == PAIR_LINES
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_command_on_a_folder_without_a_store_is_a_usage_error(tmp_path, capsys):
+    missing = tmp_path / "none"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--data-dir", str(missing)])
+    assert exit_info.value.code == 2
+    err = " ".join(capsys.readouterr().err.split())  # argparse wraps the usage line to the terminal's width
+    assert err == ("usage: python -m skinapp.review.agreement [-h] [--data-dir DATA_DIR] [--csv CSV] "
+                   f"python -m skinapp.review.agreement: error: no review store in {missing}")
+    assert not missing.exists()  # looking does not create a store
+
+
+def test_command_help_describes_it(capsys):
+    with pytest.raises(SystemExit, match="0"):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Agreement between reviewers of the same photos: per-concept mask IoU and Cohen's kappa over " \
+           "accept/reject." in text
+    assert "--data-dir DATA_DIR the review store's folder (default $SKINAPP_DATA_DIR)" in text
+    assert "--csv CSV also write the rows to this CSV file" in text
+
+
+def test_summary_of_no_pairs_and_of_unnamed_reviewers():
+    assert summary_lines([]) == ["No photo has been reviewed by two or more reviewers."]
+    pair = PairAgreement("", "bo", 2, 3, 1, 0.5, 0.25)
+    assert summary_lines([pair]) == ["(unnamed) vs bo: 2 photos, 3 concepts, mean mask IoU 0.250, Cohen's kappa "
+                                     "0.500 over 1 decided"]
+    assert summary_lines([PairAgreement("al", "", 1, 1, 1, 1.0, 1.0)])[0].startswith("al vs (unnamed): ")
+
+
+def test_two_empty_masks_agree_fully():
+    empty = np.zeros((10, 10), bool)
+    assert mask_iou(empty, empty) == 1.0
+    assert mask_iou(empty, _box(0, 1, 0, 1)) == 0.0
+
+
+def test_undefined_kappa_is_nan_without_asking_sklearn_so_no_warning_reaches_the_log():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # sklearn warns on a single label; the defined case must not reach it
+        assert math.isnan(pair_kappa(["accept"] * 3, ["relabel"] * 3))
+        assert math.isnan(pair_kappa(["reject", "pending"], ["reject", "accept"]))
+
+
+def test_a_concept_only_one_reviewer_has_is_skipped_and_the_next_ones_still_compared(tmp_path):
+    store = ReviewStore(tmp_path)
+    full = _box(0, 10, 0, 10)
+    store.save(KEYS[0], PIXELS, np.stack([full, full, full]), [
+        ConceptReview(0, "mole", 0.5, (0, 0, 10, 10), "accept"), ConceptReview(1, "arm", 0.5, (0, 0, 10, 10), "accept"),
+        ConceptReview(2, "nail", 0.5, (0, 0, 10, 10), "reject")], reviewer="ann")
+    _save(store, KEYS[0], "bob", ["accept", "reject", "reject"], [full, full, full])  # 0 is "lesion" for bob
+    concepts, [pair] = agreement(store)
+    assert [(c.concept, c.phrase, c.decision_a, c.decision_b) for c in concepts] == [
+        (1, "arm", "accept", "reject")]
+    assert (pair.n_photos, pair.n_concepts, pair.n_decided) == (1, 1, 1)

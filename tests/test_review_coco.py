@@ -4,13 +4,16 @@ polygons / uncompressed RLE) imports as a new version; mismatches are refused wi
 from __future__ import annotations
 
 import json
+import logging
+import re
 
 import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
 from skinapp.review import ConceptReview, ReviewStore, export_coco
-from skinapp.review.coco_import import import_coco
+from skinapp.review.coco_import import decode_segmentation, import_coco, main
+from skinapp.review.export import rle_encode
 
 KEY = "de" * 32
 H, W = 30, 40
@@ -92,3 +95,142 @@ def test_bad_files_are_refused_and_nothing_is_saved(store, tmp_path, kwargs, mat
     (tmp_path / "junk.json").write_text("{not json")
     with pytest.raises(ValueError, match="Not a COCO"):
         import_coco(store, tmp_path / "junk.json")
+
+
+def _coco_file(tmp_path, images=None, annotations=None, categories=None, drop=()):
+    """A CVAT-style file: image 7 of KEY, annotation 1 (a polygon of category 3 "lesion"); parts replaceable."""
+    coco = {"images": images if images is not None else [{"id": 7, "file_name": f"{KEY}.jpg", "width": W,
+                                                           "height": H}],
+            "categories": categories if categories is not None else [{"id": 3, "name": "lesion"}],
+            "annotations": annotations if annotations is not None else [
+                {"id": 1, "image_id": 7, "category_id": 3, "segmentation": [[10, 10, 30, 10, 30, 20, 10, 20]]}]}
+    for part in drop:
+        del coco[part]
+    path = tmp_path / "file.json"
+    path.write_text(json.dumps(coco))
+    return path
+
+
+def _ann(**fields):
+    return [{"id": 1, "image_id": 7, "category_id": 3, "segmentation": [[10, 10, 30, 10, 30, 20, 10, 20]], **fields}]
+
+
+PHOTO = KEY[:12]
+
+
+@pytest.mark.parametrize("parts, message", [
+    ({"drop": ["images"]}, "Not a COCO annotation file: 'images'"),
+    ({"images": [{"id": 7, "file_name": "cases/someone_else.jpg", "width": W, "height": H}]},
+     "COCO image 7 (someone_else.jpg) matches no saved photo: images are matched by image_key or a file name "
+     "<photo key>.png."),
+    ({"images": [{"id": 7, "width": W, "height": H}]},  # neither image_key nor file_name
+     "COCO image 7 () matches no saved photo: images are matched by image_key or a file name <photo key>.png."),
+    ({"images": [{"id": 7, "file_name": f"{KEY}.jpg", "width": 80, "height": 60}]},
+     f"COCO image 7 is 80x60 but photo {PHOTO} is 40x30: annotate the exported working-size photo."),
+    ({"images": [{"id": 7, "file_name": f"{KEY}.jpg"}]},
+     f"COCO image 7 is -1x-1 but photo {PHOTO} is 40x30: annotate the exported working-size photo."),
+    ({"annotations": _ann(segmentation=[])}, "Annotation 1 of image 7: it has no segmentation (RLE or polygons)."),
+    ({"annotations": _ann(segmentation=None)}, "Annotation 1 of image 7: it has no segmentation (RLE or polygons)."),
+    ({"annotations": _ann(segmentation={"size": [10, 10], "counts": "abc"})},
+     "Annotation 1 of image 7: its RLE is [10, 10] but the image is 30x40."),
+    ({"annotations": _ann(segmentation={"counts": "abc"})},
+     "Annotation 1 of image 7: its RLE is None but the image is 30x40."),
+    ({"annotations": _ann(segmentation=[[10, 10, "x", 10, 30, 20]])},
+     "Annotation 1 of image 7: could not convert string to float: 'x'."),
+    ({"annotations": _ann(category_id=9)}, "Annotation 1: category 9 is not listed."),
+    ({"drop": ["categories"]}, "Annotation 1: category 3 is not listed."),
+    ({"categories": [{"id": 3, "name": ""}]}, "Annotation 1: category 3 is not listed."),
+    ({"annotations": _ann(image_id=8)}, f"COCO image 7 (photo {PHOTO}) has no annotations."),
+    ({"drop": ["annotations"]}, f"COCO image 7 (photo {PHOTO}) has no annotations."),
+])
+def test_each_refusal_is_worded_whole_and_saves_nothing(store, tmp_path, parts, message):
+    with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
+        import_coco(store, _coco_file(tmp_path, **parts))
+    assert [v.revision for v in store.versions(KEY)] == [1]
+
+
+def test_a_later_bad_image_stops_the_whole_file(store, tmp_path):
+    good = {"id": 7, "file_name": f"{KEY}.jpg", "width": W, "height": H}
+    with pytest.raises(ValueError, match=r"^COCO image 8 \(x\.png\) matches no saved photo"):
+        import_coco(store, _coco_file(tmp_path, images=[good, {"id": 8, "file_name": "x.png"}]))
+    assert [v.revision for v in store.versions(KEY)] == [1]
+
+
+def test_import_matches_keys_in_any_case_and_keeps_scores_boxes_prompts_and_image_order(store, tmp_path, caplog):
+    other = "ab" * 32
+    store.save(other, np.zeros((10, 20, 3), np.uint8), np.ones((1, 10, 20), bool),
+               [ConceptReview(0, "arm", 0.5, (0, 0, 20, 10), "accept")], prompts=["arm", "nail"])
+    images = [{"id": 2, "image_key": other.upper(), "file_name": "ignored.png", "width": 20, "height": 10},
+              {"id": 7, "file_name": f"upload/{KEY.upper()}.JPG", "width": W, "height": H}]
+    annotations = [
+        {"id": 1, "image_id": 7, "category_id": 3, "segmentation": [[10, 10, 30, 10, 30, 20, 10, 20]],
+         "bbox": [1, 2, 3, 4], "score": 0.25},
+        {"id": 2, "image_id": 2, "category_id": 4,  # two polygons, merged; no bbox, no score
+         "segmentation": [[0, 0, 4, 0, 4, 4, 0, 4], [10, 5, 14, 5, 14, 9, 10, 9]]},
+        {"id": 3, "image_id": 7, "category_id": 4, "segmentation": {"size": [H, W], "counts": rle_encode(
+            np.pad(np.ones((2, 3), bool), ((5, H - 7), (6, W - 9))))["counts"]}},
+    ]
+    path = _coco_file(tmp_path, images=images, annotations=annotations,
+                      categories=[{"id": 3, "name": "lesion"}, {"id": 4, "name": "scar"}])
+    caplog.set_level(logging.INFO, logger="skinapp.review.coco_import")
+    first, second = import_coco(store, path)
+    assert [(v.image_key, v.revision, v.reviewer, v.note) for v in (first, second)] == [
+        (other, 2, "", "imported from COCO"), (KEY, 2, "", "imported from COCO")]
+    assert first.prompts == ["arm", "nail"] and second.prompts == []
+    assert [(c.index, c.phrase, c.score, c.box, c.decision, c.provenance) for c in first.concepts] == [
+        (0, "scar", 1.0, (0.0, 0.0, 14.0, 9.0), "accept", "imported")]  # box of the pixels: x 0-13, y 0-8
+    assert [(c.index, c.phrase, c.score, c.box, c.decision, c.provenance) for c in second.concepts] == [
+        (0, "lesion", 0.25, (1.0, 2.0, 4.0, 6.0), "accept", "imported"),
+        (1, "scar", 1.0, (6.0, 5.0, 9.0, 7.0), "accept", "imported")]
+    merged = store.load_mask(other, 0, first.version)
+    assert merged.sum() == mask_utils.area(mask_utils.merge(mask_utils.frPyObjects(
+        annotations[1]["segmentation"], 10, 20))) and merged[0, 0] and merged[6, 12] and not merged[6, 6]
+    assert store.load_mask(KEY, 1, second.version).sum() == 6
+    assert caplog.messages == ["Imported 3 annotations over 2 photos from COCO"]
+
+
+def test_compressed_rle_counts_may_be_bytes_or_text():
+    mask = np.zeros((H, W), bool)
+    mask[3:9, 4:30] = True
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    for counts in (rle["counts"], rle["counts"].decode("ascii")):
+        decoded = decode_segmentation({"size": (H, W), "counts": counts}, H, W)
+        assert decoded.dtype == bool and np.array_equal(decoded, mask)
+
+
+# the command, in process (mutation runs cannot trace a subprocess)
+def test_command_imports_and_prints_one_line_per_version(store, tmp_path, capsys):
+    assert main([str(_coco_file(tmp_path)), "--data-dir", str(store.data_dir), "--reviewer", "cvat"]) == 0
+    assert capsys.readouterr() == (f"{PHOTO}: version 2, 1 concepts\n", "")
+    latest = store.load(KEY)
+    assert (latest.revision, latest.reviewer, latest.note) == (2, "cvat", "imported from COCO")
+
+
+def test_command_reads_the_data_dir_from_the_environment_and_records_no_reviewer(store, tmp_path, monkeypatch,
+                                                                                 capsys):
+    monkeypatch.setenv("SKINAPP_DATA_DIR", str(store.data_dir))
+    assert main([str(_coco_file(tmp_path))]) == 0
+    assert capsys.readouterr().out == f"{PHOTO}: version 2, 1 concepts\n"
+    assert store.load(KEY).reviewer == ""
+
+
+def test_command_refusal_is_one_line_on_stderr_exit_1_and_closes_the_store(store, tmp_path, monkeypatch, capsys):
+    closed = []
+    monkeypatch.setattr(ReviewStore, "close", lambda self: closed.append(self.data_dir))
+    path = _coco_file(tmp_path, annotations=_ann(category_id=9))
+    assert main([str(path), "--data-dir", str(store.data_dir)]) == 1
+    assert capsys.readouterr() == ("", "error: Annotation 1: category 9 is not listed.\n")
+    assert closed == [store.data_dir] and [v.revision for v in store.versions(KEY)] == [1]
+    assert main([str(_coco_file(tmp_path)), "--data-dir", str(store.data_dir)]) == 0
+    assert closed == [store.data_dir] * 2
+
+
+def test_command_help_names_its_arguments(capsys):
+    with pytest.raises(SystemExit, match="0"):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert text.startswith("usage: python -m skinapp.review.coco_import [-h] [--data-dir DATA_DIR] "
+                           "[--reviewer REVIEWER] file Import a COCO instance-segmentation file")
+    for line in ("file the COCO JSON file", "--data-dir DATA_DIR the review store's folder (default $SKINAPP_DATA_DIR)",
+                 "--reviewer REVIEWER who made the annotations (saved with each version)"):
+        assert line in text

@@ -4,6 +4,7 @@ zip's contents (the fields the review store's users rely on, pinned by the expor
 from __future__ import annotations
 
 import json
+import logging
 import re
 import zipfile
 
@@ -101,3 +102,56 @@ def test_rle_round_trip_is_pycocotools_compressed_rle():
     assert rle == {"size": [H, W], "counts": reference["counts"].decode("ascii")}
     back = rle_decode(rle)
     assert back.dtype == bool and (back == mask).all()
+
+
+def test_mask_file_names_keep_letters_digits_dash_and_underscore_of_the_label(tmp_path):
+    store = ReviewStore(tmp_path / "data")
+    labels = ["Forearm Skin", "X-ray burn X", "(scar)", "n" * 70, "痣"]
+    concepts = [ConceptReview(0, "nail", 0.3, (0, 0, 1, 1), "reject")] + [  # a rejected concept first: skipped
+        ConceptReview(i, "arm", 0.5, (0, 0, 1, 1), "relabel", label=label) for i, label in enumerate(labels, start=1)]
+    store.save(A, np.zeros((H, W, 3), np.uint8), _masks(*[(0, 1, 0, 1)] * 6), concepts)
+    coco = json.loads(export_coco(store, tmp_path / "out").read_text())
+    assert [c["name"] for c in coco["categories"]] == labels
+    assert [a["mask_file"] for a in coco["annotations"]] == [
+        f"masks/{A}/1_Forearm_Skin.png", f"masks/{A}/2_X-ray_burn_X.png", f"masks/{A}/3_scar.png",
+        f"masks/{A}/4_{'n' * 60}.png", f"masks/{A}/5_concept.png"]
+    assert all((tmp_path / "out" / a["mask_file"]).is_file() for a in coco["annotations"])
+
+
+def test_exporting_again_into_the_same_folder_replaces_the_export(tmp_path):
+    store = _store(tmp_path)
+    export_coco(store, tmp_path / "out", [B])
+    path = export_coco(store, tmp_path / "out", [A])
+    assert [img["image_key"] for img in json.loads(path.read_text())["images"]] == [A]
+
+
+def test_annotations_json_is_indented_by_one_space_and_the_export_is_logged(tmp_path, caplog):
+    store = _store(tmp_path)
+    caplog.set_level(logging.INFO, logger="skinapp.review.export")
+    path = export_coco(store, tmp_path / "out")
+    text = path.read_text()
+    assert text == json.dumps(json.loads(text), indent=1) and text.startswith('{\n "info": {\n  "description"')
+    assert caplog.messages == [f"Exported 3 annotations over 2 images to {tmp_path / 'out'}"]
+
+
+def test_masks_are_those_of_the_version_the_export_names_when_a_save_lands_during_the_export(tmp_path, monkeypatch):
+    store = _store(tmp_path)
+    named = store.load(B).version
+    copy_photo = store.photo_path
+
+    def photo_path_then_save(key):  # another reviewer saves photo B while its photo is being copied
+        path = copy_photo(key)
+        if key == B and store.load(B).version == named:
+            store.save(B, np.full((H, W, 3), 100, np.uint8), _masks((8, 16, 0, 12)),
+                       [ConceptReview(0, "lesion", 0.75, (0, 8, 12, 16), "accept")], reviewer="dr c")
+        return path
+
+    monkeypatch.setattr(store, "photo_path", photo_path_then_save)
+    coco = json.loads(export_coco(store, tmp_path / "out", [B]).read_text())
+    assert store.load(B).version != named and coco["images"][0]["version"] == named
+    assert rle_decode(coco["annotations"][0]["segmentation"]).sum() == 9  # B's first mask: rows 0-2 x cols 0-2
+
+
+def test_rle_encode_takes_a_zero_one_mask_of_any_integer_type():
+    mask = _masks((1, 5, 2, 7))[0]
+    assert rle_encode(mask.astype(np.int64)) == rle_encode(mask.astype(np.uint8)) == rle_encode(mask)
