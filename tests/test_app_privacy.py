@@ -19,7 +19,7 @@ from PIL import Image
 
 from skinapp.examples import example_paths
 from skinapp.synthetic import make_skin_photo
-from skinapp.ui.privacy import SESSION_COOKIE
+from skinapp.ui.privacy import SESSION_COOKIE, TEMP_MARKER
 from skinapp.ui.server import AppProcess
 
 RETENTION_S = 3
@@ -45,7 +45,8 @@ def photo(workdir):
 
 
 def _files(root) -> list:
-    examples = {p.name for p in example_paths()}
+    """Files under ``root`` but the app's example photos and its (empty) lock file."""
+    examples = {p.name for p in example_paths()} | {TEMP_MARKER}
     return [p for p in root.rglob("*") if p.is_file() and p.name not in examples]
 
 
