@@ -41,7 +41,7 @@ def test_round_trip_keeps_masks_labels_and_marks_the_import(store, tmp_path):
     attrs = [a["attributes"] for a in coco["annotations"]]
     assert [(a["provenance"], a["edited"], a["reviewer"]) for a in attrs] == [("refined", True, "dr e"),
                                                                               ("added", True, "dr e")]
-    [version] = import_coco(store, path, reviewer="cvat")
+    [version] = import_coco(store, path, reviewer="cvat").saved
     assert version.revision == 2 and version.reviewer == "cvat"
     assert [(c.phrase, c.decision, c.provenance) for c in version.concepts] == [("lesion", "accept", "imported"),
                                                                                 ("scar", "accept", "imported")]
@@ -63,7 +63,7 @@ def _cvat_file(tmp_path, width=W, height=H, file_name=f"{KEY}.jpg", segmentation
 
 
 def test_cvat_polygons_and_uncompressed_rle_import(store, tmp_path):
-    [v] = import_coco(store, _cvat_file(tmp_path))
+    [v] = import_coco(store, _cvat_file(tmp_path)).saved
     mask = store.load_mask(KEY, 0, v.version)
     expected = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects([[10, 10, 30, 10, 30, 20, 10, 20]], H, W)))
     assert np.array_equal(mask, expected.astype(bool)) and 180 <= mask.sum() <= 231
@@ -77,7 +77,7 @@ def test_cvat_polygons_and_uncompressed_rle_import(store, tmp_path):
             run, pos = 0, value
         run += 1
     counts.append(run)
-    [v2] = import_coco(store, _cvat_file(tmp_path, segmentation={"size": [H, W], "counts": counts}))
+    [v2] = import_coco(store, _cvat_file(tmp_path, segmentation={"size": [H, W], "counts": counts})).saved
     assert np.array_equal(store.load_mask(KEY, 0, v2.version), truth)
     assert mask_utils.area(raw) == truth.sum() and v2.revision == 3
 
@@ -140,8 +140,8 @@ PHOTO = KEY[:12]
     ({"annotations": _ann(category_id=9)}, "Annotation 1: category 9 is not listed."),
     ({"drop": ["categories"]}, "Annotation 1: category 3 is not listed."),
     ({"categories": [{"id": 3, "name": ""}]}, "Annotation 1: category 3 is not listed."),
-    ({"annotations": _ann(image_id=8)}, f"COCO image 7 (photo {PHOTO}) has no annotations."),
-    ({"drop": ["annotations"]}, f"COCO image 7 (photo {PHOTO}) has no annotations."),
+    ({"annotations": _ann(image_id=8)}, "The COCO file has no annotations: nothing to import."),
+    ({"drop": ["annotations"]}, "The COCO file has no annotations: nothing to import."),
 ])
 def test_each_refusal_is_worded_whole_and_saves_nothing(store, tmp_path, parts, message):
     with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
@@ -173,7 +173,7 @@ def test_import_matches_keys_in_any_case_and_keeps_scores_boxes_prompts_and_imag
     path = _coco_file(tmp_path, images=images, annotations=annotations,
                       categories=[{"id": 3, "name": "lesion"}, {"id": 4, "name": "scar"}])
     caplog.set_level(logging.INFO, logger="skinapp.review.coco_import")
-    first, second = import_coco(store, path)
+    first, second = import_coco(store, path).saved
     assert [(v.image_key, v.revision, v.reviewer, v.note) for v in (first, second)] == [
         (other, 2, "", "imported from COCO"), (KEY, 2, "", "imported from COCO")]
     assert first.prompts == ["arm", "nail"] and second.prompts == []
@@ -186,7 +186,7 @@ def test_import_matches_keys_in_any_case_and_keeps_scores_boxes_prompts_and_imag
     assert merged.sum() == mask_utils.area(mask_utils.merge(mask_utils.frPyObjects(
         annotations[1]["segmentation"], 10, 20))) and merged[0, 0] and merged[6, 12] and not merged[6, 6]
     assert store.load_mask(KEY, 1, second.version).sum() == 6
-    assert caplog.messages == ["Imported 3 annotations over 2 photos from COCO"]
+    assert caplog.messages == ["Imported 3 annotations over 2 photos from COCO; 0 images without annotations skipped"]
 
 
 def test_compressed_rle_counts_may_be_bytes_or_text():
@@ -232,5 +232,25 @@ def test_command_help_names_its_arguments(capsys):
     assert text.startswith("usage: python -m skinapp.review.coco_import [-h] [--data-dir DATA_DIR] "
                            "[--reviewer REVIEWER] file Import a COCO instance-segmentation file")
     for line in ("file the COCO JSON file", "--data-dir DATA_DIR the review store's folder (default $SKINAPP_DATA_DIR)",
-                 "--reviewer REVIEWER who made the annotations (saved with each version)"):
+                 "--reviewer REVIEWER who made the annotations (saved with each version; default: the reviewer the "
+                 "file records for each image)"):
         assert line in text
+
+
+def test_our_own_export_imports_back_whole_with_its_reviewer_skipping_photos_with_nothing_accepted(store, tmp_path,
+                                                                                                   capsys):
+    """Found by a new user: a photo whose concepts were all rejected or pending is exported with no annotation,
+    and the import refused the whole file; without --reviewer the versions lost the reviewer the file records."""
+    pending = "cd" * 32
+    store.save(pending, np.zeros((10, 20, 3), np.uint8), np.ones((1, 10, 20), bool),
+               [ConceptReview(0, "arm", 0.5, (0, 0, 20, 10), "pending")], reviewer="dr p")
+    path = export_coco(store, tmp_path / "out")
+    assert {i["image_key"] for i in json.loads(path.read_text())["images"]} == {KEY, pending}
+    assert main([str(path), "--data-dir", str(store.data_dir)]) == 0
+    assert capsys.readouterr().out == f"{PHOTO}: version 2, 2 concepts\n{pending[:12]}: skipped, no annotations\n"
+    latest = store.load(KEY)
+    assert (latest.revision, latest.reviewer, [c.phrase for c in latest.concepts]) == (2, "dr e", ["lesion", "scar"])
+    assert [v.revision for v in store.versions(pending)] == [1], "a skipped photo's review must stay as it was"
+    done = import_coco(store, path, reviewer="cvat")
+    assert [(v.image_key, v.revision, v.reviewer) for v in done.saved] == [(KEY, 3, "cvat")]
+    assert done.skipped == [pending]

@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from skinapp.pipeline import Analyzer
-from skinapp.review import ReviewStore
+from skinapp.review import ConceptReview, ReviewStore, export_coco
 from skinapp.review.workbench import Workbench
 from skinapp.synthetic import make_skin_photo
 from skinapp.ui import Handlers
@@ -162,3 +162,16 @@ def test_import_coco_from_the_review_tab_saves_a_new_version_or_says_what_is_wro
     assert import_main([str(coco), "--data-dir", str(handlers.store.data_dir), "--reviewer", "cli"]) == 0
     assert handlers.store.load(key).revision == 3
     assert import_main([str(foreign), "--data-dir", str(handlers.store.data_dir)]) == 1
+
+
+def test_import_says_which_photos_it_skipped_for_having_no_annotations(app, tmp_path):
+    handlers, wb, key, table = app
+    wb.save(key, table.assign(decision="reject"), "dr a", "", request=_session("s1"))  # nothing accepted
+    other = "ab" * 32
+    handlers.store.save(other, np.zeros((8, 8, 3), np.uint8), np.ones((1, 8, 8), bool),
+                        [ConceptReview(0, "lesion", 0.9, (0, 0, 8, 8), "accept")], reviewer="dr b")
+    coco = export_coco(handlers.store, tmp_path / "coco")
+    status = wb.import_coco(SimpleNamespace(name=str(coco)), "", request=_session("s1"))
+    assert status == (f"Imported photo `{other[:12]}` as version 2 (1 concepts). Skipped 1 photo(s) without "
+                      f"annotations (their reviews are unchanged): `{key[:12]}`.")
+    assert handlers.store.load(other).reviewer == "dr b" and handlers.store.load(key).revision == 1

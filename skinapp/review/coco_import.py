@@ -5,7 +5,10 @@ Images are matched to stored photos by ``image_key`` (our exports carry it) or e
 (``images/<key>.png``, or ``<key>.jpg`` as uploaded to CVAT). Segmentations may be compressed RLE (``counts``
 a string), uncompressed RLE (``counts`` a list) or polygons; pycocotools decodes all three. Every image is checked
 before anything is saved: an unknown image, a size that differs from the stored photo, or an annotation that
-cannot be decoded raises ValueError naming it, and nothing is imported.
+cannot be decoded raises ValueError naming it, and nothing is imported. An image without annotations (COCO allows
+them; our export lists a reviewed photo whose concepts were all rejected or left pending) is skipped: that photo's
+review is left as it is. Each version is saved under the reviewer given, else the one the file records for the
+image (our exports do), else none.
 
 Command line: ``python -m skinapp.review.coco_import FILE [--data-dir DIR] [--reviewer NAME]`` (exit 0 when
 imported, 1 with the reason on stderr when refused).
@@ -17,6 +20,7 @@ import argparse
 import json
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -26,6 +30,19 @@ from pycocotools import mask as mask_utils
 from skinapp.review.store import ConceptReview, Review, ReviewStore
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CocoImport:
+    """What :func:`import_coco` did.
+
+    Attributes:
+        saved: the new review versions, in the file's image order.
+        skipped: photo keys of the images without annotations (nothing saved for them), in the file's order.
+    """
+
+    saved: list[Review]
+    skipped: list[str]
 
 
 def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarray:
@@ -52,14 +69,16 @@ def _image_key(image: dict[str, Any], known: set[str]) -> str:
 
 
 def import_coco(store: ReviewStore, path: str | Path, reviewer: str = "", note: str = "imported from COCO"
-                ) -> list[Review]:
+                ) -> CocoImport:
     """Save the annotations of each image in the COCO file as a new version of that photo's review.
 
     Each annotation becomes a concept (phrase: its category's name; decision "accept"; provenance "imported";
-    box from ``bbox``). Returns the saved versions, in the file's image order.
+    box from ``bbox``). Images without annotations are skipped. The version's reviewer is ``reviewer``, or when
+    that is empty the image's ``reviewer`` field (written by :func:`~skinapp.review.export.export_coco`).
 
     Raises:
-        ValueError: unreadable file, unknown image, size mismatch, undecodable segmentation (nothing is saved).
+        ValueError: unreadable file, unknown image, size mismatch, undecodable segmentation, or no annotation in
+            the whole file (nothing is saved).
     """
     try:
         coco = json.loads(Path(path).read_text())
@@ -68,7 +87,7 @@ def import_coco(store: ReviewStore, path: str | Path, reviewer: str = "", note: 
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"Not a COCO annotation file: {exc}") from exc
     known = {r.image_key for r in store.list_reviews()}
-    planned = []
+    planned, skipped = [], []
     for image in images:
         key = _image_key(image, known)
         review = store.load(key)
@@ -91,30 +110,37 @@ def import_coco(store: ReviewStore, path: str | Path, reviewer: str = "", note: 
                                           "accept", provenance="imported"))
             masks.append(mask)
         if not concepts:
-            raise ValueError(f"COCO image {image.get('id')} (photo {key[:12]}) has no annotations.")
-        planned.append((key, np.stack(masks), concepts))
-    saved = [store.save(key, store.load_photo(key), masks, concepts, reviewer=reviewer, note=note,
-                        prompts=store.load(key).prompts) for key, masks, concepts in planned]
-    log.info("Imported %d annotations over %d photos from COCO", sum(len(c) for _, _, c in planned), len(saved))
-    return saved
+            skipped.append(key)
+            continue
+        planned.append((key, np.stack(masks), concepts, reviewer or str(image.get("reviewer") or "")))
+    if not planned:
+        raise ValueError("The COCO file has no annotations: nothing to import.")
+    saved = [store.save(key, store.load_photo(key), masks, concepts, reviewer=who, note=note,
+                        prompts=store.load(key).prompts) for key, masks, concepts, who in planned]
+    log.info("Imported %d annotations over %d photos from COCO; %d images without annotations skipped",
+             sum(len(p[2]) for p in planned), len(saved), len(skipped))
+    return CocoImport(saved, skipped)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m skinapp.review.coco_import", description=__doc__.splitlines()[0])
     parser.add_argument("file", help="the COCO JSON file")
     parser.add_argument("--data-dir", default=None, help="the review store's folder (default $SKINAPP_DATA_DIR)")
-    parser.add_argument("--reviewer", default="", help="who made the annotations (saved with each version)")
+    parser.add_argument("--reviewer", default="", help="who made the annotations (saved with each version; default: "
+                                                       "the reviewer the file records for each image)")
     args = parser.parse_args(argv)
     store = ReviewStore(args.data_dir)
     try:
-        saved = import_coco(store, args.file, reviewer=args.reviewer)
+        done = import_coco(store, args.file, reviewer=args.reviewer)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     finally:
         store.close()
-    for review in saved:
+    for review in done.saved:
         print(f"{review.image_key[:12]}: version {review.revision}, {len(review.concepts)} concepts")
+    for key in done.skipped:
+        print(f"{key[:12]}: skipped, no annotations")
     return 0
 
 

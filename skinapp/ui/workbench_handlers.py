@@ -228,11 +228,15 @@ class WorkbenchHandlers:
         if not path:
             raise self._refuse("import_coco", ValueError("Choose a COCO JSON file first."), request)
         try:
-            saved = import_coco(self.bench.store, path, reviewer=reviewer or "")
+            done = import_coco(self.bench.store, path, reviewer=reviewer or "")
         except (ValueError, OSError) as exc:
             raise self._refuse("import_coco", exc, request) from exc
-        return "Imported " + "; ".join(f"photo `{r.image_key[:12]}` as version {r.revision} ({len(r.concepts)} "
-                                       "concepts)" for r in saved) + "."
+        status = "Imported " + "; ".join(f"photo `{r.image_key[:12]}` as version {r.revision} ({len(r.concepts)} "
+                                         "concepts)" for r in done.saved) + "."
+        if done.skipped:
+            status += (f" Skipped {len(done.skipped)} photo(s) without annotations (their reviews are unchanged): "
+                       + ", ".join(f"`{k[:12]}`" for k in done.skipped) + ".")
+        return status
 
     def version_choices(self, photo_key: str) -> gr.Dropdown:
         try:
