@@ -241,6 +241,28 @@ def test_saving_an_empty_table_says_what_to_do(handlers):
     assert err.value.message == "There are no concepts to review: analyse a photo (or reopen a review) first."
 
 
+def test_a_table_that_drops_or_doubles_a_concept_is_refused_not_saved_smaller(handlers, photo, monkeypatch):
+    """Found by a new user through the API: a table with some rows left out was saved as a smaller review."""
+    out = handlers.analyze(photo, "lesion . arm", 0.3, 0.25)
+    table, n = out[TABLE], len(out[TABLE])
+    assert n >= 2, "the photo must give two concepts or this test proves nothing"
+    expected = (f"The review table has {{}} rows for the {n} concepts of photo {out[KEY][:12]}: keep one row per "
+                "concept (leave the ones you have not judged as pending).")
+    for rows in (table.iloc[:1], pd.concat([table, table.iloc[:1]])):
+        with pytest.raises(gr.Error) as err:
+            handlers.save_review(out[KEY], rows, "dr x", "", request=_request())
+        assert err.value.message == expected.format(len(rows))
+    assert handlers.store.load(out[KEY]) is None
+    handlers.save_review(out[KEY], table, "dr x", "")
+    saved = handlers.store.load(out[KEY])
+    assert [c.index for c in saved.concepts] == list(range(n))
+    monkeypatch.setattr(handlers.analyzer, "analyses_of", lambda key: [])  # analysis gone: the amend path
+    with pytest.raises(gr.Error) as err:
+        handlers.save_review(out[KEY], table.iloc[1:], "dr y", "", request=_request())
+    assert err.value.message == expected.format(n - 1)
+    assert handlers.store.load(out[KEY]).revision == 1
+
+
 def test_reopen_shows_each_concept_with_its_final_label_and_decision(handlers, photo):
     out = handlers.analyze(photo, "lesion . arm", 0.3, 0.25)
     table = out[TABLE].copy()

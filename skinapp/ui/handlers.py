@@ -103,6 +103,11 @@ def _rows_match(rows: list[dict[str, Any]], phrases: list[str], scores: list[flo
     return True
 
 
+def _covers(rows: list[dict[str, Any]], indices: Any) -> bool:
+    """True when the rows name each concept number of ``indices`` exactly once (no concept dropped or doubled)."""
+    return sorted(row_index(r) for r in rows) == sorted(indices)
+
+
 def cell_text(value: Any) -> str:
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return ""
@@ -276,8 +281,9 @@ class Handlers:
     def save_table(self, photo_key: str | None, table: Any, reviewer: str, note: str) -> Review:
         """Save the table's verdicts with the model's masks (a fresh analysis) or amend the photo's saved review.
 
-        The table must belong to that photo: its rows name the photo's concepts by number, phrase and score;
-        otherwise (and for a photo neither in memory nor saved) ValueError with a message for the UI.
+        The table must belong to that photo: its rows name the photo's concepts by number, phrase and score, one
+        row per concept (a concept dropped or doubled is refused, not saved as a smaller review); otherwise (and for
+        a photo neither in memory nor saved) ValueError with a message for the UI.
         """
         rows = table_rows(table)
         if not rows:
@@ -288,12 +294,17 @@ class Handlers:
         result = next((a for a in self.analyzer.analyses_of(key)
                        if _rows_match(rows, a.concepts.phrases, [float(s) for s in a.concepts.scores])), None)
         saved = self.store.load(key)
-        if result is not None:
+        if result is not None and _covers(rows, range(len(result.concepts.phrases))):
             return self.store.save(key, result.image.pixels, result.concepts.masks,
                                    [self._verdict(r, result) for r in rows], reviewer=reviewer or "",
                                    note=note or "", prompts=list(result.prompts))
-        if saved is not None and _rows_match(rows, *self._saved_concepts(saved)):
+        saved_match = saved is not None and _rows_match(rows, *self._saved_concepts(saved))
+        if saved_match and _covers(rows, [c.index for c in saved.concepts]):
             return self.store.amend(key, [self._verdict(r, None) for r in rows], reviewer or "", note or "")
+        if result is not None or saved_match:
+            n = len(result.concepts.phrases) if result is not None else len(saved.concepts)
+            raise ValueError(f"The review table has {len(rows)} rows for the {n} concepts of photo {short_key(key)}: "
+                             "keep one row per concept (leave the ones you have not judged as pending).")
         if saved is not None or self.analyzer.analyses_of(key):
             raise ValueError(f"The review table does not belong to photo {short_key(key)}: analyse that photo "
                              "again (or reopen its review).")
