@@ -6,6 +6,8 @@ review holds field by field, where the files are and what the stale sweep keeps.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -378,3 +380,22 @@ def test_the_stale_sweep_goes_on_when_another_process_removed_an_entry_first(tmp
     monkeypatch.setattr(mask_files.shutil, "rmtree", raced)
     files.remove_stale(KEY, set(), 500.0)
     assert list(files.version_dir(KEY).iterdir()) == [] and len(calls) == 3
+
+
+@pytest.mark.parametrize(("reviewer", "note", "message"), [
+    ("x" * 101, "", "A reviewer name has at most 100 characters; this one has 101."),
+    ("dr a\nSELECT", "", "A reviewer name cannot hold line breaks, tabs or other control characters."),
+    ("dr\ta", "", "A reviewer name cannot hold line breaks, tabs or other control characters."),
+    ("dr a", "n" * 5001, "A note has at most 5000 characters; this one has 5001."),
+])
+def test_overlong_or_control_character_signatures_are_refused_on_save_and_amend(tmp_path, reviewer, note, message):
+    store = ReviewStore(tmp_path / "data")
+    pixels, masks = _photo()
+    with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
+        store.save(KEY, pixels, masks, [_concept(0)], reviewer=reviewer, note=note)
+    assert store.load(KEY) is None
+    store.save(KEY, pixels, masks, [_concept(0)], reviewer="  " + "y" * 100 + " ", note="  " + "n" * 5000)
+    assert store.load(KEY).reviewer == "y" * 100  # the limits count the stripped text
+    with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
+        store.amend(KEY, [_concept(0)], reviewer=reviewer, note=note)
+    assert store.load(KEY).revision == 1

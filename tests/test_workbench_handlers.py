@@ -104,6 +104,21 @@ def test_agreement_panel_for_the_photo_shown(store, tmp_path):  # noqa: F811
         agree.photo("")
 
 
+def test_reviewer_names_are_shown_as_text_never_as_markup(tmp_path):
+    """Found by a new user: a reviewer named ``<img src=x>`` became an image element in the agreement status (the
+    Markdown sanitiser strips scripts, not images, so a remote image URL would be fetched by every viewer)."""
+    reviews = ReviewStore(tmp_path / "data")
+    key = "ab" * 32
+    masks = np.ones((1, 8, 8), bool)
+    for who in ("<img src=x onerror=alert(1)>", "dr <b>b</b>"):
+        reviews.save(key, np.zeros((8, 8, 3), np.uint8), masks, [ConceptReview(0, "lesion", 0.9, (0, 0, 8, 8),
+                                                                              "accept")], reviewer=who)
+    frame, status = AgreementHandlers(reviews, _refuse, tmp_path / "exports", {}).photo(key)
+    assert "<img" not in status and "<b>" not in status
+    assert "&lt;img src=x onerror=alert(1)&gt; vs dr &lt;b&gt;b&lt;/b&gt;: Cohen's kappa" in status
+    assert frame["reviewer A"].tolist() == ["<img src=x onerror=alert(1)>"]  # the table shows the name as typed
+
+
 def test_agreement_csv_reaches_only_the_session_that_asked(store, tmp_path):  # noqa: F811
     owners: dict[str, str | None] = {}
     agree = AgreementHandlers(store, _refuse, tmp_path / "exports", owners)

@@ -33,6 +33,7 @@ import os
 import sqlite3
 import threading
 import time
+import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -59,6 +60,22 @@ DATA_DIR_ENV = "SKINAPP_DATA_DIR"
 #: Age (seconds) after which a mask directory that no committed review names is removed. Longer than any
 #: save takes between writing its files and committing (the database lock waits at most 30 s).
 STALE_VERSION_S = 300.0
+#: Longest reviewer name and note (characters) a save accepts: names are shown in tables and status lines.
+MAX_REVIEWER_CHARS = 100
+MAX_NOTE_CHARS = 5000
+
+
+def checked_signature(reviewer: str | None, note: str | None) -> tuple[str, str]:
+    """(reviewer, note) stripped, or ValueError: a name longer than :data:`MAX_REVIEWER_CHARS` or holding a line
+    break or other control character, a note longer than :data:`MAX_NOTE_CHARS`."""
+    reviewer, note = (reviewer or "").strip(), (note or "").strip()
+    if len(reviewer) > MAX_REVIEWER_CHARS:
+        raise ValueError(f"A reviewer name has at most {MAX_REVIEWER_CHARS} characters; this one has {len(reviewer)}.")
+    if any(unicodedata.category(ch).startswith("C") for ch in reviewer):
+        raise ValueError("A reviewer name cannot hold line breaks, tabs or other control characters.")
+    if len(note) > MAX_NOTE_CHARS:
+        raise ValueError(f"A note has at most {MAX_NOTE_CHARS} characters; this one has {len(note)}.")
+    return reviewer, note
 
 def default_data_dir() -> Path:
     """``$SKINAPP_DATA_DIR`` or ``./data/reviews``."""
@@ -205,9 +222,14 @@ class ReviewStore:
 
         Returns:
             The review as stored (``revision`` 1 on the first save, +1 per amendment).
+
+        Raises:
+            ValueError: no photo key, pixels or masks of the wrong shape, a concept reviewed twice or addressing no
+                mask, a box with no area in the photo, or a reviewer name / note :func:`checked_signature` refuses.
         """
         if not image_key or not all(ch in "0123456789abcdef" for ch in image_key):
             raise ValueError("A review needs the photo's key; analyse a photo first.")
+        reviewer, note = checked_signature(reviewer, note)
         pixels = np.asarray(pixels)
         masks = np.asarray(masks, dtype=bool)
         if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
@@ -272,8 +294,10 @@ class ReviewStore:
         """Change the verdicts of a reopened review: a new version with the same concepts, photo and masks.
 
         Raises:
-            ValueError: no review of this photo, or a concept index that the review does not have.
+            ValueError: no review of this photo, a concept index that the review does not have, or a reviewer
+                name / note :func:`checked_signature` refuses.
         """
+        reviewer, note = checked_signature(reviewer, note)
         existing = self.load(image_key)
         if existing is None:
             raise ValueError("There is no saved review of this photo to amend.")

@@ -10,6 +10,7 @@ session-bound export name (:func:`skinapp.ui.privacy.new_export_path`, checked b
 
 from __future__ import annotations
 
+import html
 import logging
 import math
 import re
@@ -31,6 +32,11 @@ AGREEMENT_COLUMNS = ["reviewer A", "reviewer B", "#", "concept", "decision A", "
 
 def _name(reviewer: str) -> str:
     return reviewer or "(unnamed)"
+
+
+def _shown(reviewer: str) -> str:
+    """A reviewer's name for the Markdown status: HTML-escaped (a name is text the reviewer typed, never markup)."""
+    return html.escape(_name(reviewer))
 
 
 class AgreementHandlers:
@@ -64,11 +70,12 @@ class AgreementHandlers:
         reviewers = sorted({r.reviewer for r in self.store.latest_by_reviewer() if r.image_key == key})
         if len(reviewers) < 2:
             status = (f"Photo `{key[:12]}` has {len(reviewers)} reviewer(s) "
-                      f"({', '.join(map(_name, reviewers)) or 'none'}): agreement needs two.")
+                      f"({', '.join(map(_shown, reviewers)) or 'none'}): agreement needs two.")
         else:
             shown = {(c.reviewer_a, c.reviewer_b) for c in concepts if c.image_key == key}
-            status = f"Photo `{key[:12]}`: latest versions of {', '.join(map(_name, reviewers))} compared. " + " ".join(
-                f"{_name(a)} vs {_name(b)}: Cohen's kappa {_kappa(kappas[(a, b)].kappa)} over "
+            names = ", ".join(map(_shown, reviewers))
+            status = f"Photo `{key[:12]}`: latest versions of {names} compared. " + " ".join(
+                f"{_shown(a)} vs {_shown(b)}: Cohen's kappa {_kappa(kappas[(a, b)].kappa)} over "
                 f"{kappas[(a, b)].n_decided} decided concepts on {kappas[(a, b)].n_photos} shared photos."
                 for a, b in sorted(shown))
         return pd.DataFrame(rows, columns=AGREEMENT_COLUMNS), status
