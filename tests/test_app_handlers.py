@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import gradio as gr
@@ -115,9 +116,12 @@ def test_explain_grid_and_similarities(handlers, photo_path):
     assert UNTRAINED_WARNING in banner and "Times" not in gallery.label, "timings go to the status, not the header"
 
 
-def test_truncated_phrase_is_flagged_in_the_result_and_the_explain_screen(handlers, photo_path):
+def test_truncated_phrase_is_flagged_in_the_result_and_the_explain_screen(handlers, photo_path, caplog):
     long_phrase = " ".join("abcdefghij"[i % 10] for i in range(90))  # 179 characters, 90 BPE tokens: over 77
+    caplog.set_level(logging.DEBUG)
     gallery, sims, _, status = handlers.explain(photo_path, f"blue-whitish veil\n{long_phrase}", None)
+    assert "Phrase 2 truncated to 77 tokens" in caplog.messages
+    assert not [m for m in caplog.messages if "a b c d" in m], "the typed phrase (clinical text) reached the log"
     assert list(sims["note"]) == ["", "(cut to 77 tokens)"]
     assert "77-token" in status and "only its start was used" in status
     captions = [item["caption"] for item in gallery.value]

@@ -358,17 +358,19 @@ def test_reopening_names_what_is_wrong(handlers, name, message):
     assert err.value.message == message
 
 
-def test_export_goes_to_the_asking_session_and_says_what_it_holds(handlers, photo):
+def test_export_goes_to_the_asking_session_and_says_what_it_holds(handlers, photo, caplog):
     out = handlers.analyze(photo, "lesion . arm", 0.3, 0.25)
     table = out[TABLE].copy()
     table.loc[0, "decision"] = "accept"
     table.loc[1, "decision"] = "reject"
     handlers.save_review(out[KEY], table, "", "")
+    caplog.set_level(logging.DEBUG)
     archive, message = handlers.export_reviews(request=_request("s1", cookie="x=1; skinapp_session=" + "ab12" * 8))
     assert message == ("Exported 1 reviewed concepts from 1 photos. The download is for this session only and is "
                        "deleted after the retention time: save it now.")
     token = next(iter(handlers.export_owners))
     assert handlers.export_owners == {token: "ab12" * 8} and token in archive
+    assert not [r for r in caplog.records if token in r.getMessage()], "the log names the export's secret token"
     assert sorted(p.suffix for p in handlers.export_dir.rglob("*") if p.is_file()) == [".zip"], "no unzipped copy"
 
 

@@ -180,9 +180,9 @@ def encode_texts(model: nn.Module, tokenizer, phrases: str | list[str], *, fast:
     else:
         token_cut = [False] * len(cleaned)
     truncated = [a or b for a, b in zip(char_cut, token_cut)]
-    for p, t in zip(cleaned, truncated):
-        if t:
-            log.info("Phrase truncated to %d tokens: %.60s...", context, p)
+    for i, t in enumerate(truncated):
+        if t:  # the phrase itself is clinical text the user typed: not logged
+            log.info("Phrase %d truncated to %d tokens", i + 1, context)
 
     key_model = cache.model_token(model) if cache is not None else -1
     out: list[torch.Tensor | None] = [cache.get((key_model, p)) if cache is not None else None for p in cleaned]

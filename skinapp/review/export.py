@@ -96,7 +96,7 @@ def export_coco(store: ReviewStore, out_dir: str | Path, image_keys: list[str] |
     }
     path = out / "annotations.json"
     path.write_text(json.dumps(coco, indent=1))
-    log.info("Exported %d annotations over %d images to %s", len(annotations), len(images), out)
+    log.info("Exported %d annotations over %d images", len(annotations), len(images))  # the folder: the caller's
     return path
 
 
