@@ -102,6 +102,20 @@ def test_user_errors_are_one_line_without_file_names(app, photo, workdir):
     assert log.count("analyze refused:") == 4
 
 
+def test_values_the_screen_cannot_send_are_one_line_errors_too(app, photo):
+    """Found by a new user through the API: a threshold out of the slider's range or a CLIP model not offered made
+    Gradio print a whole traceback into the log."""
+    client = Client(app.url, verbose=False)
+    with pytest.raises(AppError, match="Value 0.0 is less than minimum value 0.05"):
+        client.predict(handle_file(photo), "lesion", 0.0, 0.25, api_name="/analyze")
+    with pytest.raises(AppError, match="is not in the list of choices"):
+        client.predict(handle_file(photo), "streaks", "MONET", api_name="/explain")
+    log = app.log_tail(200_000)
+    assert "Traceback" not in log
+    assert "analyze refused: Value 0.0 is less than minimum value 0.05." in log
+    assert "explain refused: Value: 'MONET' (type: <class 'str'>) is not in the list of choices" in log
+
+
 def test_login_guards_pages_api_and_files_and_cleans_up(app, workdir, photo):
     root = workdir / "tmp"
     app.stop()

@@ -31,7 +31,7 @@ from skinapp.provenance import banner_text
 from skinapp.review import DECISIONS, ReviewStore
 from skinapp.review.workbench import Workbench
 from skinapp.ui.agreement_handlers import AgreementHandlers
-from skinapp.ui.components import photo_input
+from skinapp.ui.components import photo_input, quiet_validation
 from skinapp.ui.handlers import REVIEW_COLUMNS, Handlers, banner_html
 from skinapp.ui.workbench_blocks import add_workbench
 from skinapp.ui.workbench_handlers import WorkbenchHandlers
@@ -90,10 +90,10 @@ def build_demo(analyzer: Analyzer, store: ReviewStore, *, gpu: Callable[[Callabl
                     with gr.Accordion("Advanced: prompts and thresholds", open=False):
                         prompts = gr.Textbox(label="Concept prompts (separated by '.' or ',')",
                                              value=" . ".join(DEFAULT_PROMPTS), lines=2)
-                        box_t = gr.Slider(0.05, 0.95, value=analyzer.box_threshold, step=0.01,
-                                          label="Box threshold")
-                        text_t = gr.Slider(0.05, 0.95, value=analyzer.text_threshold, step=0.01,
-                                           label="Text threshold")
+                        box_t = quiet_validation(gr.Slider(0.05, 0.95, value=analyzer.box_threshold, step=0.01,
+                                                           label="Box threshold"), "analyze")
+                        text_t = quiet_validation(gr.Slider(0.05, 0.95, value=analyzer.text_threshold, step=0.01,
+                                                            label="Text threshold"), "analyze")
                 with gr.Column(scale=3):
                     # the API's copy of the banner; on screen the one banner at the top says it
                     banner = gr.HTML(elem_id="analysis-banner", visible=False)
@@ -113,8 +113,9 @@ def build_demo(analyzer: Analyzer, store: ReviewStore, *, gpu: Callable[[Callabl
                 phrases = gr.Textbox(label="Diagnostic phrases (one per line)", lines=5,
                                      value="irregular streaks\nblue-whitish veil\nulcer with undermined edges",
                                      elem_id="phrases")
-                clip_choice = gr.Radio(analyzer.clip_choices, value=analyzer.clip_choices[0],
-                                       label="CLIP weights", visible=len(analyzer.clip_choices) > 1)
+                clip_choice = quiet_validation(gr.Radio(analyzer.clip_choices, value=analyzer.clip_choices[0],
+                                                        label="CLIP weights",
+                                                        visible=len(analyzer.clip_choices) > 1), "explain")
                 gr.Markdown(clip_info(analyzer), elem_id="clip-info")
                 explain_btn = gr.Button("Explain the photo on the Analyse tab", variant="primary",
                                         elem_id="explain-btn")
@@ -153,8 +154,8 @@ def build_demo(analyzer: Analyzer, store: ReviewStore, *, gpu: Callable[[Callabl
                     with gr.Row():
                         pick = gr.Dropdown(label="Concept #", choices=[], allow_custom_value=True, scale=1,
                                            elem_id="pick-concept")
-                        decision = gr.Dropdown(list(DECISIONS), value="accept", label="Decision", scale=1,
-                                               elem_id="pick-decision")
+                        decision = quiet_validation(gr.Dropdown(list(DECISIONS), value="accept", label="Decision",
+                                                                scale=1, elem_id="pick-decision"), "set_decision")
                         new_label = gr.Textbox(label="New label (relabel)", scale=1)
                     comment = gr.Textbox(label="Comment", lines=2)
                     with gr.Row():

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
+
+log = logging.getLogger(__name__)
 
 
 def photo_input(**kwargs: Any) -> gr.Image:
@@ -32,3 +35,21 @@ def photo_input(**kwargs: Any) -> gr.Image:
 
     image.preprocess = original_file  # type: ignore[method-assign]
     return image
+
+
+def quiet_validation(component: gr.components.Component, name: str) -> gr.components.Component:
+    """Make ``component``'s own input check (a slider value out of range, a choice not offered: reachable from the
+    API only) a user error: one log line ``<name> refused: <message>`` and the message next to the action, instead
+    of Gradio's printed traceback. Returns the component (its ``preprocess`` is wrapped, as in :func:`photo_input`).
+    """
+    check = component.preprocess
+
+    def preprocess(payload: Any) -> Any:
+        try:
+            return check(payload)
+        except gr.Error as exc:
+            log.info("%s refused: %s", name, exc.message)
+            raise gr.Error(exc.message, title="Cannot do that", print_exception=False) from None
+
+    component.preprocess = preprocess  # type: ignore[method-assign]
+    return component

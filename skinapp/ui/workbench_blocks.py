@@ -16,6 +16,7 @@ from typing import Any
 import gradio as gr
 
 from skinapp.ui.agreement_handlers import AGREEMENT_COLUMNS, AgreementHandlers
+from skinapp.ui.components import quiet_validation
 from skinapp.ui.workbench_handlers import WorkbenchHandlers
 
 
@@ -31,9 +32,10 @@ def add_workbench(wb: WorkbenchHandlers, agree: AgreementHandlers, error_text, r
                 image = gr.Image(label="Click on the photo to refine the selected concept", interactive=False,
                                  elem_id="wb-image", height=420, buttons=[])
             with gr.Column(scale=2):
-                concept = gr.Dropdown(label="Concept to edit", choices=[], elem_id="wb-concept")
-                mode = gr.Radio(["positive", "negative"], value="positive", label="A click marks",
-                                elem_id="wb-mode")
+                concept = quiet_validation(gr.Dropdown(label="Concept to edit", choices=[], elem_id="wb-concept"),
+                                           "workbench")
+                mode = quiet_validation(gr.Radio(["positive", "negative"], value="positive", label="A click marks",
+                                                 elem_id="wb-mode"), "workbench")
                 with gr.Row():
                     undo = gr.Button("Undo", elem_id="wb-undo", size="sm")
                     redo = gr.Button("Redo", elem_id="wb-redo", size="sm")
@@ -44,8 +46,8 @@ def add_workbench(wb: WorkbenchHandlers, agree: AgreementHandlers, error_text, r
                 add = gr.Button("Add concept", elem_id="wb-add", size="sm")
                 status = gr.Markdown(elem_id="wb-status")
                 with gr.Row():
-                    versions = gr.Dropdown(label="Saved versions of this photo", choices=[], elem_id="wb-versions",
-                                           scale=2)
+                    versions = quiet_validation(gr.Dropdown(label="Saved versions of this photo", choices=[],
+                                                            elem_id="wb-versions", scale=2), "workbench")
                     open_version = gr.Button("Open version", elem_id="wb-open-version", scale=1, size="sm")
         with gr.Accordion("Brush / eraser: paint the selected concept's mask", open=False):
             editor = gr.ImageEditor(label="Brush layer = the concept's mask", elem_id="wb-editor", type="numpy",
