@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     if distributed:
         torch.distributed.init_process_group(backend="gloo")  # only for the final barrier
     try:
+        if args.out.exists() and not args.out.is_dir():
+            raise ValueError(f"--out {args.out} is a file; the batch writes a folder there.")
         photos = collect_photos(args.paths)
         phrases = parse_phrases(args.phrases.read_text()) if args.phrases else None
     except (FileNotFoundError, ValueError) as exc:

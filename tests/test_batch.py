@@ -192,3 +192,14 @@ def test_batch_reads_the_architecture_configs_like_the_app(photos, tmp_path, cap
     [refusal] = [r for r in caplog.records if r.name == "skinapp.analyze"]
     assert refusal.getMessage().startswith(f"not starting: SKINAPP_MODEL_CONFIGS={absent}: ")
     assert refusal.exc_info is None and not (tmp_path / "out").exists()
+
+
+def test_an_out_that_is_a_file_is_one_usage_error(photos, tmp_path, capsys):
+    """Found by a new user: ``--out`` naming an existing file ended in FileExistsError's traceback."""
+    from skinapp import analyze
+
+    out = tmp_path / "results.csv"
+    out.write_text("kept")
+    assert analyze.main([str(photos), "--out", str(out), "--profile", "tiny"]) == 2
+    assert capsys.readouterr().err == f"error: --out {out} is a file; the batch writes a folder there.\n"
+    assert out.read_text() == "kept"

@@ -101,3 +101,22 @@ def test_weight_free_extractor_finds_real_lesions():
         print(f"{dataset}: ours {ours['top1_iou']:.3f} vs Otsu {otsu['top1_iou']:.3f}, misses {ours['misses']}")
         assert ours["misses"] == 0, dataset
         assert ours["top1_iou"] > floor and ours["top1_iou"] > otsu["top1_iou"] + 0.05, dataset
+
+
+def test_command_errors_are_one_line_and_stop_before_timing(tmp_path, caplog, capsys):
+    """Found by a new user: a missing folder, a photo listed but absent and an --out that is a file each ended
+    in a traceback; a side too small for any extractor ran into the image loader's error."""
+    missing = tmp_path / "nowhere"
+    assert seg.main(["--data", str(missing), "--out", str(tmp_path / "o"), "--no-grounded"]) == 2
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [
+        f"error: [Errno 2] No such file or directory: '{missing / 'labels.csv'}'"]
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "labels.csv").write_text("image,mask\nphoto.png,photo_mask.png\n")
+    caplog.clear()
+    assert seg.main(["--data", str(data), "--out", str(tmp_path / "o"), "--no-grounded", "--side", "128"]) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "photo.png" in errors[0] and not (tmp_path / "o").exists()
+    with pytest.raises(SystemExit) as done:
+        seg.main(["--data", str(data), "--side", "8"])
+    assert done.value.code == 2 and "0 (as stored) or at least 64 pixels; got 8" in capsys.readouterr().err

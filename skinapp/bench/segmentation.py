@@ -227,11 +227,22 @@ def write(results: Sequence[ImageResult], summary: Sequence[dict], notes: Sequen
     return json_path, md_path
 
 
+def _side(text: str) -> int:
+    """argparse type: 0 (photos as stored) or a long side of at least 64 pixels."""
+    try:
+        side = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of pixels: {text!r}") from None
+    if side != 0 and side < 64:
+        raise argparse.ArgumentTypeError(f"0 (as stored) or at least 64 pixels; got {side}")
+    return side
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m skinapp.bench.segmentation", description=__doc__.split("\n")[0])
     ap.add_argument("--data", action="append", required=True, help="folder with labels.csv (repeatable)")
     ap.add_argument("--out", default="bench_results/segmentation", help="folder for segmentation.json/.md")
-    ap.add_argument("--side", type=int, default=1024, help="long side each photo is resized to (0: as stored)")
+    ap.add_argument("--side", type=_side, default=1024, help="long side each photo is resized to (0: as stored)")
     ap.add_argument("--limit", type=int, default=0, help="at most this many masked photos per folder (0: all)")
     ap.add_argument("--threads", type=int, default=1, help="torch/OpenCV threads (timings in the README use 1)")
     ap.add_argument("--no-grounded", dest="grounded", action="store_false",
@@ -241,11 +252,17 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(max(1, args.threads))
     cv2.setNumThreads(max(1, args.threads))
     methods, notes = default_methods(args.grounded)
-    results = run(args.data, methods, args.side or None, args.limit or None)
-    summary = summarise(results)
-    settings = {"side": args.side, "threads": args.threads, "methods": {m.name: m.note for m in methods},
-                "cpu": platform.processor() or platform.machine(), "limit": args.limit}
-    json_path, md_path = write(results, summary, notes, args.out, settings)
+    try:
+        for folder in args.data:  # every folder's labels before the first photo is timed
+            read_samples(folder, 1)
+        results = run(args.data, methods, args.side or None, args.limit or None)
+        summary = summarise(results)
+        settings = {"side": args.side, "threads": args.threads, "methods": {m.name: m.note for m in methods},
+                    "cpu": platform.processor() or platform.machine(), "limit": args.limit}
+        json_path, md_path = write(results, summary, notes, args.out, settings)
+    except (OSError, ValueError) as exc:  # a missing folder, labels.csv, photo or mask; an unwritable --out
+        log.error("error: %s", exc)
+        return 2
     print(to_markdown(summary, results, notes, per_image=False))  # the report is this command's output
     log.info("wrote %s and %s", json_path, md_path)
     return 0
