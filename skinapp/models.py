@@ -7,9 +7,10 @@ strength is kept in ``ModelSet.reasons`` and shown in the untrained-weights bann
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -134,6 +135,19 @@ def load_clip_entry(name: str, path: Path, device: torch.device) -> ClipBundle:
     return bundle
 
 
+#: Seed of the random initialisation of the demo models: the same untrained outputs in every process, so a demo is
+#: reproducible (they carry the untrained banner all the same).
+DEMO_SEED = 0
+
+
+@contextlib.contextmanager
+def seeded(seed: int = DEMO_SEED) -> Iterator[None]:
+    """Build random models the same way in every process, leaving the caller's torch RNG state as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
 class DeviceError(ValueError):
     """The requested device is not a torch device, or names CUDA on a machine without it."""
 
@@ -221,10 +235,11 @@ def load_models(profile: str = "auto", device: str | torch.device | None = None,
         global_encoder = build_global_encoder(vit_profile, checkpoint=vit_path if vit_profile == "full" else None)
     else:
         reasons["analysis"].append("The diagnosis comes from an untrained demo fusion model (tiny profile).")
-        fusion = build_fusion("cross_attention", len(DEMO_CLASS_NAMES), "tiny")
+        with seeded():
+            fusion = build_fusion("cross_attention", len(DEMO_CLASS_NAMES), "tiny")
+            global_encoder = build_global_encoder("tiny")
         fusion.weights = untrained("fusion", "random init (demo, tiny profile)")
         class_names = list(DEMO_CLASS_NAMES)
-        global_encoder = build_global_encoder("tiny")
     # CLIP: every trained checkpoint that resolves, on the analyzer's device; the tiny random model when
     # none does. Extra choices (fine-tuned, MONET, DermLIP) are never a requirement.
     clips: dict[str, ClipBundle] = {}
@@ -239,7 +254,8 @@ def load_models(profile: str = "auto", device: str | torch.device | None = None,
         bundle = load_clip_entry(name, path, dev)
         clips[f"{choice}: {bundle.label}"] = bundle
     if not clips:
-        bundle = build_clip("tiny", device=dev)
+        with seeded():
+            bundle = build_clip("tiny", device=dev)
         clips[f"demo: {bundle.label}"] = bundle
         reasons["clip"].append("Phrase heatmaps come from an untrained demo CLIP model (tiny profile).")
     fusion.to(dev).eval()
