@@ -135,8 +135,14 @@ def summary_lines(pairs: list[PairAgreement]) -> list[str]:
     if not pairs:
         return ["No photo has been reviewed by two or more reviewers."]
     return [f"{p.reviewer_a or '(unnamed)'} vs {p.reviewer_b or '(unnamed)'}: {p.n_photos} photos, "
-            f"{p.n_concepts} concepts, mean mask IoU {p.mean_iou:.3f}, Cohen's kappa {p.kappa:.3f} "
+            f"{p.n_concepts} concepts, mean mask IoU {p.mean_iou:.3f}, Cohen's kappa {_kappa_text(p.kappa)} "
             f"over {p.n_decided} decided" for p in pairs]
+
+
+def _kappa_text(kappa: float) -> str:
+    """Kappa to 3 decimals; "n/a" where it is undefined (no decided concept, or both reviewers gave one and the
+    same answer throughout: the chance agreement is then 1 and kappa is 0/0)."""
+    return "n/a" if math.isnan(kappa) else f"{kappa:.3f}"
 
 
 def main(argv: list[str] | None = None) -> int:
