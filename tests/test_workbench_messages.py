@@ -229,6 +229,27 @@ def test_api_json_versions_with_masks_and_save(bench):
                    "mean_iou": 1.0, "kappa": 1.0}]}
 
 
+@pytest.mark.parametrize(("concept", "x", "y", "positive", "message"), [
+    (1.5, 30, 20, True, "Choose a concept by its number; got 1.5."),
+    (True, 30, 20, True, "Choose a concept by its number; got True."),
+    (0, "abc", 20, True, "x must be a number of pixels; got 'abc'."),
+    (0, 30, float("nan"), True, "y must be a number of pixels; got nan."),
+    (0, 30, 20, "no", "positive is true (part of the concept) or false (not); got 'no'."),
+    (0, W, 20, True, f"The click (60, 20) is outside the {W}x{H} photo."),
+    (0, 30, -1, True, f"The click (30, -1) is outside the {W}x{H} photo."),
+])
+def test_api_clicks_that_name_no_concept_pixel_or_side_are_refused(bench, concept, x, y, positive, message):
+    """Found by a new user: concept 1.5 refined concept #1, positive="no" counted as a positive click, and
+    x="abc" came back as Python's own float() message."""
+    _, wb = bench
+    api = wb.api_functions()
+    with pytest.raises(gr.Error) as err:
+        api["refine"](KEY, concept, x, y, positive=positive, request=_who("client"))
+    assert err.value.message == message
+    assert api["refine"](KEY, 0, W - 1, 0, positive=False, request=_who("client"))["concepts"][0]["clicks"] == [
+        [W - 1.0, 0.0, 0]], "a refused click must leave no trace, and the photo's last pixel is inside"
+
+
 def test_the_agreement_csv_needs_two_reviewers_and_says_so(bench):
     from skinapp.ui.agreement_handlers import AgreementHandlers
 

@@ -13,6 +13,7 @@ Refinement runs SAM's interactive step on the photo's cached embedding when the 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -37,6 +38,17 @@ def _frozen(mask: np.ndarray) -> np.ndarray:
     mask = np.array(mask, dtype=bool, copy=True)
     mask.setflags(write=False)
     return mask
+
+
+def _pixel(value: Any, name: str) -> float:
+    """A click coordinate in pixels (a finite number), or ValueError naming ``name``."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = math.nan
+    if isinstance(value, bool) or not math.isfinite(v):
+        raise ValueError(f"{name} must be a number of pixels; got {value!r}.")
+    return v
 
 
 @dataclass(frozen=True, eq=False)
@@ -94,8 +106,11 @@ class Draft:
         """The concept numbered ``index``. Raises ValueError when there is none."""
         try:
             i = int(index)
-        except (TypeError, ValueError):
-            raise ValueError(f"Choose a concept by its number; got {index!r}.") from None
+            whole = float(index) == i  # 1.5 names no concept (int() would quietly take #1)
+        except (TypeError, ValueError, OverflowError):
+            whole = False
+        if not whole or isinstance(index, bool):
+            raise ValueError(f"Choose a concept by its number; got {index!r}.")
         for c in self.concepts:
             if c.index == i:
                 return c
@@ -225,10 +240,16 @@ class Workbench:
 
     def refine(self, session: str, key: str, index: Any, x: float, y: float, positive: bool = True) -> Draft:
         """Add one click (positive: part of the concept; negative: not) and re-segment the concept."""
+        x, y = _pixel(x, "x"), _pixel(y, "y")
+        if not isinstance(positive, bool | np.bool_):
+            raise ValueError(f"positive is true (part of the concept) or false (not); got {positive!r}.")
         history = self.history(session, key)
         with history.lock:
             concept = history.current.concept(index)
-            points = (*concept.points, (float(x), float(y), int(bool(positive))))
+            h, w = history.current.size
+            if not (0 <= x < w and 0 <= y < h):
+                raise ValueError(f"The click ({x:g}, {y:g}) is outside the {w}x{h} photo.")
+            points = (*concept.points, (x, y, int(bool(positive))))
             pts = [p[:2] for p in points]
             labels = [p[2] for p in points]
             result = self._segment(key, concept.box, pts, labels, concept)
