@@ -179,10 +179,10 @@ def test_fetch_offline_is_refused_without_asking_the_library(hub, monkeypatch, e
     assert hub["fake"].calls == []
 
 
-def test_progress_false_hides_the_library_bars_only_during_the_download(hub):
+def test_progress_false_hides_the_library_bars_only_during_the_download_they_show_by_default(hub):
     _hub.fetch(_spec(), progress=False)
     assert hub["fake"].bars_disabled == [True] and not huggingface_hub.utils.are_progress_bars_disabled()
-    _hub.fetch(_spec(filename="x.bin"), progress=True)
+    _hub.fetch(_spec(filename="x.bin"))  # by default the library's bars show
     assert hub["fake"].bars_disabled == [True, False]
 
 
