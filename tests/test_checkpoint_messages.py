@@ -91,7 +91,7 @@ def test_incomplete_directory_names_the_missing_files_and_each_destination(toy, 
         f"  - checkpoint dir: {where} (missing config.json, vocab.txt)",
         "Downloading is disabled by SKINAPP_OFFLINE=1.",
         "How to get it:",
-        "  - python -m skinapp.checkpoints download toy_bert",
+        "  - unset SKINAPP_OFFLINE, then python -m skinapp.checkpoints download toy_bert",  # not a circular hint
         "  - or skinapp.checkpoints.resolve('toy_bert', download=True)",
         f"  - or fetch {URL}/config.json to {where / 'config.json'} (SHA-256 not pinned)",
         f"  - or fetch {URL}/vocab.txt to {where / 'vocab.txt'} (SHA-256 {_sha(toy['vocab'])})",

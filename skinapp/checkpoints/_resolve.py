@@ -305,7 +305,8 @@ def _missing_message(entry: Entry, looked: list[str], note: str | None) -> str:
     lines.append("How to get it:")
     if entry.downloadable:
         target = entry.location(checkpoint_dir())
-        lines.append(f"  - python -m skinapp.checkpoints download {entry.name}")
+        unset = "unset SKINAPP_OFFLINE, then " if offline() else ""  # else the command refuses as this did
+        lines.append(f"  - {unset}python -m skinapp.checkpoints download {entry.name}")
         lines.append(f"  - or skinapp.checkpoints.resolve({entry.name!r}, download=True)")
         for spec in entry.files:
             dest = target / spec.filename if entry.is_directory else target
