@@ -107,7 +107,7 @@ def _open(source: Any) -> Image.Image:
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if not path.is_file():
-            raise InvalidImageError("The photo file could not be found; upload it again.")
+            raise InvalidImageError("The photo file could not be found (moved or deleted?).")
         size = path.stat().st_size
         if size == 0:
             raise InvalidImageError("The file is empty.")

@@ -54,8 +54,9 @@ def test_truncated_jpeg(skin_photo):
 
 
 def test_missing_file_message_names_no_file(tmp_path):
-    with pytest.raises(InvalidImageError, match="could not be found") as info:
-        load_image(tmp_path / "Jane_Doe_forearm.jpg")
+    missing = r"^The photo file could not be found \(moved or deleted\?\)\.$"
+    with pytest.raises(InvalidImageError, match=missing) as info:
+        load_image(tmp_path / "Jane_Doe_forearm.jpg")  # the same words in the app and the batch command
     assert "Jane" not in str(info.value), "file names may hold patient names: never in messages or logs"
 
 
