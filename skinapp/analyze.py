@@ -28,6 +28,17 @@ from skinapp.pipeline import Analyzer
 log = logging.getLogger("skinapp.analyze")
 
 
+def _positive(text: str) -> int:
+    """argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1; got {value}")
+    return value
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m skinapp.analyze", description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="+", help="photos, folders, globs or CSV lists (column image/path/...)")
@@ -39,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="a text file of diagnostic phrases, one per line: adds heatmaps/ and phrases.csv")
     parser.add_argument("--no-overlays", action="store_true", help="skip overlays/ (faster, less disk)")
     parser.add_argument("--device", default=None, help="cuda / cpu (default: cuda when present)")
-    parser.add_argument("--batch-size", type=int, default=None,
+    parser.add_argument("--batch-size", type=_positive, default=None,
                         help=f"photos per image-encoder batch (default {CUDA_BATCH_SIZE} on CUDA, 1 on a CPU)")
     return parser.parse_args(argv)
 

@@ -203,3 +203,13 @@ def test_an_out_that_is_a_file_is_one_usage_error(photos, tmp_path, capsys):
     assert analyze.main([str(photos), "--out", str(out), "--profile", "tiny"]) == 2
     assert capsys.readouterr().err == f"error: --out {out} is a file; the batch writes a folder there.\n"
     assert out.read_text() == "kept"
+
+
+@pytest.mark.parametrize(("value", "says"), [("0", "must be at least 1; got 0"), ("two", "not a whole number: 'two'")])
+def test_a_batch_size_below_one_is_a_usage_error_not_the_default(value, says, capsys):
+    """Found by a new user: ``--batch-size 0`` silently ran with the default."""
+    from skinapp import analyze
+
+    with pytest.raises(SystemExit) as done:
+        analyze.parse_args(["p.jpg", "--out", "o", "--batch-size", value])
+    assert done.value.code == 2 and says in capsys.readouterr().err
