@@ -213,40 +213,24 @@ def test_a_server_ignoring_range_is_read_again_from_byte_zero(web, caplog):
         "server ignored the Range request for toy.bin.part (HTTP 200); restarting from byte 0"]
 
 
-def test_a_refused_range_discards_the_part_file_and_starts_over(web, caplog):
+@pytest.mark.parametrize(("answer", "why", "sleeps"), [
+    ((416, b"", {"Content-Range": f"bytes */{len(DATA)}"}), "server refused Range bytes=2000- (416)", [0.5]),
+    ((206, DATA[1000:], {"Content-Range": "bytes 1000-4999/5000"}),
+     "server answered Range bytes=2000- with 'bytes 1000-4999/5000'", None),
+    ((206, DATA[2000:], {}), "server answered Range bytes=2000- with None", None),  # no Content-Range
+], ids=["range refused", "another offset", "no content-range"])
+def test_a_resume_the_server_does_not_honour_discards_the_part_file_and_starts_over(web, caplog, answer, why,
+                                                                                    sleeps):
     web.dest.parent.mkdir(parents=True)
     web.dest.with_name("toy.bin.part").write_bytes(DATA[:2000])
-    web.script[URL] = [(416, b"", {"Content-Range": f"bytes */{len(DATA)}"})]
-    with caplog.at_level(logging.WARNING, logger=LOGGER):
-        assert _fetch(web) == SHA
-    assert _ranges(web) == ["bytes=2000-", None] and web.sleeps == [0.5]
-    assert [r.getMessage() for r in caplog.records] == [
-        "download of toy.bin.part interrupted (attempt 1/4): server refused Range bytes=2000- (416); "
-        "discarded the partial file"]
-
-
-def test_a_range_answered_from_another_offset_discards_the_part_file(web, caplog):
-    web.dest.parent.mkdir(parents=True)
-    web.dest.with_name("toy.bin.part").write_bytes(DATA[:2000])
-    web.script[URL] = [(206, DATA[1000:], {"Content-Range": "bytes 1000-4999/5000"})]
+    web.script[URL] = [answer]
     with caplog.at_level(logging.WARNING, logger=LOGGER):
         assert _fetch(web) == SHA
     assert _ranges(web) == ["bytes=2000-", None]
+    if sleeps is not None:
+        assert web.sleeps == sleeps
     assert [r.getMessage() for r in caplog.records] == [
-        "download of toy.bin.part interrupted (attempt 1/4): server answered Range bytes=2000- with "
-        "'bytes 1000-4999/5000'; discarded the partial file"]
-
-
-def test_a_partial_answer_without_content_range_is_not_appended(web, caplog):
-    web.dest.parent.mkdir(parents=True)
-    web.dest.with_name("toy.bin.part").write_bytes(DATA[:2000])
-    web.script[URL] = [(206, DATA[2000:], {})]
-    with caplog.at_level(logging.WARNING, logger=LOGGER):
-        assert _fetch(web) == SHA
-    assert _ranges(web) == ["bytes=2000-", None]
-    assert [r.getMessage() for r in caplog.records] == [
-        "download of toy.bin.part interrupted (attempt 1/4): server answered Range bytes=2000- with None; "
-        "discarded the partial file"]
+        f"download of toy.bin.part interrupted (attempt 1/4): {why}; discarded the partial file"]
 
 
 def test_a_pinned_file_cut_short_is_noticed_by_its_size_when_the_server_sends_no_length(web):
