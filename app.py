@@ -175,6 +175,8 @@ def launch(demo: gr.Blocks, store: ReviewStore, args: argparse.Namespace,
 def port_in_use(host: str, port: int) -> bool:
     """Whether another process already listens on ``host``:``port`` (a bind test, as the server will do)."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # as uvicorn does: connections of a stopped app in TIME_WAIT do not count, a listening socket does
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:

@@ -154,3 +154,19 @@ def test_the_batch_command_on_a_missing_device_is_one_line(tmp_path, caplog):
                              "--device", "banana"]) == 2
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == ["not starting: Unknown device 'banana': use cpu, cuda or cuda:N."]
+
+
+def test_a_port_a_stopped_app_just_served_counts_as_free():
+    """Connections a stopped server closed first wait in TIME_WAIT on its port; uvicorn binds over them
+    (SO_REUSEADDR), so the start-up check must not call that port busy (a quick restart would be refused)."""
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        assert app.port_in_use("127.0.0.1", port)
+        client = socket.create_connection(("127.0.0.1", port))
+        conn, _ = server.accept()
+        conn.close()  # the server side closes first: its end of the connection goes to TIME_WAIT
+        client.close()
+    assert not app.port_in_use("127.0.0.1", port)
