@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import logging
+import math
 import os
 import signal
 import socket
@@ -29,6 +30,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr  # noqa: E402
 
 from skinapp import model_configs, provisioning  # noqa: E402
+from skinapp.cli_types import checked_number  # noqa: E402
 from skinapp.models import SETUP_ERRORS  # noqa: E402
 from skinapp.pipeline import Analyzer  # noqa: E402
 from skinapp.review import DATA_DIR_ENV, ReviewStore, default_data_dir  # noqa: E402
@@ -45,26 +47,10 @@ MODEL_CONCURRENCY = 1
 DEFAULT_RETENTION_S = 600
 
 
-def _port(text: str) -> int:
-    """argparse type: a TCP port number, 1-65535."""
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 1 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"a port is 1-65535; got {port}")
-    return port
-
-
-def _seconds(text: str) -> float:
-    """argparse type: a positive, finite number of seconds."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds; got {text}")
-    return value
+#: argparse types: a TCP port, 1-65535; a positive, finite number of seconds.
+_port = checked_number(int, lambda p: 1 <= p <= 65535, "not a port number: {text!r}", "a port is 1-65535; got {value}")
+_seconds = checked_number(float, lambda s: 0 < s < math.inf, "not a number of seconds: {text!r}",
+                          "must be a positive number of seconds; got {text}")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

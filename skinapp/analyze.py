@@ -21,6 +21,7 @@ from tqdm import tqdm
 from skinapp import model_configs
 from skinapp.batch import analyse_photos, collect_photos, shard, write_summaries
 from skinapp.batch_encode import CUDA_BATCH_SIZE, default_batch_size
+from skinapp.cli_types import checked_number
 from skinapp.models import SETUP_ERRORS
 from skinapp.phrases import parse_phrases
 from skinapp.pipeline import Analyzer
@@ -28,15 +29,8 @@ from skinapp.pipeline import Analyzer
 log = logging.getLogger("skinapp.analyze")
 
 
-def _positive(text: str) -> int:
-    """argparse type: a whole number >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1; got {value}")
-    return value
+#: argparse type: a whole number >= 1.
+_positive = checked_number(int, lambda n: n >= 1, "not a whole number: {text!r}", "must be at least 1; got {value}")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

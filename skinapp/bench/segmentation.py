@@ -33,6 +33,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from skinapp.bench.seg_methods import LesionMethod, baseline_methods, extractor_method, grounded_method
+from skinapp.cli_types import checked_number
 from skinapp.image import load_image
 
 log = logging.getLogger(__name__)
@@ -227,15 +228,9 @@ def write(results: Sequence[ImageResult], summary: Sequence[dict], notes: Sequen
     return json_path, md_path
 
 
-def _side(text: str) -> int:
-    """argparse type: 0 (photos as stored) or a long side of at least 64 pixels."""
-    try:
-        side = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of pixels: {text!r}") from None
-    if side != 0 and side < 64:
-        raise argparse.ArgumentTypeError(f"0 (as stored) or at least 64 pixels; got {side}")
-    return side
+#: argparse type: 0 (photos as stored) or a long side of at least 64 pixels.
+_side = checked_number(int, lambda s: s == 0 or s >= 64, "not a number of pixels: {text!r}",
+                       "0 (as stored) or at least 64 pixels; got {value}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -112,11 +112,11 @@ def import_coco(store: ReviewStore, path: str | Path, reviewer: str = "", note: 
         if not concepts:
             skipped.append(key)
             continue
-        planned.append((key, np.stack(masks), concepts, reviewer or str(image.get("reviewer") or "")))
+        planned.append((key, np.stack(masks), concepts, reviewer or str(image.get("reviewer") or ""), review.prompts))
     if not planned:
         raise ValueError("The COCO file has no annotations: nothing to import.")
-    saved = [store.save(key, store.load_photo(key), masks, concepts, reviewer=who, note=note,
-                        prompts=store.load(key).prompts) for key, masks, concepts, who in planned]
+    saved = [store.save(key, store.load_photo(key), masks, concepts, reviewer=who, note=note, prompts=prompts)
+             for key, masks, concepts, who, prompts in planned]
     log.info("Imported %d annotations over %d photos from COCO; %d images without annotations skipped",
              sum(len(p[2]) for p in planned), len(saved), len(skipped))
     return CocoImport(saved, skipped)

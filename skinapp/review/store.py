@@ -77,6 +77,7 @@ def checked_signature(reviewer: str | None, note: str | None) -> tuple[str, str]
         raise ValueError(f"A note has at most {MAX_NOTE_CHARS} characters; this one has {len(note)}.")
     return reviewer, note
 
+
 def default_data_dir() -> Path:
     """``$SKINAPP_DATA_DIR`` or ``./data/reviews``."""
     return Path(os.environ.get(DATA_DIR_ENV) or Path("data") / "reviews")
@@ -264,7 +265,7 @@ class ReviewStore:
                     "SET width = excluded.width, height = excluded.height, reviewer = excluded.reviewer, "
                     "note = excluded.note, prompts = excluded.prompts, revision = excluded.revision, "
                     "updated_at = excluded.updated_at, version = excluded.version",
-                    (image_key, w, h, reviewer.strip(), note.strip(), json.dumps(list(prompts or [])), revision,
+                    (image_key, w, h, reviewer, note, json.dumps(list(prompts or [])), revision,
                      created, now, version))
                 db.execute("DELETE FROM review_concepts WHERE image_key = ?", (image_key,))
                 db.executemany(
@@ -309,7 +310,7 @@ class ReviewStore:
         now = time.time()
         with self._transaction() as db:
             db.execute("UPDATE reviews SET reviewer = ?, note = ?, revision = revision + 1, updated_at = ? "
-                       "WHERE image_key = ?", (reviewer.strip(), note.strip(), now, image_key))
+                       "WHERE image_key = ?", (reviewer, note, now, image_key))
             db.executemany("UPDATE review_concepts SET decision = ?, label = ?, comment = ? "
                            "WHERE image_key = ? AND idx = ?",
                            [(c.decision, c.label, c.comment, image_key, c.index) for c in checked])

@@ -39,8 +39,9 @@ def photo_input(**kwargs: Any) -> gr.Image:
 
 def quiet_validation(component: gr.components.Component, name: str) -> gr.components.Component:
     """Make ``component``'s own input check (a slider value out of range, a choice not offered: reachable from the
-    API only) a user error: one log line ``<name> refused: <message>`` and the message next to the action, instead
-    of Gradio's printed traceback. Returns the component (its ``preprocess`` is wrapped, as in :func:`photo_input`).
+    API only) a user error: one log line ``<name> refused: <message>`` and the message to the caller (a quiet
+    ``gr.Error``), instead of Gradio's printed traceback. Returns the component (its ``preprocess`` is wrapped,
+    as in :func:`photo_input`).
     """
     check = component.preprocess
 
