@@ -49,7 +49,7 @@ def clean_phrases(items: str | Iterable[str] | None, *, noun: str = "phrase",
         if len(phrase) > max_chars:
             raise ValueError(f"A {noun} is too long ({len(phrase)} characters; limit {max_chars}).")
         if not any(ch.isalpha() for ch in phrase):
-            raise ValueError(f"'{phrase}' is not a {noun}: use words, e.g. '{examples[0]}'.")
+            raise ValueError(f"{phrase!r} is not a {noun}: use words, e.g. '{examples[0]}'.")
         seen.setdefault(phrase, None)
     if not seen:
         raise ValueError(f"Type at least one {noun} (one per line), e.g. '{examples[1]}'.")

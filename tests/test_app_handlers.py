@@ -202,7 +202,7 @@ def test_review_save_reopen_amend_export(handlers, photo_path):
     status3, _, table3 = handlers.save_review(key2, table2, "dr b", "amended")
     assert "revision 2" in status3 and table3.loc[0, "new label"] == "nodule"
     archive, message = handlers.export_reviews()
-    assert archive.endswith(".zip") and "1 reviewed concepts" in message
+    assert archive.endswith(".zip") and "1 reviewed concept from 1 photo." in message
     assert Path(archive).is_relative_to(handlers.export_dir) and not Path(archive).is_relative_to(
         handlers.store.data_dir), "exports are temporary, never in the review data directory"
 

@@ -180,6 +180,26 @@ def test_the_error_is_shown_to_the_session_that_caused_it_only(handlers, caplog)
         '<div class="action-error" role="alert">&#10060; Upload a photo on the Analyse tab first.</div>')
 
 
+def test_a_refusal_shows_what_was_typed_but_logs_only_its_shape(handlers, photo, caplog):
+    """Typed phrases can carry clinical details (a record number here): the refusal repeats the phrase to the
+    session that typed it; the log line keeps the refusal with every quoted span cut out."""
+    with caplog.at_level(logging.INFO, logger="skinapp.ui.handlers"), pytest.raises(gr.Error) as err:
+        handlers.explain(photo, "0451-7788", None, request=_request("s1"))
+    assert "'0451-7788' is not a phrase" in str(err.value.message)
+    assert [r.getMessage() for r in caplog.records] == [
+        "explain refused: '…' is not a phrase: use words, e.g. '…'."]
+
+
+def test_loggable_cuts_quoted_spans_not_apostrophes():
+    from skinapp.ui.privacy import loggable
+
+    assert loggable("Concept 2 (\"Jane's mole\"): 'relabel' needs a new label.") == (
+        "Concept 2 ('…'): '…' needs a new label.")
+    assert loggable("got 'a\\'b' and 'c'") == "got '…' and '…'"
+    assert loggable("This photo is no longer in the app's memory; upload it again.") == (
+        "This photo is no longer in the app's memory; upload it again.")
+
+
 def test_cleared_empties_every_photo_output():
     out = Handlers.cleared("Working...")
     assert len(out) == 16 and out[11] == "Working..."
@@ -366,7 +386,7 @@ def test_export_goes_to_the_asking_session_and_says_what_it_holds(handlers, phot
     handlers.save_review(out[KEY], table, "", "")
     caplog.set_level(logging.DEBUG)
     archive, message = handlers.export_reviews(request=_request("s1", cookie="x=1; skinapp_session=" + "ab12" * 8))
-    assert message == ("Exported 1 reviewed concepts from 1 photos. The download is for this session only and is "
+    assert message == ("Exported 1 reviewed concept from 1 photo. The download is for this session only and is "
                        "deleted after the retention time: save it now.")
     token = next(iter(handlers.export_owners))
     assert handlers.export_owners == {token: "ab12" * 8} and token in archive

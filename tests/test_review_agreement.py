@@ -94,8 +94,8 @@ def test_csv_and_command(store, tmp_path):
 # the command, in process (the subprocess test above is left out of the mutation runs, which cannot trace it)
 PAIR_LINES = [
     "ann vs bob: 3 photos, 6 concepts, mean mask IoU 0.889, Cohen's kappa 0.250 over 6 decided",
-    "ann vs cy: 1 photos, 2 concepts, mean mask IoU 0.750, Cohen's kappa n/a over 1 decided",
-    "bob vs cy: 1 photos, 2 concepts, mean mask IoU 0.750, Cohen's kappa n/a over 1 decided",
+    "ann vs cy: 1 photo, 2 concepts, mean mask IoU 0.750, Cohen's kappa n/a over 1 decided",
+    "bob vs cy: 1 photo, 2 concepts, mean mask IoU 0.750, Cohen's kappa n/a over 1 decided",
 ]
 CSV_HEADER = "level,reviewer_a,reviewer_b,image_key,concept,phrase,decision_a,decision_b,iou,kappa,n_photos," \
              "n_concepts,n_decided,mean_iou"

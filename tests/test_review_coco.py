@@ -121,10 +121,11 @@ PHOTO = KEY[:12]
 @pytest.mark.parametrize("parts, message", [
     ({"drop": ["images"]}, "Not a COCO annotation file: 'images'"),
     ({"images": [{"id": 7, "file_name": "cases/someone_else.jpg", "width": W, "height": H}]},
-     "COCO image 7 (someone_else.jpg) matches no saved photo: images are matched by image_key or a file name "
+     "COCO image 7 ('someone_else.jpg') matches no saved photo: images are matched by image_key or a file name "
      "<photo key>.png."),
     ({"images": [{"id": 7, "width": W, "height": H}]},  # neither image_key nor file_name
-     "COCO image 7 () matches no saved photo: images are matched by image_key or a file name <photo key>.png."),
+     "COCO image 7 (no file name) matches no saved photo: images are matched by image_key or a file name "
+     "<photo key>.png."),
     ({"images": [{"id": 7, "file_name": f"{KEY}.jpg", "width": 80, "height": 60}]},
      f"COCO image 7 is 80x60 but photo {PHOTO} is 40x30: annotate the exported working-size photo."),
     ({"images": [{"id": 7, "file_name": f"{KEY}.jpg"}]},
@@ -151,7 +152,7 @@ def test_each_refusal_is_worded_whole_and_saves_nothing(store, tmp_path, parts, 
 
 def test_a_later_bad_image_stops_the_whole_file(store, tmp_path):
     good = {"id": 7, "file_name": f"{KEY}.jpg", "width": W, "height": H}
-    with pytest.raises(ValueError, match=r"^COCO image 8 \(x\.png\) matches no saved photo"):
+    with pytest.raises(ValueError, match=r"^COCO image 8 \('x\.png'\) matches no saved photo"):
         import_coco(store, _coco_file(tmp_path, images=[good, {"id": 8, "file_name": "x.png"}]))
     assert [v.revision for v in store.versions(KEY)] == [1]
 
@@ -201,7 +202,7 @@ def test_compressed_rle_counts_may_be_bytes_or_text():
 # the command, in process (mutation runs cannot trace a subprocess)
 def test_command_imports_and_prints_one_line_per_version(store, tmp_path, capsys):
     assert main([str(_coco_file(tmp_path)), "--data-dir", str(store.data_dir), "--reviewer", "cvat"]) == 0
-    assert capsys.readouterr() == (f"{PHOTO}: version 2, 1 concepts\n", "")
+    assert capsys.readouterr() == (f"{PHOTO}: version 2, 1 concept\n", "")
     latest = store.load(KEY)
     assert (latest.revision, latest.reviewer, latest.note) == (2, "cvat", "imported from COCO")
 
@@ -210,7 +211,7 @@ def test_command_reads_the_data_dir_from_the_environment_and_records_no_reviewer
                                                                                  capsys):
     monkeypatch.setenv("SKINAPP_DATA_DIR", str(store.data_dir))
     assert main([str(_coco_file(tmp_path))]) == 0
-    assert capsys.readouterr().out == f"{PHOTO}: version 2, 1 concepts\n"
+    assert capsys.readouterr().out == f"{PHOTO}: version 2, 1 concept\n"
     assert store.load(KEY).reviewer == ""
 
 

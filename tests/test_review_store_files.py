@@ -57,7 +57,7 @@ def _concept(index=0, decision="accept", **kw) -> ConceptReview:
 @pytest.mark.parametrize("concepts, message", [
     ([_concept(decision="maybe")],
      "Concept 0: decision must be one of pending, accept, reject, relabel; got 'maybe'."),
-    ([_concept(1, "relabel", label="  ")], "Concept 1 (lesion): 'relabel' needs a new label."),
+    ([_concept(1, "relabel", label="  ")], "Concept 1 ('lesion'): 'relabel' needs a new label."),
     ([_concept(label="x" * 201)], "Concept 0: label (200) or comment (5000 characters) too long."),
     ([_concept(comment="x" * 5001)], "Concept 0: label (200) or comment (5000 characters) too long."),
     ([_concept(provenance="guessed")],
@@ -66,7 +66,7 @@ def _concept(index=0, decision="accept", **kw) -> ConceptReview:
     ([_concept(2)], "Concept indices must be in 0..1."),
     ([_concept(-1)], "Concept indices must be in 0..1."),
     ([_concept(1, box=(40, 30, 50, 35))],
-     "Concept 1 (lesion): its box [40.0, 30.0, 50.0, 35.0] has no area inside the 30x20 photo."),
+     "Concept 1 ('lesion'): its box [40.0, 30.0, 50.0, 35.0] has no area inside the 30x20 photo."),
 ])
 def test_a_refused_verdict_says_which_concept_and_why(tmp_path, concepts, message):
     store = ReviewStore(tmp_path)

@@ -187,6 +187,6 @@ def test_import_says_which_photos_it_skipped_for_having_no_annotations(app, tmp_
                         [ConceptReview(0, "lesion", 0.9, (0, 0, 8, 8), "accept")], reviewer="dr b")
     coco = export_coco(handlers.store, tmp_path / "coco")
     status = wb.import_coco(SimpleNamespace(name=str(coco)), "", request=_session("s1"))
-    assert status == (f"Imported photo `{other[:12]}` as version 2 (1 concepts). Skipped 1 photo(s) without "
+    assert status == (f"Imported photo `{other[:12]}` as version 2 (1 concept). Skipped 1 photo without "
                       f"annotations (their reviews are unchanged): `{key[:12]}`.")
     assert handlers.store.load(other).reviewer == "dr b" and handlers.store.load(key).revision == 1

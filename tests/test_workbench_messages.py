@@ -224,7 +224,7 @@ def test_api_json_versions_with_masks_and_save(bench):
         api["undo_edit"](KEY, request=_who("fresh"))
     assert err.value.message == "Nothing to undo."
     assert api["agreement"]() == {  # the unnamed first version and the API's save agree on both concepts
-        "lines": ["(unnamed) vs api: 1 photos, 2 concepts, mean mask IoU 1.000, Cohen's kappa 1.000 over 2 decided"],
+        "lines": ["(unnamed) vs api: 1 photo, 2 concepts, mean mask IoU 1.000, Cohen's kappa 1.000 over 2 decided"],
         "pairs": [{"reviewer_a": "", "reviewer_b": "api", "n_photos": 1, "n_concepts": 2, "n_decided": 2,
                    "mean_iou": 1.0, "kappa": 1.0}]}
 
@@ -248,6 +248,16 @@ def test_api_clicks_that_name_no_concept_pixel_or_side_are_refused(bench, concep
     assert err.value.message == message
     assert api["refine"](KEY, 0, W - 1, 0, positive=False, request=_who("client"))["concepts"][0]["clicks"] == [
         [W - 1.0, 0.0, 0]], "a refused click must leave no trace, and the photo's last pixel is inside"
+
+
+def test_api_refusals_log_no_typed_phrase(bench, caplog):
+    _, wb = bench
+    api = wb.api_functions()
+    with caplog.at_level("INFO", logger="skinapp.ui.workbench_handlers"), pytest.raises(gr.Error) as err:
+        api["add_concept"](KEY, 1, 1, 20, 20, "0451-7788", request=_who("client"))
+    assert "'0451-7788'" in err.value.message
+    assert caplog.messages and not [m for m in caplog.messages if "0451" in m]
+    assert caplog.messages[0].startswith("add_concept refused: Name the new concept")
 
 
 def test_the_agreement_csv_needs_two_reviewers_and_says_so(bench):

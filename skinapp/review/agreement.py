@@ -29,6 +29,7 @@ import numpy as np
 from sklearn.metrics import cohen_kappa_score
 
 from skinapp.review.store import Review, ReviewStore, default_data_dir
+from skinapp.wording import counted
 
 log = logging.getLogger(__name__)
 
@@ -134,8 +135,8 @@ def summary_lines(pairs: list[PairAgreement]) -> list[str]:
     """One line per reviewer pair, for the terminal and the app."""
     if not pairs:
         return ["No photo has been reviewed by two or more reviewers."]
-    return [f"{p.reviewer_a or '(unnamed)'} vs {p.reviewer_b or '(unnamed)'}: {p.n_photos} photos, "
-            f"{p.n_concepts} concepts, mean mask IoU {p.mean_iou:.3f}, Cohen's kappa {_kappa_text(p.kappa)} "
+    return [f"{p.reviewer_a or '(unnamed)'} vs {p.reviewer_b or '(unnamed)'}: {counted(p.n_photos, 'photo')}, "
+            f"{counted(p.n_concepts, 'concept')}, mean mask IoU {p.mean_iou:.3f}, Cohen's kappa {_kappa_text(p.kappa)} "
             f"over {p.n_decided} decided" for p in pairs]
 
 

@@ -28,6 +28,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from skinapp.review.store import ConceptReview, Review, ReviewStore
+from skinapp.wording import counted
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,8 @@ def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarra
 def _image_key(image: dict[str, Any], known: set[str]) -> str:
     key = str(image.get("image_key") or PurePosixPath(str(image.get("file_name", ""))).stem).lower()
     if key not in known:
-        raise ValueError(f"COCO image {image.get('id')} ({PurePosixPath(str(image.get('file_name', ''))).name}) "
+        name = PurePosixPath(str(image.get("file_name", ""))).name
+        raise ValueError(f"COCO image {image.get('id')} ({repr(name) if name else 'no file name'}) "
                          "matches no saved photo: images are matched by image_key or a file name <photo key>.png.")
     return key
 
@@ -138,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         store.close()
     for review in done.saved:
-        print(f"{review.image_key[:12]}: version {review.revision}, {len(review.concepts)} concepts")
+        print(f"{review.image_key[:12]}: version {review.revision}, {counted(len(review.concepts), 'concept')}")
     for key in done.skipped:
         print(f"{key[:12]}: skipped, no annotations")
     return 0

@@ -142,7 +142,7 @@ def validate_concept_review(c: ConceptReview) -> ConceptReview:
         raise ValueError(f"Concept {c.index}: decision must be one of {', '.join(DECISIONS)}; got {c.decision!r}.")
     label = (c.label or "").strip()
     if decision == "relabel" and not label:
-        raise ValueError(f"Concept {c.index} ({c.phrase}): 'relabel' needs a new label.")
+        raise ValueError(f"Concept {c.index} ({c.phrase!r}): 'relabel' needs a new label.")
     if len(label) > 200 or len(c.comment or "") > 5000:
         raise ValueError(f"Concept {c.index}: label (200) or comment (5000 characters) too long.")
     provenance = (c.provenance or "model").strip().lower()
@@ -247,7 +247,7 @@ class ReviewStore:
         for c in checked:  # boxes are stored clipped to the photo; one with nothing inside is refused
             box, valid = sanitize_boxes(np.array([c.box]), w, h)
             if not valid[0]:
-                raise ValueError(f"Concept {c.index} ({c.phrase}): its box {list(c.box)} has no area inside the "
+                raise ValueError(f"Concept {c.index} ({c.phrase!r}): its box {list(c.box)} has no area inside the "
                                  f"{w}x{h} photo.")
             c.box = tuple(float(v) for v in box[0])
         # Files first (atomic, in this save's own directory), then the one transaction that points the review

@@ -23,6 +23,7 @@ import pandas as pd
 from skinapp.review.agreement import agreement, write_csv
 from skinapp.review.store import ReviewStore
 from skinapp.ui.privacy import new_export_path, session_cookie
+from skinapp.wording import counted
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +90,9 @@ class AgreementHandlers:
         owner = session_cookie(request.headers.get("cookie")) if request is not None else None
         target = write_csv(concepts, pairs, new_export_path(self.export_dir, self.export_owners, owner, "csv"))
         log.info("Exported reviewer agreement (%d pairs, %d concepts)", len(pairs), len(concepts))
-        return str(target), (f"Agreement of {len(pairs)} reviewer pairs over {len(concepts)} concepts. The download "
-                             "is for this session only and is deleted after the retention time: save it now.")
+        over = f"{counted(len(pairs), 'reviewer pair')} over {counted(len(concepts), 'concept')}"
+        return str(target), (f"Agreement of {over}. The download is for this session only and is deleted after the "
+                             "retention time: save it now.")
 
 
 def _kappa(value: float) -> str:

@@ -8,6 +8,8 @@ from typing import Any
 
 import gradio as gr
 
+from skinapp.ui.privacy import loggable
+
 log = logging.getLogger(__name__)
 
 
@@ -49,7 +51,7 @@ def quiet_validation(component: gr.components.Component, name: str) -> gr.compon
         try:
             return check(payload)
         except gr.Error as exc:
-            log.info("%s refused: %s", name, exc.message)
+            log.info("%s refused: %s", name, loggable(str(exc.message)))
             raise gr.Error(exc.message, title="Cannot do that", print_exception=False) from None
 
     component.preprocess = preprocess  # type: ignore[method-assign]

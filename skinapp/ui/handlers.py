@@ -32,7 +32,8 @@ from skinapp.provenance import UNTRAINED_WARNING, WeightsInfo
 from skinapp.results import METHOD_TITLES, AnalysisResult
 from skinapp.review import ConceptReview, Review, ReviewStore, export_zip
 from skinapp.ui.figures import cam_figure, concept_figure
-from skinapp.ui.privacy import new_export_path, session_cookie
+from skinapp.ui.privacy import loggable, new_export_path, session_cookie
+from skinapp.wording import counted
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +144,7 @@ class Handlers:
     def _refuse(self, action: str, exc: Exception, request: gr.Request | None) -> gr.Error:
         """A user error: one log line (no file names, no traceback), remembered for :meth:`error_text`."""
         message = str(exc)
-        log.info("%s refused: %s", action, message)
+        log.info("%s refused: %s", action, loggable(message))
         session = getattr(request, "session_hash", None)
         if session:
             self._errors.put((session, action), message)
@@ -183,13 +184,14 @@ class Handlers:
         label_title = f"Diagnosis \u00b7 photo {k}" + (f" \u2014 {UNTRAINED_WARNING}" if untrained else "")
         times = ", ".join(f"{name} {v:.2f}s" for name, v in result.timings.items())
         notes = "; ".join(result.notes)
-        details = (f"**Photo** `{k}` ({result.image.width}x{result.image.height}), {len(result.concepts)} concepts "
+        found = counted(len(result.concepts), "concept")
+        details = (f"**Photo** `{k}` ({result.image.width}x{result.image.height}), {found} "
                    f"({result.concepts.source}). **Timings:** {times}."
                    + (f"\n\n**Notes:** {html.escape(notes)}" if notes else ""))
         masks = [(m * MASK_OPACITY, t) for m, t in result.annotations]
         numbered = [(m * MASK_OPACITY, f"#{i} {result.concepts.phrases[i]}") for i, (m, _) in
                     enumerate(result.annotations)]
-        status = f"Analysed photo `{k}`: {len(result.concepts)} concepts, '{p.predicted}'."
+        status = f"Analysed photo `{k}`: {found}, '{p.predicted}'."
         if notes:
             status += f" Note: {html.escape(notes)}."
         return (
@@ -206,8 +208,7 @@ class Handlers:
             gr.AnnotatedImage(value=(numbered_photo(result.image.pixels, result.concepts.masks,
                                                     list(range(len(result.concepts)))), numbered),
                               label=f"Photo {k} with numbered concepts"),
-            f"{len(result.concepts)} concepts of photo `{k}` ready for review; nothing is stored until you press "
-            "Save.",
+            f"{found} of photo `{k}` ready for review; nothing is stored until you press Save.",
             details,
             status,
         )
@@ -251,7 +252,7 @@ class Handlers:
             raise self._refuse("concept_scores", exc, request) from exc
         k = short_key(result.image_key)
         fig = concept_figure(result.concepts, result.scores, result.producer, untrained=bool(result.banner), photo=k)
-        status = (f"Scored {len(result.concepts)} concepts for photo `{k}`. {html.escape(result.producer)}. "
+        status = (f"Scored {counted(len(result.concepts), 'concept')} for photo `{k}`. {html.escape(result.producer)}. "
                   "Click a concept to explain it.")
         return fig, gr.Radio(choices=result.choices(), value=None), status
 
@@ -343,7 +344,8 @@ class Handlers:
         return pd.DataFrame(rows, columns=REVIEW_COLUMNS)
 
     def review_choices(self, selected: str | None = None) -> gr.Dropdown:
-        choices = [(f"{short_key(r.image_key)} \u00b7 rev {r.revision} \u00b7 {len(r.concepts)} concepts \u00b7 "
+        choices = [(f"{short_key(r.image_key)} \u00b7 rev {r.revision} \u00b7 {counted(len(r.concepts), 'concept')} "
+                    "\u00b7 "
                     f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(r.updated_at))}"
                     + (f" \u00b7 {r.reviewer}" if r.reviewer else ""), r.image_key)
                    for r in self.store.list_reviews()]
@@ -399,5 +401,6 @@ class Handlers:
         shutil.move(str(archive), target)
         shutil.rmtree(archive.with_suffix(""), ignore_errors=True)  # the unzipped copy
         n = sum(1 for r in reviews for c in r.concepts if c.final_label)
-        return str(target), (f"Exported {n} reviewed concepts from {len(reviews)} photos. The download is for this "
-                             "session only and is deleted after the retention time: save it now.")
+        what = f"{counted(n, 'reviewed concept')} from {counted(len(reviews), 'photo')}"
+        return str(target), (f"Exported {what}. The download is for this session only and is deleted after the "
+                             "retention time: save it now.")

@@ -13,6 +13,8 @@
   (``/gradio_api/file=.../skinapp-export-<token>.zip`` or ``.csv``) with another or no cookie gets 403.
   Clients without cookies (``gradio_client``) get exports that only the URL opens: a 128-bit random
   token no other session is told.
+* :func:`loggable`: a refusal's message as it goes to the log, with what the user typed (a phrase, a name, a
+  file name) cut out: the message on the screen repeats it, the log does not.
 """
 
 from __future__ import annotations
@@ -43,6 +45,9 @@ EXPORT_SUFFIXES = ("zip", "csv")
 TEMP_MARKER = ".skinapp-temp.lock"
 #: What the app itself creates in its temporary folder (a folder holding only these may be emptied).
 TEMP_LAYOUT = frozenset({TEMP_MARKER, "gradio", "exports"})
+#: A quoted span as Python's repr writes it (either quote, backslash escapes), not inside a word (an apostrophe in
+#: "the app's memory" opens nothing): every refusal that repeats user input quotes it (``{value!r}``).
+_QUOTED_RE = re.compile(r"(?<!\w)(?:'(?:[^'\\\n]|\\.)*'" r'|"(?:[^"\\\n]|\\.)*")(?!\w)')
 _EXPORT_RE = re.compile(r"skinapp-export-([0-9a-f]{32})\.(?:" + "|".join(EXPORT_SUFFIXES) + ")")
 
 
@@ -245,3 +250,11 @@ async def _forbidden(send: Any) -> None:
     await send({"type": "http.response.start", "status": 403,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
+
+
+def loggable(message: str) -> str:
+    """``message`` for the log: every quoted span (what the user typed, a file's name: refusals quote what they
+    repeat) replaced by ``'…'``. Typed phrases can carry clinical details and file names patients' names; the
+    session that typed them sees them on screen, the log keeps only the shape of the refusal.
+    """
+    return _QUOTED_RE.sub("'…'", message)

@@ -24,6 +24,8 @@ from skinapp.review.export import rle_encode
 from skinapp.review.store import Review
 from skinapp.review.workbench import Draft, Workbench
 from skinapp.ui.handlers import cell_text, row_index, table_rows
+from skinapp.ui.privacy import loggable
+from skinapp.wording import counted
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +52,7 @@ def _api(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except (ValueError, OSError) as exc:
-            log.info("%s refused: %s", fn.__name__, exc)
+            log.info("%s refused: %s", fn.__name__, loggable(str(exc)))
             raise gr.Error(str(exc), print_exception=False) from exc
     return call
 
@@ -121,7 +123,8 @@ class WorkbenchHandlers:
         if not str(photo_key or "").strip():
             return None, gr.Dropdown(choices=[], value=None), ""
         return self._run("workbench", request, self.bench.draft, photo_key, None,
-                         lambda d: f"Editing {len(d.concepts)} concepts of photo `{d.image_key[:12]}` ({d.source}).")
+                         lambda d: f"Editing {counted(len(d.concepts), 'concept')} of photo `{d.image_key[:12]}` "
+                                   f"({d.source}).")
 
     def show(self, photo_key: str, concept: Any, request: gr.Request | None = None) -> tuple:
         return self._run("workbench", request, self.bench.draft, photo_key, concept, "")
@@ -231,11 +234,11 @@ class WorkbenchHandlers:
             done = import_coco(self.bench.store, path, reviewer=reviewer or "")
         except (ValueError, OSError) as exc:
             raise self._refuse("import_coco", exc, request) from exc
-        status = "Imported " + "; ".join(f"photo `{r.image_key[:12]}` as version {r.revision} ({len(r.concepts)} "
-                                         "concepts)" for r in done.saved) + "."
+        status = "Imported " + "; ".join(f"photo `{r.image_key[:12]}` as version {r.revision} "
+                                         f"({counted(len(r.concepts), 'concept')})" for r in done.saved) + "."
         if done.skipped:
-            status += (f" Skipped {len(done.skipped)} photo(s) without annotations (their reviews are unchanged): "
-                       + ", ".join(f"`{k[:12]}`" for k in done.skipped) + ".")
+            status += (f" Skipped {counted(len(done.skipped), 'photo')} without annotations (their reviews are "
+                       "unchanged): " + ", ".join(f"`{k[:12]}`" for k in done.skipped) + ".")
         return status
 
     def version_choices(self, photo_key: str) -> gr.Dropdown:
