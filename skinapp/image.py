@@ -144,8 +144,10 @@ def _open_stream(stream: io.BytesIO) -> Image.Image:
                                 f"{MAX_DECODED_PIXELS / 1e6:.0f} MP).") from exc
     except UnidentifiedImageError as exc:
         raise InvalidImageError("This file is not an image we can read (try JPEG or PNG).") from exc
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise InvalidImageError(f"The image file is damaged or truncated ({exc}).") from exc
+    except (OSError, SyntaxError, ValueError) as exc:  # the decoder's words ("12 bytes not processed") stay in DEBUG
+        log.debug("image decoding failed: %s", exc)
+        raise InvalidImageError("The image file is incomplete or damaged (was it fully copied?); save or export it "
+                                "again as JPEG or PNG.") from exc
     return img
 
 

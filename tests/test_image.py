@@ -47,10 +47,14 @@ def test_not_an_image(payload, message):
         load_image(payload)
 
 
-def test_truncated_jpeg(skin_photo):
+def test_truncated_jpeg_says_what_to_do_not_what_the_decoder_saw(skin_photo):
+    """Found by a new user: "The image file is damaged or truncated (image file is truncated (12 bytes not
+    processed))." repeated itself and said nothing a user can act on."""
     data = _png_bytes(Image.fromarray(skin_photo.pixels), "JPEG")
-    with pytest.raises(InvalidImageError, match="damaged|truncated"):
+    with pytest.raises(InvalidImageError) as info:
         load_image(data[: len(data) // 2])
+    assert str(info.value) == ("The image file is incomplete or damaged (was it fully copied?); save or export it "
+                               "again as JPEG or PNG.")
 
 
 def test_missing_file_message_names_no_file(tmp_path):
