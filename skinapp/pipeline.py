@@ -428,7 +428,7 @@ class Analyzer:
         serving = self._serving  # once: this request finishes on these models, whatever is swapped in meanwhile
         models = serving.models
         t0 = time.perf_counter()
-        cleaned = parse_concepts(DEFAULT_CONCEPTS if concepts in (None, "") else concepts)
+        cleaned = parse_concepts(DEFAULT_CONCEPTS if concepts is None else concepts)
         choice, bundle = self._clip_choice(models, clip_choice)
         if image_source is None:
             raise InvalidImageError("Upload a photo first.")

@@ -94,8 +94,10 @@ def test_timings_are_the_seconds_each_stage_took(analyzer, photo):
 
 
 def test_bad_input_is_refused_with_a_message(analyzer, photo):
-    with pytest.raises(ValueError, match="at least one concept"):
-        analyzer.concept_scores(photo, " \n , ")
+    for cleared in (" \n , ", ""):  # a cleared box is refused, not silently replaced by the default list
+        with pytest.raises(ValueError, match="Type at least one concept"):
+            analyzer.concept_scores(photo, cleared)
+    assert len(analyzer.concept_scores(photo).concepts) == len(DEFAULT_CONCEPTS), "None (API default): the defaults"
     with pytest.raises(ValueError, match="Too many concepts"):
         analyzer.concept_scores(photo, [f"concept {i}" for i in range(MAX_CONCEPTS + 1)])
     with pytest.raises(ValueError, match="not a concept"):
