@@ -190,3 +190,16 @@ def test_a_concept_only_one_reviewer_has_is_skipped_and_the_next_ones_still_comp
     assert [(c.concept, c.phrase, c.decision_a, c.decision_b) for c in concepts] == [
         (1, "arm", "accept", "reject")]
     assert (pair.n_photos, pair.n_concepts, pair.n_decided) == (1, 1, 1)
+
+
+def test_names_that_differ_in_case_or_spacing_are_one_reviewer(tmp_path):
+    """Found by a new user: "Dr A" and "dr  a" were two reviewers, so a reviewer agreed with themself. One
+    reviewer now, compared through the latest of their versions, named as in their most recent save."""
+    store = ReviewStore(tmp_path)
+    full = _box(0, 10, 0, 10)
+    _save(store, KEYS[0], "Dr A", ["reject", "reject"], [full, full])
+    _save(store, KEYS[0], "bob", ["accept", "accept"], [full, full])
+    _save(store, KEYS[0], "dr  a", ["accept", "reject"], [full, full])  # the same person, a later look
+    concepts, pairs = agreement(store)
+    assert [(p.reviewer_a, p.reviewer_b, p.n_photos, p.n_concepts) for p in pairs] == [("bob", "dr  a", 1, 2)]
+    assert [(c.decision_a, c.decision_b) for c in concepts] == [("accept", "accept"), ("accept", "reject")]

@@ -86,16 +86,32 @@ def pair_kappa(a: list[str], b: list[str]) -> float:
     return float(cohen_kappa_score([p[0] for p in pairs], [p[1] for p in pairs]))
 
 
+def reviewer_identity(name: str) -> str:
+    """The person a reviewer name stands for: case and spacing ignored ("Dr  A" and "dr a" are one reviewer)."""
+    return " ".join(name.split()).casefold()
+
+
 def agreement(store: ReviewStore) -> tuple[list[ConceptAgreement], list[PairAgreement]]:
-    """Per-concept rows and per-pair summaries over the whole store (reviewer pairs in name order)."""
+    """Per-concept rows and per-pair summaries over the whole store (reviewer pairs in name order).
+
+    Names that differ only in case or spacing are one reviewer (:func:`reviewer_identity`), compared through their
+    latest version of each photo and shown as the spelling of their most recent save.
+    """
     by_photo: dict[str, dict[str, Review]] = defaultdict(dict)
+    spelling: dict[str, tuple[float, str]] = {}
     for review in store.latest_by_reviewer():
-        by_photo[review.image_key][review.reviewer] = review
+        who = reviewer_identity(review.reviewer)
+        held = by_photo[review.image_key].get(who)
+        if held is None or review.revision > held.revision:
+            by_photo[review.image_key][who] = review
+        if who not in spelling or review.updated_at > spelling[who][0]:
+            spelling[who] = (review.updated_at, review.reviewer)
     rows: dict[tuple[str, str], list[ConceptAgreement]] = defaultdict(list)
     photos: dict[tuple[str, str], set[str]] = defaultdict(set)
     for key, reviews in by_photo.items():
-        for a, b in itertools.combinations(sorted(reviews), 2):
-            ra, rb = reviews[a], reviews[b]
+        for who_a, who_b in itertools.combinations(sorted(reviews), 2):
+            ra, rb = reviews[who_a], reviews[who_b]
+            a, b = spelling[who_a][1], spelling[who_b][1]
             photos[(a, b)].add(key)
             concepts_b = {(c.index, c.phrase): c for c in rb.concepts}
             for ca in ra.concepts:
