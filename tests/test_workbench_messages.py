@@ -250,6 +250,20 @@ def test_api_clicks_that_name_no_concept_pixel_or_side_are_refused(bench, concep
         [W - 1.0, 0.0, 0]], "a refused click must leave no trace, and the photo's last pixel is inside"
 
 
+def test_api_versions_take_the_short_key_the_screen_shows_and_edits_say_why_they_need_the_whole_key(bench):
+    """Found by a new user: /versions refused the key prefix the screen shows (and /open_review takes), with
+    "Analyse a photo first: there is no photo key"."""
+    _, wb = bench
+    api = wb.api_functions()
+    assert api["versions"](KEY[:12]) == api["versions"](KEY) and api["versions"](KEY[:8].upper())
+    with pytest.raises(gr.Error) as err:
+        api["refine"](KEY[:12], 0, 30, 20, positive=True, request=_who("client"))
+    assert err.value.message == (f"Photo key {KEY[:12]} is cut short: edits need the whole key (64 hexadecimal "
+                                 "characters; the screen shows the first 12), as /analyze and /open_review return it.")
+    with pytest.raises(gr.Error, match="There is no saved review of photo 0123abcd"):
+        api["versions"]("0123abcd")
+
+
 def test_api_refusals_log_no_typed_phrase(bench, caplog):
     _, wb = bench
     api = wb.api_functions()

@@ -47,6 +47,26 @@ WEIGHTS_HELP = "README \u2192 Real weights (python -m skinapp.checkpoints downlo
 REVIEW_COLUMNS = ["#", "concept", "score", "decision", "new label", "comment"]
 
 
+def find_review(store: ReviewStore, key: Any) -> str:
+    """The full key of the saved review ``key`` names: the full key, or a unique prefix of 8+ hex characters (the
+    screen shows 12).
+
+    Raises:
+        ValueError: no key, not hexadecimal, no saved review or several starting with it.
+    """
+    key = cell_text(key).strip().lower()
+    if not key:
+        raise ValueError("Choose a saved review first.")
+    if not re.fullmatch(r"[0-9a-f]{8,64}", key):
+        raise ValueError("A review is named by its photo key (hexadecimal, at least 8 characters).")
+    matches = [r.image_key for r in store.list_reviews() if r.image_key.startswith(key)]
+    if not matches:
+        raise ValueError(f"There is no saved review of photo {short_key(key)}.")
+    if len(matches) > 1:
+        raise ValueError(f"Several saved reviews start with {key}; give more of the key.")
+    return matches[0]
+
+
 def short_key(key: str) -> str:
     return key[:SHORT_KEY]
 
@@ -351,24 +371,10 @@ class Handlers:
                    for r in self.store.list_reviews()]
         return gr.Dropdown(choices=choices, value=selected if selected else None)
 
-    def _find_review(self, key: str) -> str:
-        """The full key of the saved review ``key`` names (the full key, or a unique prefix of 8+ characters)."""
-        key = cell_text(key).strip().lower()
-        if not key:
-            raise ValueError("Choose a saved review first.")
-        if not re.fullmatch(r"[0-9a-f]{8,64}", key):
-            raise ValueError("A review is named by its photo key (hexadecimal, at least 8 characters).")
-        matches = [r.image_key for r in self.store.list_reviews() if r.image_key.startswith(key)]
-        if not matches:
-            raise ValueError(f"There is no saved review of photo {short_key(key)}.")
-        if len(matches) > 1:
-            raise ValueError(f"Several saved reviews start with {key}; give more of the key.")
-        return matches[0]
-
     def open_review(self, image_key: str | None, request: gr.Request | None = None) -> tuple:
         """Reopen a saved review. Outputs: photo key, table, reviewer, note, photo with masks, status."""
         try:
-            key = self._find_review(image_key)
+            key = find_review(self.store, image_key)
             review = self.store.load(key)
             if review is None:
                 raise ValueError("That review no longer exists.")

@@ -23,7 +23,7 @@ from skinapp.review.coco_import import import_coco
 from skinapp.review.export import rle_encode
 from skinapp.review.store import Review
 from skinapp.review.workbench import Draft, Workbench
-from skinapp.ui.handlers import cell_text, row_index, table_rows
+from skinapp.ui.handlers import cell_text, find_review, row_index, table_rows
 from skinapp.ui.privacy import loggable
 from skinapp.wording import counted
 
@@ -40,6 +40,9 @@ def _session(request: gr.Request | None) -> str:
 
 def _key(value: Any) -> str:
     key = str(value or "").strip().lower()
+    if re.fullmatch(r"[0-9a-f]{8,63}", key):
+        raise ValueError(f"Photo key {key} is cut short: edits need the whole key (64 hexadecimal characters; the "
+                         "screen shows the first 12), as /analyze and /open_review return it.")
     if not re.fullmatch(r"[0-9a-f]{64}", key):
         raise ValueError("Analyse a photo (or reopen a saved review) first: there is no photo key.")
     return key
@@ -246,8 +249,8 @@ class WorkbenchHandlers:
             versions = self.bench.store.versions(_key(photo_key))
         except ValueError:
             versions = []
-        return gr.Dropdown(choices=[(f"v{v.revision} \u00b7 {v.reviewer or '(unnamed)'} \u00b7 {len(v.concepts)} "
-                                     "concepts", str(v.revision)) for v in versions],
+        return gr.Dropdown(choices=[(f"v{v.revision} \u00b7 {v.reviewer or '(unnamed)'} \u00b7 "
+                                     f"{counted(len(v.concepts), 'concept')}", str(v.revision)) for v in versions],
                            value=str(versions[0].revision) if versions else None)
 
     def open_version(self, photo_key: str, revision: Any, request: gr.Request | None = None) -> tuple:
@@ -288,8 +291,9 @@ class WorkbenchHandlers:
                     "provenance": {str(c.index): c.provenance for c in review.concepts}}
 
         def versions(photo_key: str, with_masks: bool = False) -> list:
-            """Every saved version of the photo's review, newest first (masks as RLE when asked)."""
-            key = _key(photo_key)
+            """Every saved version of the photo's review, newest first (masks as RLE when asked); the photo named by
+            its key or a unique prefix of 8+ characters, as for /open_review."""
+            key = find_review(bench.store, photo_key)
             return [{"revision": v.revision, "reviewer": v.reviewer, "saved_at": v.updated_at, "note": v.note,
                      "concepts": [{"index": c.index, "phrase": c.phrase, "decision": c.decision, "label": c.label,
                                    "provenance": c.provenance,
