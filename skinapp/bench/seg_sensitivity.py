@@ -7,7 +7,8 @@ For every numeric field of :class:`~skinapp.concepts.fallback_lesions.LesionConf
 :class:`~skinapp.concepts.fallback.FallbackConfig` and the module constants ``MIN_SPLIT_DELTA_E`` and
 ``JND_DELTA_E`` of :mod:`skinapp.concepts.fallback_lesions`, the benchmark (:mod:`skinapp.bench.segmentation`)
 is run with that value x 0.5 and x 2 (integers rounded, at least 1 where 0 would disable the step) and the
-top-1 IoU per data set is reported next to the defaults. A result that holds only at the chosen value is
+top-1 IoU per data set is reported next to the defaults; each on/off step (the boolean fields: rim growth,
+outline choice, ranking by the outline) is also switched. A result that holds only at the chosen value is
 tuned, not designed: this table is how a reader checks that (Markdown + JSON in ``--out``).
 """
 
@@ -50,7 +51,8 @@ def _scaled(value: float | int, factor: float) -> float | int:
 
 
 def variants() -> list[tuple[str, str, FallbackConfig, tuple[str, float] | None]]:
-    """(parameter, value shown, config, module constant to set or None): defaults first, then x0.5 and x2 each."""
+    """(parameter, value shown, config, module constant to set or None): defaults first, then x0.5 and x2 each,
+    then each boolean switched."""
     base = FallbackConfig()
     out: list[tuple[str, str, FallbackConfig, tuple[str, float] | None]] = [("defaults", "", base, None)]
     for f in dataclasses.fields(fl.LesionConfig):
@@ -69,8 +71,11 @@ def variants() -> list[tuple[str, str, FallbackConfig, tuple[str, float] | None]
         for factor in (0.5, 2.0):
             new = getattr(fl, name) * factor
             out.append((name, f"{new:g}", base, (name, new)))
-    out.append(("grow_rim", "False", dataclasses.replace(base, lesion=dataclasses.replace(base.lesion, grow_rim=False)),
-                None))
+    for f in dataclasses.fields(fl.LesionConfig):  # each on/off step of the method, switched
+        value = getattr(base.lesion, f.name)
+        if isinstance(value, bool):
+            out.append((f.name, str(not value), dataclasses.replace(base, lesion=dataclasses.replace(
+                base.lesion, **{f.name: not value})), None))
     return out
 
 
