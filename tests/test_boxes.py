@@ -75,6 +75,6 @@ def test_review_store_clips_user_boxes_and_refuses_empty_ones(tmp_path):
     key = "ab" * 8
     saved = store.save(key, pixels, masks, [ConceptReview(0, "lesion", 0.5, (-4, 2, 80, 30), "accept")])
     assert saved.concepts[0].box == (0.0, 2.0, float(W), 30.0)
-    with pytest.raises(ValueError, match=r"Concept 1 \(leg\): its box .* no area inside the 64x48 photo"):
+    with pytest.raises(ValueError, match=r"Concept 1 \('leg'\): its box .* no area inside the 64x48 photo"):
         store.save(key, pixels, masks, [ConceptReview(1, "leg", 0.5, (70, 0, 90, 10), "accept")])
     assert store.load(key).revision == 1
