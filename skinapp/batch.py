@@ -31,7 +31,6 @@ import numpy as np
 from PIL import Image
 
 from skinapp.batch_encode import prefill
-from skinapp.drawing import stamp_banner
 from skinapp.image import InvalidImageError
 from skinapp.results import AnalysisResult, ExplainResult
 from skinapp.review.export import rle_encode
@@ -170,8 +169,8 @@ def analyse_photos(analyzer: Any, photos: Sequence[Path], out: Path, rank: int =
                 result = analyzer.analyze(photo, prompts=prompts)
                 record = analysis_record(photo, result)
                 if overlays:
-                    image = stamp_banner(result.decisive_image) if result.banner else result.decisive_image
-                    _save_png(out / "overlays" / f"{_tag(photo, result.image_key)}.png", image)
+                    # the result's decisive image already carries the banner when the weights are untrained
+                    _save_png(out / "overlays" / f"{_tag(photo, result.image_key)}.png", result.decisive_image)
                 if phrases:
                     explained = analyzer.explain(photo, list(phrases))
                     record.phrases = [(p, float(s)) for p, s in zip(explained.phrases, explained.similarities)]

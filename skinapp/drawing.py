@@ -26,11 +26,16 @@ def clip_view(pixels: np.ndarray, display_size: int) -> np.ndarray:
 
 
 def stamp_banner(image: np.ndarray, text: str = UNTRAINED_WARNING) -> np.ndarray:
-    """A copy of ``image`` (uint8 [H, W, 3]) with a red strip and ``text`` across its top."""
-    out = np.ascontiguousarray(image.copy())
-    h, w = out.shape[:2]
+    """``image`` (uint8 [H, W, 3]) below a red strip with ``text``: uint8 [H + strip, W, 3], strip = max(14, H // 14).
+
+    The strip is added above the photo, never drawn over it: a concept's label or a lesion at the top edge stays
+    visible.
+    """
+    h, w = image.shape[:2]
     strip = max(14, h // 14)
+    out = np.empty((h + strip, w, 3), np.uint8)
     out[:strip] = (200, 0, 0)
+    out[strip:] = image
     text = text.replace("\u2014", "-")
     (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 1.0, 1)
     scale = max(0.3, min(0.92 * w / tw, 0.6 * strip / th))

@@ -34,7 +34,8 @@ class AnalysisResult:
         cam_rows: R display labels of the CAM rows ("#i phrase", or ViT patch names).
         decisive_index: index into ``concepts`` of the decisive concept (None when no concept was used).
         decisive_row: the CAM row of the decisive concept (None when no concept was used).
-        decisive_image: uint8 [H, W, 3], the photo with the decisive concept's mask and box drawn.
+        decisive_image: uint8 [H, W, 3], the photo with the decisive concept's mask and box drawn; with a
+            banner, [H + strip, W, 3] (:func:`~skinapp.drawing.stamp_banner` adds the strip above the photo).
         decisive_text: one-line explanation of the decisive concept.
         banner: UNTRAINED_WARNING plus details when any model has untrained weights, else "".
         weights: provenance of every model behind the result.

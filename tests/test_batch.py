@@ -79,6 +79,8 @@ def test_outputs_resume_and_errors(analyzer, photos, tmp_path):
         assert np.array_equal(coco.annToMask(ann).astype(bool), mask)
         assert coco.loadCats(ann["category_id"])[0]["name"] == phrase
     assert len(list((out / "overlays").glob("*.png"))) == 4
+    overlay = np.asarray(Image.open(next((out / "overlays").glob(f"*_{direct.image_key[:8]}.png"))))
+    np.testing.assert_array_equal(overlay, direct.decisive_image)  # one banner strip, not a second one on top
     # resume: nothing is redone; a record cut by a kill is redone
     assert analyse_photos(analyzer, paths, out) == (0, 0, 5)
     progress = out / "progress.rank0.jsonl"
@@ -98,8 +100,8 @@ def test_phrases_add_heatmaps_and_similarities(analyzer, photos, tmp_path):
     assert [r["phrase"] for r in rows] == direct.phrases
     np.testing.assert_allclose([float(r["clip_similarity"]) for r in rows], direct.similarities, rtol=1e-5)
     sheet = np.asarray(Image.open(next((out / "heatmaps").glob("*.png"))))
-    side = direct.overlays[0][0].shape[0]
-    assert sheet.shape == (2 * side, 4 * side, 3) and not (out / "overlays").exists()
+    th, tw = direct.overlays[0][0].shape[:2]
+    assert sheet.shape == (2 * th, 4 * tw, 3) and not (out / "overlays").exists()
 
 
 @pytest.mark.slow

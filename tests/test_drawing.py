@@ -6,7 +6,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from skinapp.drawing import numbered_photo
+from skinapp.drawing import numbered_photo, stamp_banner
 
 
 def _ink(photo: np.ndarray, shown: np.ndarray) -> np.ndarray:
@@ -40,3 +40,14 @@ def test_two_numbers_whose_masks_share_a_centre_are_written_apart():
     words = cv2.dilate(ink, np.ones((7, 7), np.uint8))  # the glyphs of one number join into one blob
     n_blobs, _ = cv2.connectedComponents(words)
     assert n_blobs - 1 == 2
+
+
+def test_the_untrained_banner_goes_above_the_photo_and_hides_none_of_it():
+    """Found by a new user: the red strip was drawn over the photo's top rows, so a concept's label or a lesion at
+    the top edge was hidden under it."""
+    photo = np.random.default_rng(0).integers(0, 256, (300, 200, 3), dtype=np.uint8)
+    stamped = stamp_banner(photo)
+    strip = max(14, 300 // 14)
+    assert stamped.shape == (300 + strip, 200, 3)
+    np.testing.assert_array_equal(stamped[strip:], photo)
+    assert np.all(stamped[:strip, :3] == (200, 0, 0)) and (stamped[:strip] == 255).any(), "red strip with white text"

@@ -54,8 +54,9 @@ def test_analyze_outputs_and_banner(analyzer):
     assert sum(probs.values()) == pytest.approx(1.0, abs=1e-4)
     assert result.prediction.cam.shape[1] == len(models.DEMO_CLASS_NAMES)
     assert len(result.cam_rows) == result.prediction.cam.shape[0]
-    assert result.decisive_image.shape == (h, w, 3)
-    # the red banner strip is stamped on the decisive-concept image
+    # the red banner strip is added above the decisive-concept image: every photo row stays visible
+    strip = result.decisive_image.shape[0] - h
+    assert strip > 0 and result.decisive_image.shape[1:] == (w, 3)
     assert np.all(result.decisive_image[0, :, 0] == 200) and np.all(result.decisive_image[0, :, 1] == 0)
     # the fallback finds the planted lesion: the first-ranked lesion mask covers it (IoU > 0.5, not one pixel)
     lesion = [i for i, p in enumerate(result.concepts.phrases) if p == "lesion"]
