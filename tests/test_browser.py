@@ -155,7 +155,7 @@ def test_issue15_sequences_in_chromium(browser, tmp_path):
         assert len(options) == 21 and all(" \u00b7 " in o.text for o in options)
         picked = options[0].text.split(" \u00b7 ")[0]
         options[0].click()
-        _wait(browser).until(lambda d: "Explained 1 phrase(s)" in _text(d, "explain-status")
+        _wait(browser).until(lambda d: "Explained 1 phrase for photo" in _text(d, "explain-status")
                              and _images_in(d, "heatmaps") == 4)
         assert picked in _text(browser, "heatmaps") and _text(browser, "heatmaps").count("MedGrad E-CLIP") == 1
 

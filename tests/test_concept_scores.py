@@ -118,7 +118,7 @@ def test_handlers_chart_picker_and_explaining_a_picked_concept(analyzer, photo, 
     concept = picker.choices[0][1]
     gallery, sims, _, status = h.explain_concept(photo, concept, analyzer.clip_choices[0])
     assert len(gallery.value) == 4  # photo + Grad-CAM + Grad E-CLIP + MedGrad E-CLIP
-    assert list(sims["phrase"]) == [concept] and "Explained 1 phrase(s)" in status
+    assert list(sims["phrase"]) == [concept] and "Explained 1 phrase for photo" in status
     with pytest.raises(gr.Error, match="Choose a concept first"):
         h.explain_concept(photo, None, analyzer.clip_choices[0])
     with pytest.raises(gr.Error, match="Upload a photo on the Analyse tab first"):

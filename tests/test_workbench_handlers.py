@@ -104,6 +104,17 @@ def test_agreement_panel_for_the_photo_shown(store, tmp_path):  # noqa: F811
         agree.photo("")
 
 
+def test_agreement_panel_counts_one_reviewer_under_two_spellings_once(tmp_path):
+    reviews = ReviewStore(tmp_path / "data")
+    key = "cd" * 32
+    masks = np.ones((1, 8, 8), bool)
+    for who in ("Dr A", "dr  a"):
+        reviews.save(key, np.zeros((8, 8, 3), np.uint8), masks, [ConceptReview(0, "lesion", 0.9, (0, 0, 8, 8),
+                                                                              "accept")], reviewer=who)
+    frame, status = AgreementHandlers(reviews, _refuse, tmp_path / "exports", {}).photo(key)
+    assert frame.empty and status == f"Photo `{key[:12]}` has 1 reviewer (dr  a): agreement needs two."
+
+
 def test_reviewer_names_are_shown_as_text_never_as_markup(tmp_path):
     """Found by a new user: a reviewer named ``<img src=x>`` became an image element in the agreement status (the
     Markdown sanitiser strips scripts, not images, so a remote image URL would be fetched by every viewer)."""

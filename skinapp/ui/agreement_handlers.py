@@ -20,7 +20,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from skinapp.review.agreement import agreement, write_csv
+from skinapp.review.agreement import agreement, reviewer_identity, write_csv
 from skinapp.review.store import ReviewStore
 from skinapp.ui.privacy import new_export_path, session_cookie
 from skinapp.wording import counted
@@ -68,16 +68,18 @@ class AgreementHandlers:
         rows = [[_name(c.reviewer_a), _name(c.reviewer_b), c.concept, c.phrase, c.decision_a, c.decision_b,
                  round(c.iou, 3), _kappa(kappas[(c.reviewer_a, c.reviewer_b)].kappa)]
                 for c in concepts if c.image_key == key]
-        reviewers = sorted({r.reviewer for r in self.store.latest_by_reviewer() if r.image_key == key})
-        if len(reviewers) < 2:
-            status = (f"Photo `{key[:12]}` has {len(reviewers)} reviewer(s) "
-                      f"({', '.join(map(_shown, reviewers)) or 'none'}): agreement needs two.")
+        latest = sorted((r for r in self.store.latest_by_reviewer() if r.image_key == key), key=lambda r: r.updated_at)
+        spelled = {reviewer_identity(r.reviewer): r.reviewer for r in latest}  # one name per reviewer, as last saved
+        if len(spelled) < 2:
+            status = (f"Photo `{key[:12]}` has {counted(len(spelled), 'reviewer')} "
+                      f"({', '.join(map(_shown, sorted(spelled.values()))) or 'none'}): agreement needs two.")
         else:
             shown = {(c.reviewer_a, c.reviewer_b) for c in concepts if c.image_key == key}
-            names = ", ".join(map(_shown, reviewers))
+            names = ", ".join(map(_shown, sorted({name for pair in shown for name in pair})))
             status = f"Photo `{key[:12]}`: latest versions of {names} compared. " + " ".join(
                 f"{_shown(a)} vs {_shown(b)}: Cohen's kappa {_kappa(kappas[(a, b)].kappa)} over "
-                f"{kappas[(a, b)].n_decided} decided concepts on {kappas[(a, b)].n_photos} shared photos."
+                f"{counted(kappas[(a, b)].n_decided, 'decided concept')} on "
+                f"{counted(kappas[(a, b)].n_photos, 'shared photo')}."
                 for a, b in sorted(shown))
         return pd.DataFrame(rows, columns=AGREEMENT_COLUMNS), status
 

@@ -251,8 +251,8 @@ class Handlers:
         sims = pd.DataFrame({"photo": k, "phrase": result.phrases, "CLIP similarity": similarity,
                              "note": cut})
         titles = " / ".join(["photo", *(METHOD_TITLES.get(m, m) for m in result.methods)])
-        status = (f"Explained {len(result.phrases)} phrase(s) for photo `{k}` with CLIP weights {result.clip_label} "
-                  f"({', '.join(f'{name} {v:.2f}s' for name, v in result.timings.items())}).")
+        status = (f"Explained {counted(len(result.phrases), 'phrase')} for photo `{k}` with CLIP weights "
+                  f"{result.clip_label} ({', '.join(f'{name} {v:.2f}s' for name, v in result.timings.items())}).")
         for phrase, note in zip(result.phrases, cut):
             if note:
                 status += (f"\n\n&#9888; '{html.escape(phrase[:60])}\u2026' is longer than CLIP's "
