@@ -103,7 +103,15 @@ def test_a_photo_note_is_shown_in_the_status_and_the_details(handlers, tmp_path)
     out = handlers.analyze(str(rgba), "lesion", 0.3, 0.25)
     notes = "; ".join(handlers.analyzer.latest_analysis(str(rgba)).notes)
     assert notes, "an RGBA photo is converted, and the conversion is noted"
-    assert out[STATUS].endswith(f" Note: {notes}.") and out[DETAILS].endswith(f"\n\n**Notes:** {notes}")
+    assert out[STATUS].endswith(f" Note: {notes}.") and out[DETAILS].endswith(f"\n\n**Notes:** {notes}.")
+
+
+def test_notes_that_are_sentences_end_with_one_full_stop(handlers, photo):
+    """Found by a new user: "...the diagnosis uses global image features only.." (a note's own full stop, then the
+    status's)."""
+    out = handlers.analyze(photo, "lesion", 0.95, 0.25)  # nothing passes the threshold: global features only
+    assert out[STATUS].endswith("the diagnosis uses global image features only.")
+    assert ".." not in out[STATUS] and ".." not in out[DETAILS]
 
 
 def test_mask_opacity_halves_each_concept_mask(handlers, photo):

@@ -203,11 +203,11 @@ class Handlers:
                          untrained=untrained, photo=k)
         label_title = f"Diagnosis \u00b7 photo {k}" + (f" \u2014 {UNTRAINED_WARNING}" if untrained else "")
         times = ", ".join(f"{name} {v:.2f}s" for name, v in result.timings.items())
-        notes = "; ".join(result.notes)
+        notes = "; ".join(n.rstrip(".") for n in result.notes)  # fragments ("converted from CMYK") and sentences
         found = counted(len(result.concepts), "concept")
         details = (f"**Photo** `{k}` ({result.image.width}x{result.image.height}), {found} "
                    f"({result.concepts.source}). **Timings:** {times}."
-                   + (f"\n\n**Notes:** {html.escape(notes)}" if notes else ""))
+                   + (f"\n\n**Notes:** {html.escape(notes)}." if notes else ""))
         masks = [(m * MASK_OPACITY, t) for m, t in result.annotations]
         numbered = [(m * MASK_OPACITY, f"#{i} {result.concepts.phrases[i]}") for i, (m, _) in
                     enumerate(result.annotations)]
