@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from skinapp import model_configs
-from skinapp.batch import analyse_photos, collect_photos, shard, write_summaries
+from skinapp.batch import IMAGE_SUFFIXES, analyse_photos, collect_photos, shard, write_summaries
 from skinapp.batch_encode import CUDA_BATCH_SIZE, default_batch_size
 from skinapp.cli_types import checked_number
 from skinapp.models import SETUP_ERRORS
@@ -60,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.out.exists() and not args.out.is_dir():
             raise ValueError(f"--out {args.out} is a file; the batch writes a folder there.")
         photos = collect_photos(args.paths)
+        if not photos:
+            raise ValueError(f"no photos found in {', '.join(map(str, args.paths))} (photo files end in "
+                             f"{', '.join(IMAGE_SUFFIXES)}).")
         phrases = parse_phrases(args.phrases.read_text()) if args.phrases else None
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -69,7 +69,8 @@ def collect_photos(sources: Iterable[str | Path]) -> list[Path]:
             found += [Path(p) for p in glob.glob(source, recursive=True) if Path(p).is_file()]
         else:
             raise FileNotFoundError(f"{source}: no such file or folder, and no glob match")
-    return sorted({p.resolve() for p in found})
+    # Absolute, not resolved: a symlinked photo is listed by the path the user gave, not by its target.
+    return sorted({Path(os.path.abspath(p)) for p in found})
 
 
 def shard(photos: Sequence[Path], rank: int, world: int) -> list[Path]:

@@ -53,6 +53,21 @@ def test_collect_photos_from_folders_globs_and_csv(photos, tmp_path):
     with pytest.raises(FileNotFoundError, match="no such file"):
         collect_photos([tmp_path / "absent"])
     assert shard(from_folder, 1, 2) == from_folder[1::2]
+    link = tmp_path / "linked.png"
+    link.symlink_to(photos / "p0.png")
+    assert collect_photos([link]) == [link], "a symlinked photo is listed by the path given, not its target"
+
+
+def test_a_folder_without_photos_is_a_usage_error_before_models_load(tmp_path, capsys):
+    """Found by a new user: an empty folder ran, exited 0 and said "0 photos analysed, 0 errors"."""
+    from skinapp import analyze
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("not a photo")
+    assert analyze.main([str(tmp_path / "empty"), "--out", str(tmp_path / "out"), "--profile", "tiny"]) == 2
+    assert capsys.readouterr().err == (f"error: no photos found in {tmp_path / 'empty'} (photo files end in .jpg, "
+                                       ".jpeg, .png, .bmp, .tif, .tiff, .webp, .gif).\n")
+    assert not (tmp_path / "out").exists()
 
 
 def test_outputs_resume_and_errors(analyzer, photos, tmp_path):
