@@ -158,12 +158,22 @@ def test_command_help_describes_it(capsys):
     assert "--csv CSV also write the rows to this CSV file" in text
 
 
-def test_summary_of_no_pairs_and_of_unnamed_reviewers():
+def test_summary_of_no_pairs_and_of_a_pair():
     assert summary_lines([]) == ["No photo has been reviewed by two or more reviewers."]
-    pair = PairAgreement("", "bo", 2, 3, 1, 0.5, 0.25)
-    assert summary_lines([pair]) == ["(unnamed) vs bo: 2 photos, 3 concepts, mean mask IoU 0.250, Cohen's kappa "
+    pair = PairAgreement("al", "bo", 2, 3, 1, 0.5, 0.25)
+    assert summary_lines([pair]) == ["al vs bo: 2 photos, 3 concepts, mean mask IoU 0.250, Cohen's kappa "
                                      "0.500 over 1 decided"]
-    assert summary_lines([PairAgreement("al", "", 1, 1, 1, 1.0, 1.0)])[0].startswith("al vs (unnamed): ")
+
+
+def test_versions_saved_without_a_name_are_nobodys_and_not_compared(tmp_path):
+    """Found by a new user: unnamed saves became a reviewer "(unnamed)" in agreement; two anonymous people would be
+    one reviewer there."""
+    store = ReviewStore(tmp_path)
+    full = _box(0, 10, 0, 10)
+    _save(store, KEYS[0], "", ["reject", "reject"], [full, full])
+    _save(store, KEYS[0], "  ", ["accept", "reject"], [full, full])
+    _save(store, KEYS[0], "bob", ["accept", "accept"], [full, full])
+    assert agreement(store) == ([], [])
 
 
 def test_two_empty_masks_agree_fully():

@@ -113,6 +113,11 @@ def test_agreement_panel_counts_one_reviewer_under_two_spellings_once(tmp_path):
                                                                               "accept")], reviewer=who)
     frame, status = AgreementHandlers(reviews, _refuse, tmp_path / "exports", {}).photo(key)
     assert frame.empty and status == f"Photo `{key[:12]}` has 1 reviewer (dr  a): agreement needs two."
+    reviews.save(key, np.zeros((8, 8, 3), np.uint8), masks, [ConceptReview(0, "lesion", 0.9, (0, 0, 8, 8),
+                                                                          "reject")], reviewer="")
+    frame, status = AgreementHandlers(reviews, _refuse, tmp_path / "exports", {}).photo(key)
+    assert frame.empty and status == (f"Photo `{key[:12]}` has 1 reviewer (dr  a): agreement needs two. A version "
+                                      "saved without a reviewer name is not compared.")
 
 
 def test_reviewer_names_are_shown_as_text_never_as_markup(tmp_path):

@@ -223,9 +223,12 @@ def test_api_json_versions_with_masks_and_save(bench):
     with pytest.raises(gr.Error) as err:
         api["undo_edit"](KEY, request=_who("fresh"))
     assert err.value.message == "Nothing to undo."
-    assert api["agreement"]() == {  # the unnamed first version and the API's save agree on both concepts
-        "lines": ["(unnamed) vs api: 1 photo, 2 concepts, mean mask IoU 1.000, Cohen's kappa 1.000 over 2 decided"],
-        "pairs": [{"reviewer_a": "", "reviewer_b": "api", "n_photos": 1, "n_concepts": 2, "n_decided": 2,
+    assert api["agreement"]() == {"lines": ["No photo has been reviewed by two or more reviewers."], "pairs": []}, \
+        "the unnamed first version is nobody's: not compared"
+    api["save_version"](KEY, reviewer="dr b", request=who)
+    assert api["agreement"]() == {  # api and dr b saved the same draft: they agree on both concepts
+        "lines": ["api vs dr b: 1 photo, 2 concepts, mean mask IoU 1.000, Cohen's kappa 1.000 over 2 decided"],
+        "pairs": [{"reviewer_a": "api", "reviewer_b": "dr b", "n_photos": 1, "n_concepts": 2, "n_decided": 2,
                    "mean_iou": 1.0, "kappa": 1.0}]}
 
 

@@ -95,12 +95,15 @@ def agreement(store: ReviewStore) -> tuple[list[ConceptAgreement], list[PairAgre
     """Per-concept rows and per-pair summaries over the whole store (reviewer pairs in name order).
 
     Names that differ only in case or spacing are one reviewer (:func:`reviewer_identity`), compared through their
-    latest version of each photo and shown as the spelling of their most recent save.
+    latest version of each photo and shown as the spelling of their most recent save. Versions saved without a
+    reviewer name are left out: they cannot be told apart (two anonymous people would be one "reviewer").
     """
     by_photo: dict[str, dict[str, Review]] = defaultdict(dict)
     spelling: dict[str, tuple[float, str]] = {}
     for review in store.latest_by_reviewer():
         who = reviewer_identity(review.reviewer)
+        if not who:
+            continue
         held = by_photo[review.image_key].get(who)
         if held is None or review.revision > held.revision:
             by_photo[review.image_key][who] = review
@@ -151,7 +154,7 @@ def summary_lines(pairs: list[PairAgreement]) -> list[str]:
     """One line per reviewer pair, for the terminal and the app."""
     if not pairs:
         return ["No photo has been reviewed by two or more reviewers."]
-    return [f"{p.reviewer_a or '(unnamed)'} vs {p.reviewer_b or '(unnamed)'}: {counted(p.n_photos, 'photo')}, "
+    return [f"{p.reviewer_a} vs {p.reviewer_b}: {counted(p.n_photos, 'photo')}, "
             f"{counted(p.n_concepts, 'concept')}, mean mask IoU {p.mean_iou:.3f}, Cohen's kappa {_kappa_text(p.kappa)} "
             f"over {p.n_decided} decided" for p in pairs]
 

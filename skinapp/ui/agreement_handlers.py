@@ -31,13 +31,9 @@ AGREEMENT_COLUMNS = ["reviewer A", "reviewer B", "#", "concept", "decision A", "
                      "kappa (all shared photos)"]
 
 
-def _name(reviewer: str) -> str:
-    return reviewer or "(unnamed)"
-
-
 def _shown(reviewer: str) -> str:
     """A reviewer's name for the Markdown status: HTML-escaped (a name is text the reviewer typed, never markup)."""
-    return html.escape(_name(reviewer))
+    return html.escape(reviewer)
 
 
 class AgreementHandlers:
@@ -65,11 +61,13 @@ class AgreementHandlers:
                                                        "no photo key."), request)
         concepts, pairs = agreement(self.store)
         kappas = {(p.reviewer_a, p.reviewer_b): p for p in pairs}
-        rows = [[_name(c.reviewer_a), _name(c.reviewer_b), c.concept, c.phrase, c.decision_a, c.decision_b,
+        rows = [[c.reviewer_a, c.reviewer_b, c.concept, c.phrase, c.decision_a, c.decision_b,
                  round(c.iou, 3), _kappa(kappas[(c.reviewer_a, c.reviewer_b)].kappa)]
                 for c in concepts if c.image_key == key]
         latest = sorted((r for r in self.store.latest_by_reviewer() if r.image_key == key), key=lambda r: r.updated_at)
         spelled = {reviewer_identity(r.reviewer): r.reviewer for r in latest}  # one name per reviewer, as last saved
+        unnamed = " A version saved without a reviewer name is not compared." if spelled.pop("", None) is not None \
+            else ""
         if len(spelled) < 2:
             status = (f"Photo `{key[:12]}` has {counted(len(spelled), 'reviewer')} "
                       f"({', '.join(map(_shown, sorted(spelled.values()))) or 'none'}): agreement needs two.")
@@ -81,7 +79,7 @@ class AgreementHandlers:
                 f"{counted(kappas[(a, b)].n_decided, 'decided concept')} on "
                 f"{counted(kappas[(a, b)].n_photos, 'shared photo')}."
                 for a, b in sorted(shown))
-        return pd.DataFrame(rows, columns=AGREEMENT_COLUMNS), status
+        return pd.DataFrame(rows, columns=AGREEMENT_COLUMNS), status + unnamed
 
     def export_csv(self, request: gr.Request | None = None) -> tuple[str, str]:
         """The whole store's agreement as CSV, for this session only. Outputs: file, status."""
