@@ -65,15 +65,19 @@ def label_positions(masks: Any, min_gap: float) -> list[tuple[int, int] | None]:
 
     The pixel deepest inside the mask (largest distance to its edge or the photo's border,
     cv2.distanceTransform), at least ``min_gap`` px from the numbers already placed. Smaller masks are placed
-    first, so a lesion keeps its centre and the skin around it takes a spot beside it.
+    first, so a lesion keeps its centre; a larger mask that contains it (the skin around a lesion) is measured
+    without the smaller masks, so its number lands on skin, not on the lesion.
     """
     masks = [np.asarray(m) > 0 for m in masks]
     positions: list[tuple[int, int] | None] = [None] * len(masks)
     far_from_placed = None  # uint8 [H, W]: 0 at the numbers placed so far
+    placed = None  # bool [H, W]: the masks numbered so far (all smaller)
     for i in sorted(range(len(masks)), key=lambda j: int(masks[j].sum())):
         if not masks[i].any():
             continue
-        padded = np.pad(masks[i], 1).astype(np.uint8)  # the photo's border counts as the mask's edge
+        own = masks[i] & ~placed if placed is not None and (masks[i] & ~placed).any() else masks[i]
+        placed = masks[i].copy() if placed is None else placed | masks[i]
+        padded = np.pad(own, 1).astype(np.uint8)  # the photo's border counts as the mask's edge
         depth = cv2.distanceTransform(padded, cv2.DIST_L2, 5)[1:-1, 1:-1]
         free = depth
         if far_from_placed is not None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from skinapp.drawing import numbered_photo, stamp_banner
+from skinapp.drawing import label_positions, numbered_photo, stamp_banner
 
 
 def _ink(photo: np.ndarray, shown: np.ndarray) -> np.ndarray:
@@ -40,6 +40,16 @@ def test_two_numbers_whose_masks_share_a_centre_are_written_apart():
     words = cv2.dilate(ink, np.ones((7, 7), np.uint8))  # the glyphs of one number join into one blob
     n_blobs, _ = cv2.connectedComponents(words)
     assert n_blobs - 1 == 2
+
+
+def test_the_number_of_a_mask_around_a_lesion_is_written_on_its_own_part_not_on_the_lesion():
+    """Found by a new user: "#0 skin" sat on the lesion (the skin mask holds the lesion, so its deepest point was
+    the lesion's centre, just min_gap from the lesion's number)."""
+    masks = np.zeros((2, 300, 400), bool)
+    masks[0, 60:240, 110:290] = True  # a large lesion
+    masks[1] = True  # the skin, lesion included
+    lesion_at, skin_at = label_positions(masks, min_gap=20)
+    assert masks[0][lesion_at[1], lesion_at[0]] and not masks[0][skin_at[1], skin_at[0]]
 
 
 def test_the_untrained_banner_goes_above_the_photo_and_hides_none_of_it():
