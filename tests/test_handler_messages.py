@@ -126,7 +126,7 @@ def test_explain_status_names_the_photo_the_weights_and_the_times(handlers, phot
     gallery, sims, banner, status = handlers.explain(photo, "irregular streaks\nblue-whitish veil", None)
     result = handlers.analyzer.explain(photo, ["irregular streaks", "blue-whitish veil"])
     k = result.image_key[:12]
-    assert re.fullmatch(rf"Explained 2 phrase\(s\) for photo `{k}` with CLIP weights "
+    assert re.fullmatch(rf"Explained 2 phrases for photo `{k}` with CLIP weights "
                         rf"{re.escape(result.clip_label)} \(image_pass \d+\.\d\ds, explain \d+\.\d\ds, render "
                         rf"\d+\.\d\ds, total \d+\.\d\ds\)\.", status)
     assert gallery.label == f"Photo {k}: photo / Grad-CAM / Grad E-CLIP / MedGrad E-CLIP"
