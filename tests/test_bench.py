@@ -109,3 +109,22 @@ def test_recommend_adopts_only_levers_that_agree_and_gain():
     only = rows(int8=(3.0, True), ok=(1.5, True))
     only["variants"]["int8"]["measured_only"] = True  # agrees and is fastest, but the app cannot switch to it
     assert recommend(only, rows())["sam_encoder"] == "ok"
+
+
+def test_threads_follow_omp_num_threads_unless_given(monkeypatch, tmp_path, capsys):
+    """Found by a new user: `OMP_NUM_THREADS=1 python -m skinapp.bench --quick` ran on 2 threads (its default)."""
+    from skinapp.bench import __main__ as bench_main
+
+    seen = []
+    monkeypatch.setattr(bench_main, "run_benchmark", lambda device, threads, **kw: seen.append(threads) or {})
+    monkeypatch.setattr(bench_main, "write_results", lambda results, out: (tmp_path / "r.json", tmp_path / "r.md"))
+    monkeypatch.setattr(bench_main, "to_markdown", lambda results: "")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    bench_main.main(["--device", "cpu", "--quick"])
+    bench_main.main(["--device", "cpu", "--quick", "--threads", "3"])
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    bench_main.main(["--device", "cpu", "--quick"])
+    assert seen == [1, 3, 2]
+    with pytest.raises(SystemExit) as exit_:
+        bench_main.main(["--device", "cpu", "--threads", "-1"])
+    assert exit_.value.code == 2 and "must be 0 or more; got -1" in capsys.readouterr().err

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 
 import torch
 
 from skinapp.bench.run import run_benchmark, to_markdown, write_results
+from skinapp.cli_types import checked_number
+
+_threads = checked_number(int, lambda n: n >= 0, "not a whole number: {text!r}", "must be 0 or more; got {value}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,7 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     ap.add_argument("--quick", action="store_true", help="tiny models, few repeats (CI-sized)")
     ap.add_argument("--out", default="bench_results", help="directory for the JSON and Markdown results")
-    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--threads", type=_threads, default=os.environ.get("OMP_NUM_THREADS") or "2",
+                    help="torch CPU threads (default: $OMP_NUM_THREADS, else 2; 0: torch's default)")
     ap.add_argument("--sam", default="vit_b", choices=["vit_b", "vit_l", "vit_h"], help="SAM variant (full form)")
     ap.add_argument("--compile", action="store_true",
                     help="also time torch.compile of the SAM encoder (its compilation takes minutes on a CPU)")
