@@ -197,6 +197,9 @@ class ExportGuard:
             if owner == "" or (owner is not None and owner != cookie):
                 await _forbidden(send)
                 return
+            if not Path(scope["path"].split("/file=", 1)[1]).is_file():  # swept after the retention
+                await _gone(send)
+                return
         if cookie:
             await self.app(scope, receive, send)
             return
@@ -246,8 +249,16 @@ def _header(scope: dict, name: bytes) -> str | None:
 
 
 async def _forbidden(send: Any) -> None:
-    body = b'{"detail": "This export belongs to another session."}'
-    await send({"type": "http.response.start", "status": 403,
+    await _json_error(send, 403, b'{"detail": "This export belongs to another session."}')
+
+
+async def _gone(send: Any) -> None:
+    await _json_error(send, 410, b'{"detail": "This export has expired: downloads are deleted after the retention '
+                                 b'time. Export again."}')
+
+
+async def _json_error(send: Any, status: int, body: bytes) -> None:
+    await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
 
