@@ -255,3 +255,25 @@ def test_our_own_export_imports_back_whole_with_its_reviewer_skipping_photos_wit
     done = import_coco(store, path, reviewer="cvat")
     assert [(v.image_key, v.revision, v.reviewer) for v in done.saved] == [(KEY, 3, "cvat")]
     assert done.skipped == [pending]
+
+
+@pytest.mark.parametrize("polygons, message", [
+    ([[10, 10, 100]], "a polygon needs at least 3 points (6 numbers)"),
+    ([[10, 10, 30, 10, 30, 20, 10]], "a polygon needs x, y pairs; this one has 7 numbers"),
+    ([[10, 10, 30, float("nan"), 30, 20]], "a polygon holds a number that is not finite (nan)"),
+    ([[10, 10, 1e8, 10, 30, 20]], "a polygon point lies far outside the 40x30 image"),
+    ([10, 10, 30, 10, 30, 20], "each polygon must be a list of numbers x, y, x, y, ...; got 10"),
+])
+def test_bad_polygons_are_refused_before_pycocotools_sees_them(store, tmp_path, polygons, message):
+    """Found by a new user: a 3-number polygon made pycocotools raise a bare Exception (a traceback in the CLI,
+    "That failed." in the app); a NaN or a far-away point crashed the process."""
+    with pytest.raises(ValueError, match="^" + re.escape(f"Annotation 1 of image 7: {message}.") + "$"):
+        import_coco(store, _coco_file(tmp_path, annotations=_ann(segmentation=polygons)))
+    assert [v.revision for v in store.versions(KEY)] == [1]
+
+
+def test_any_pycocotools_failure_becomes_a_refusal_naming_the_annotation(store, tmp_path, capsys):
+    path = _coco_file(tmp_path, annotations=_ann(segmentation={"size": [H, W], "counts": [-5, 10]}))
+    assert main([str(path), "--data-dir", str(store.data_dir)]) == 1
+    assert capsys.readouterr() == ("", "error: Annotation 1 of image 7: pycocotools cannot decode its RLE "
+                                       "(Python integer -5 out of bounds for uint32).\n")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import json
+import logging
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -201,3 +203,18 @@ def test_import_says_which_photos_it_skipped_for_having_no_annotations(app, tmp_
     assert status == (f"Imported photo `{other[:12]}` as version 2 (1 concept). Skipped 1 photo without "
                       f"annotations (their reviews are unchanged): `{key[:12]}`.")
     assert handlers.store.load(other).reviewer == "dr b" and handlers.store.load(key).revision == 1
+
+
+def test_import_of_a_bad_polygon_is_one_message_in_the_review_tab(app, tmp_path, caplog):
+    """Found by a new user: a 3-number polygon showed only "That failed." with a traceback in the log."""
+    handlers, wb, key, table = app
+    wb.save(key, table.assign(decision="accept"), "dr a", "", request=_session("s1"))
+    coco = json.loads(export_coco(handlers.store, tmp_path / "coco").read_text())
+    coco["annotations"][0]["segmentation"] = [[10, 10, 100]]
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(coco))
+    caplog.set_level(logging.INFO)
+    with pytest.raises(gr.Error) as err:
+        wb.import_coco(SimpleNamespace(name=str(bad)), "", request=_session("s1"))
+    assert err.value.message == "Annotation 1 of image 1: a polygon needs at least 3 points (6 numbers)."
+    assert [r.exc_info for r in caplog.records if r.exc_info] == [] and handlers.store.load(key).revision == 1

@@ -46,19 +46,53 @@ class CocoImport:
     skipped: list[str]
 
 
+def _checked_polygon(polygon: Any, height: int, width: int) -> list[float]:
+    """One polygon [x, y, ...] as floats, or ValueError: not a list, fewer than 3 points, an odd count, a number
+    that is not finite, or a point more than one image size outside the image (pycocotools would raise a bare
+    Exception, or allocate without bound and crash)."""
+    if not isinstance(polygon, (list, tuple)):
+        raise ValueError(f"each polygon must be a list of numbers x, y, x, y, ...; got {polygon!r}")
+    numbers = [float(v) for v in polygon]
+    if len(numbers) < 6:
+        raise ValueError("a polygon needs at least 3 points (6 numbers)")
+    if len(numbers) % 2:
+        raise ValueError(f"a polygon needs x, y pairs; this one has {len(numbers)} numbers")
+    bad = next((v for v in numbers if not np.isfinite(v)), None)
+    if bad is not None:
+        raise ValueError(f"a polygon holds a number that is not finite ({bad!r})")
+    if any(not -width <= x <= 2 * width for x in numbers[0::2]) or any(
+            not -height <= y <= 2 * height for y in numbers[1::2]):
+        raise ValueError(f"a polygon point lies far outside the {width}x{height} image")
+    return numbers
+
+
 def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarray:
-    """bool [H, W] from a COCO segmentation (compressed / uncompressed RLE, or polygons [[x, y, ...], ...])."""
+    """bool [H, W] from a COCO segmentation (compressed / uncompressed RLE, or polygons [[x, y, ...], ...]).
+
+    Raises:
+        ValueError: no segmentation, an RLE of another size, a polygon :func:`_checked_polygon` refuses, or
+            anything pycocotools fails on (its message quoted).
+    """
     if isinstance(segmentation, dict):
         counts = segmentation.get("counts")
         if list(segmentation.get("size", [])) != [height, width]:
             raise ValueError(f"its RLE is {segmentation.get('size')} but the image is {height}x{width}")
-        rle = (mask_utils.frPyObjects(segmentation, height, width) if isinstance(counts, list)
-               else {"size": [height, width], "counts": counts.encode("ascii") if isinstance(counts, str) else counts})
+        what = "RLE"
     elif isinstance(segmentation, list) and segmentation:
-        rle = mask_utils.merge(mask_utils.frPyObjects([list(map(float, p)) for p in segmentation], height, width))
+        polygons = [_checked_polygon(p, height, width) for p in segmentation]
+        what = "polygons"
     else:
         raise ValueError("it has no segmentation (RLE or polygons)")
-    return mask_utils.decode(rle).astype(bool)
+    try:
+        if what == "polygons":
+            rle = mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
+        elif isinstance(counts, list):
+            rle = mask_utils.frPyObjects(segmentation, height, width)
+        else:
+            rle = {"size": [height, width], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+        return mask_utils.decode(rle).astype(bool)
+    except Exception as exc:  # pycocotools raises bare Exception, OverflowError, ...: one refusal, no traceback
+        raise ValueError(f"pycocotools cannot decode its {what} ({exc})") from None
 
 
 def _image_key(image: dict[str, Any], known: set[str]) -> str:
