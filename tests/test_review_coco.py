@@ -43,8 +43,8 @@ def test_round_trip_keeps_masks_labels_and_marks_the_import(store, tmp_path):
                                                                               ("added", True, "dr e")]
     [version] = import_coco(store, path, reviewer="cvat").saved
     assert version.revision == 2 and version.reviewer == "cvat"
-    assert [(c.phrase, c.decision, c.provenance) for c in version.concepts] == [("lesion", "accept", "imported"),
-                                                                                ("scar", "accept", "imported")]
+    assert [(c.phrase, c.decision, c.label, c.provenance) for c in version.concepts] == [
+        ("lesion", "accept", "", "imported"), ("nodule", "relabel", "scar", "imported")]
     first = store.load_version(KEY, 1)
     for new, old in zip(version.concepts, first.concepts[:2]):
         assert np.array_equal(store.load_mask(KEY, new.index, version.version),
@@ -116,10 +116,12 @@ def _ann(**fields):
 
 
 PHOTO = KEY[:12]
+NOT_COCO = ('Not a COCO annotation file: it must be a JSON object with "images", "annotations" and "categories" '
+            'lists.')
 
 
 @pytest.mark.parametrize("parts, message", [
-    ({"drop": ["images"]}, "Not a COCO annotation file: 'images'"),
+    ({"drop": ["images"]}, NOT_COCO),
     ({"images": [{"id": 7, "file_name": "cases/someone_else.jpg", "width": W, "height": H}]},
      "COCO image 7 ('someone_else.jpg') matches no saved photo: images are matched by image_key or a file name "
      "<photo key>.png."),
@@ -140,8 +142,13 @@ PHOTO = KEY[:12]
      "Annotation 1 of image 7: could not convert string to float: 'x'."),
     ({"annotations": _ann(category_id=9)}, "Annotation 1: category 9 is not listed."),
     ({"drop": ["categories"]}, "Annotation 1: category 3 is not listed."),
-    ({"categories": [{"id": 3, "name": ""}]}, "Annotation 1: category 3 is not listed."),
-    ({"annotations": _ann(image_id=8)}, "The COCO file has no annotations: nothing to import."),
+    ({"categories": [{"id": 3, "name": " "}]}, "Category 3 has an empty name: name each category (e.g. 'lesion')."),
+    ({"categories": [{"id": 3, "name": None}]}, "Category 3 has an empty name: name each category (e.g. 'lesion')."),
+    ({"categories": [{"id": 3, "name": "x" * 201}]},
+     "Category 3: A category name is too long (201 characters; limit 200)."),
+    ({"categories": [{"id": 3, "name": "12"}]},
+     "Category 3: '12' is not a category name: use words, e.g. 'lesion'."),
+    ({"annotations": _ann(image_id=8)}, "Annotation 1 names image 8, which the file does not list: nothing imported."),
     ({"drop": ["annotations"]}, "The COCO file has no annotations: nothing to import."),
 ])
 def test_each_refusal_is_worded_whole_and_saves_nothing(store, tmp_path, parts, message):
@@ -250,7 +257,8 @@ def test_our_own_export_imports_back_whole_with_its_reviewer_skipping_photos_wit
     assert main([str(path), "--data-dir", str(store.data_dir)]) == 0
     assert capsys.readouterr().out == f"{PHOTO}: version 2, 2 concepts\n{pending[:12]}: skipped, no annotations\n"
     latest = store.load(KEY)
-    assert (latest.revision, latest.reviewer, [c.phrase for c in latest.concepts]) == (2, "dr e", ["lesion", "scar"])
+    assert (latest.revision, latest.reviewer, [c.final_label for c in latest.concepts]) == (2, "dr e",
+                                                                                          ["lesion", "scar"])
     assert [v.revision for v in store.versions(pending)] == [1], "a skipped photo's review must stay as it was"
     done = import_coco(store, path, reviewer="cvat")
     assert [(v.image_key, v.revision, v.reviewer) for v in done.saved] == [(KEY, 3, "cvat")]
@@ -277,3 +285,71 @@ def test_any_pycocotools_failure_becomes_a_refusal_naming_the_annotation(store, 
     assert main([str(path), "--data-dir", str(store.data_dir)]) == 1
     assert capsys.readouterr() == ("", "error: Annotation 1 of image 7: pycocotools cannot decode its RLE "
                                        "(Python integer -5 out of bounds for uint32).\n")
+
+
+def test_our_export_imports_back_with_its_decisions_labels_comments_and_concept_numbers(tmp_path):
+    """Found by a new user: every imported annotation became "accept", comments and relabels were dropped and the
+    concepts renumbered. Rejected (and pending) concepts are not exported, so they are not in the new version."""
+    store = ReviewStore(tmp_path / "data")
+    masks = np.zeros((4, H, W), bool)
+    masks[0, 5:15, 5:20] = masks[1, 0:4, 0:4] = masks[2, 18:28, 22:38] = masks[3, 1:9, 30:39] = True
+    store.save(KEY, np.full((H, W, 3), 80, np.uint8), masks, [
+        ConceptReview(0, "lesion", 0.9, (5, 5, 20, 15), "accept", comment="border unclear"),
+        ConceptReview(1, "arm", 0.2, (0, 0, 4, 4), "reject", comment="not skin"),
+        ConceptReview(2, "nodule", 1.0, (22, 18, 38, 28), "relabel", label="scar", comment="healed"),
+        ConceptReview(3, "crust", 0.5, (30, 1, 39, 9), "pending")], reviewer="dr e")
+    path = export_coco(store, tmp_path / "out")
+    [version] = import_coco(store, path).saved
+    assert [(c.index, c.phrase, c.decision, c.label, c.comment, c.provenance) for c in version.concepts] == [
+        (0, "lesion", "accept", "", "border unclear", "imported"),
+        (2, "nodule", "relabel", "scar", "healed", "imported")]
+    assert version.reviewer == "dr e"
+    for index in (0, 2):
+        assert np.array_equal(store.load_mask(KEY, index, version.version), masks[index])
+
+
+def _attrs(**attributes):
+    return _ann(attributes={"decision": "accept", "original_phrase": "lesion", "comment": "", "concept_index": 0,
+                            **attributes})
+
+
+@pytest.mark.parametrize("annotations, message", [
+    (_attrs(decision="maybe"), "Annotation 1 of image 7: its decision must be one of pending, accept, reject, "
+                               "relabel; got 'maybe'."),
+    (_attrs(decision=1), "Annotation 1 of image 7: its decision must be one of pending, accept, reject, relabel; "
+                         "got 1."),
+    (_attrs(comment=["x"]), "Annotation 1 of image 7: its comment must be text; got ['x']."),
+    (_attrs(comment="x" * 5001), "Annotation 1 of image 7: a comment has at most 5000 characters; this one has "
+                                 "5001."),
+    (_attrs(original_phrase=""), "Annotation 1 of image 7: its original_phrase must be a phrase of words; got ''."),
+    (_attrs(original_phrase="y" * 201), "Annotation 1 of image 7: A phrase is too long (201 characters; limit "
+                                        "200)."),
+    (_attrs(concept_index=-1), "Annotation 1 of image 7: its concept_index must be a whole number from 0 to 999; "
+                               "got -1."),
+    (_attrs(concept_index="0"), "Annotation 1 of image 7: its concept_index must be a whole number from 0 to 999; "
+                                "got '0'."),
+    (_attrs() + [{**_attrs()[0], "id": 2}], "Annotation 2 of image 7: its concept_index 0 is used twice."),
+])
+def test_our_attributes_are_checked_and_refused_with_nothing_saved(store, tmp_path, annotations, message):
+    with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
+        import_coco(store, _coco_file(tmp_path, annotations=annotations))
+    assert [v.revision for v in store.versions(KEY)] == [1]
+
+
+def test_attributes_read_back_a_reject_and_a_category_renamed_after_export_as_a_relabel(store, tmp_path):
+    annotations = [*_attrs(decision="reject", original_phrase="arm", concept_index=4, comment="  no  "),
+                   {**_attrs(original_phrase="nodule", concept_index=1)[0], "id": 2},
+                   {**_ann(attributes={"occluded": False})[0], "id": 3}]  # CVAT's own attributes: as before
+    [version] = import_coco(store, _coco_file(tmp_path, annotations=annotations)).saved
+    assert [(c.index, c.phrase, c.decision, c.label, c.comment) for c in version.concepts] == [
+        (1, "nodule", "relabel", "lesion", ""), (4, "arm", "reject", "", "no"), (5, "lesion", "accept", "", "")]
+
+
+def test_a_json_array_or_a_missing_file_is_refused_in_words(store, tmp_path, caplog):
+    (tmp_path / "list.json").write_text("[]")
+    with pytest.raises(ValueError, match="^" + re.escape(NOT_COCO) + "$"):
+        import_coco(store, tmp_path / "list.json")
+    caplog.set_level(logging.INFO)
+    with pytest.raises(ValueError, match=r"^The COCO file was not found: choose it again\.$"):
+        import_coco(store, tmp_path / "secret-name.json")
+    assert "secret-name" not in caplog.text

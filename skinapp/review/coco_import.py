@@ -8,7 +8,9 @@ before anything is saved: an unknown image, a size that differs from the stored 
 cannot be decoded raises ValueError naming it, and nothing is imported. An image without annotations (COCO allows
 them; our export lists a reviewed photo whose concepts were all rejected or left pending) is skipped: that photo's
 review is left as it is. Each version is saved under the reviewer given, else the one the file records for the
-image (our exports do), else none.
+image (our exports do), else none. The decision, phrase, label, comment and concept number our export records per
+annotation (``attributes``) are read back and checked; an annotation without them is an accepted concept named
+by its category.
 
 Command line: ``python -m skinapp.review.coco_import FILE [--data-dir DIR] [--reviewer NAME]`` (exit 0 when
 imported, 1 with the reason on stderr when refused).
@@ -27,7 +29,8 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from skinapp.review.store import ConceptReview, Review, ReviewStore
+from skinapp.phrases import clean_phrases
+from skinapp.review.store import DECISIONS, MAX_NOTE_CHARS, ConceptReview, Review, ReviewStore
 from skinapp.wording import counted
 
 log = logging.getLogger(__name__)
@@ -104,51 +107,152 @@ def _image_key(image: dict[str, Any], known: set[str]) -> str:
     return key
 
 
+#: What a file that is not a COCO object is told.
+NOT_COCO = 'Not a COCO annotation file: it must be a JSON object with "images", "annotations" and "categories" lists.'
+#: Highest concept number an imported annotation may carry (``attributes.concept_index``, as our export writes).
+MAX_CONCEPT_INDEX = 999
+
+
+def _read_coco(path: str | Path) -> tuple[list[dict], list[dict], dict[Any, str]]:
+    """(images, annotations, category names by id) of a COCO file, or ValueError worded for the user (the
+    file's name is never in the message: messages are logged)."""
+    try:
+        coco = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ValueError("The COCO file was not found: choose it again.") from None
+    except OSError as exc:
+        raise ValueError(f"The COCO file could not be read ({exc.strerror or type(exc).__name__}).") from None
+    except ValueError as exc:
+        raise ValueError(f"Not a COCO annotation file: it is not JSON ({exc}).") from None
+    parts = [coco.get(name, []) if isinstance(coco, dict) else None for name in ("images", "annotations",
+                                                                               "categories")]
+    if not isinstance(coco, dict) or "images" not in coco or not all(
+            isinstance(part, list) and all(isinstance(item, dict) for item in part) for part in parts):
+        raise ValueError(NOT_COCO)
+    images, annotations, categories = parts
+    names: dict[Any, str] = {}
+    for category in categories:
+        name = category.get("name")
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"Category {category.get('id')} has an empty name: name each category (e.g. 'lesion').")
+        try:
+            [names[category.get("id")]] = clean_phrases([name], noun="category name", examples=("lesion", "lesion"))
+        except ValueError as exc:
+            raise ValueError(f"Category {category.get('id')}: {exc}") from None
+    listed = {image.get("id") for image in images}
+    for ann in annotations:
+        if ann.get("image_id") not in listed:
+            raise ValueError(f"Annotation {ann.get('id')} names image {ann.get('image_id')}, which the file does not "
+                             "list: nothing imported.")
+    return images, annotations, names
+
+
+def _verdict(ann: dict[str, Any], name: str) -> tuple[int | None, str, str, str, str]:
+    """(concept index or None, phrase, decision, label, comment) of one annotation whose category is ``name``.
+
+    Our export's ``attributes`` (``decision``, ``original_phrase``, ``comment``, ``concept_index``) are read back
+    and checked; a file without them (e.g. CVAT's) gives (None, name, "accept", "", ""). A category that differs
+    from the exported ``original_phrase`` of an accepted concept (renamed after export) is a relabel.
+
+    Raises:
+        ValueError: an attribute of the wrong type, an unknown decision, an overlong comment or phrase.
+    """
+    attrs = ann.get("attributes") if isinstance(ann.get("attributes"), dict) else {}
+    decision = attrs.get("decision", "accept")
+    if decision not in DECISIONS:
+        raise ValueError(f"its decision must be one of {', '.join(DECISIONS)}; got {decision!r}")
+    comment = attrs.get("comment", "")
+    if not isinstance(comment, str):
+        raise ValueError(f"its comment must be text; got {comment!r}")
+    comment = comment.strip()
+    if len(comment) > MAX_NOTE_CHARS:
+        raise ValueError(f"a comment has at most {MAX_NOTE_CHARS} characters; this one has {len(comment)}")
+    phrase = attrs.get("original_phrase", name)
+    if not isinstance(phrase, str) or not phrase.strip():
+        raise ValueError(f"its original_phrase must be a phrase of words; got {phrase!r}")
+    [phrase] = clean_phrases([phrase], examples=("lesion", "lesion"))
+    index = attrs.get("concept_index")
+    if index is not None and (type(index) is not int or not 0 <= index <= MAX_CONCEPT_INDEX):
+        raise ValueError(f"its concept_index must be a whole number from 0 to {MAX_CONCEPT_INDEX}; got {index!r}")
+    if decision == "accept" and name != phrase:
+        decision = "relabel"
+    label = name if decision == "relabel" else ""
+    return index, phrase, decision, label, comment
+
+
+def _plan_image(image: dict[str, Any], annotations: list[dict], names: dict[Any, str], size: tuple[int, int]
+                ) -> tuple[np.ndarray, list[ConceptReview]]:
+    """The masks bool [n, H, W] and concepts of one image's annotations (n: the highest concept index + 1;
+    annotations without a ``concept_index`` are numbered after the others, in file order)."""
+    where = f"of image {image.get('id')}"
+    found = []
+    for ann in annotations:
+        try:
+            mask = decode_segmentation(ann.get("segmentation"), *size)
+            phrase = names.get(ann.get("category_id"), "")
+            if not phrase:
+                raise LookupError
+            index, *verdict = _verdict(ann, phrase)
+            x, y, w, h = (float(v) for v in (ann.get("bbox") or mask_utils.toBbox(
+                mask_utils.encode(np.asfortranarray(mask.astype(np.uint8))))))
+            score = float(ann.get("score", 1.0))
+        except LookupError:
+            raise ValueError(f"Annotation {ann.get('id')}: category {ann.get('category_id')} is not listed.") from None
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"Annotation {ann.get('id')} {where}: {str(exc).rstrip('.')}.") from None
+        found.append((ann, index, mask, ConceptReview(-1, verdict[0], score, (x, y, x + w, y + h), *verdict[1:],
+                                                      provenance="imported")))
+    taken: set[int] = set()
+    for ann, index, _, _ in found:
+        if index is not None and index in taken:
+            raise ValueError(f"Annotation {ann.get('id')} {where}: its concept_index {index} is used twice.")
+        taken.add(index)
+    taken.discard(None)
+    following = iter(range(max(taken, default=-1) + 1, 2 ** 31))
+    concepts = []
+    for _, index, _, concept in found:
+        concept.index = index if index is not None else next(following)
+        concepts.append(concept)
+    masks = np.zeros((max((c.index for c in concepts), default=-1) + 1, *size), bool)  # unused rows stay zero
+    for (_, _, mask, _), concept in zip(found, concepts):
+        masks[concept.index] = mask
+    return masks, sorted(concepts, key=lambda c: c.index)
+
+
 def import_coco(store: ReviewStore, path: str | Path, reviewer: str = "", note: str = "imported from COCO"
                 ) -> CocoImport:
     """Save the annotations of each image in the COCO file as a new version of that photo's review.
 
-    Each annotation becomes a concept (phrase: its category's name; decision "accept"; provenance "imported";
-    box from ``bbox``). Images without annotations are skipped. The version's reviewer is ``reviewer``, or when
-    that is empty the image's ``reviewer`` field (written by :func:`~skinapp.review.export.export_coco`).
+    Each annotation becomes a concept (provenance "imported"; box from ``bbox``); its phrase, decision, label,
+    comment and number are those our export recorded (:func:`_verdict`), else the category's name, "accept", no
+    label, no comment, numbered in file order. Images without annotations are skipped. The version's reviewer is
+    ``reviewer``, or when that is empty the image's ``reviewer`` field (written by
+    :func:`~skinapp.review.export.export_coco`).
 
     Raises:
-        ValueError: unreadable file, unknown image, size mismatch, undecodable segmentation, or no annotation in
-            the whole file (nothing is saved).
+        ValueError: unreadable file, unknown image, an annotation of an image the file does not list, a size
+            mismatch, an undecodable segmentation, a bad category name or attribute, or no annotation in the whole
+            file (nothing is saved).
     """
-    try:
-        coco = json.loads(Path(path).read_text())
-        images, annotations = list(coco["images"]), list(coco.get("annotations", []))
-        categories = {c["id"]: str(c["name"]) for c in coco.get("categories", [])}
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"Not a COCO annotation file: {exc}") from exc
+    images, annotations, names = _read_coco(path)
     known = {r.image_key for r in store.list_reviews()}
     planned, skipped = [], []
     for image in images:
         key = _image_key(image, known)
         review = store.load(key)
-        size = (int(image.get("height", -1)), int(image.get("width", -1)))
+        try:
+            size = (int(image.get("height", -1)), int(image.get("width", -1)))
+        except (TypeError, ValueError):
+            size = (-1, -1)
         if size != (review.height, review.width):
             raise ValueError(f"COCO image {image.get('id')} is {size[1]}x{size[0]} but photo {key[:12]} is "
                              f"{review.width}x{review.height}: annotate the exported working-size photo.")
-        masks, concepts = [], []
-        for ann in (a for a in annotations if a.get("image_id") == image.get("id")):
-            try:
-                mask = decode_segmentation(ann.get("segmentation"), *size)
-            except (ValueError, TypeError, KeyError) as exc:
-                raise ValueError(f"Annotation {ann.get('id')} of image {image.get('id')}: {exc}.") from exc
-            x, y, w, h = (float(v) for v in (ann.get("bbox") or mask_utils.toBbox(
-                mask_utils.encode(np.asfortranarray(mask.astype(np.uint8))))))
-            phrase = categories.get(ann.get("category_id"), "")
-            if not phrase:
-                raise ValueError(f"Annotation {ann.get('id')}: category {ann.get('category_id')} is not listed.")
-            concepts.append(ConceptReview(len(masks), phrase, float(ann.get("score", 1.0)), (x, y, x + w, y + h),
-                                          "accept", provenance="imported"))
-            masks.append(mask)
+        masks, concepts = _plan_image(image, [a for a in annotations if a.get("image_id") == image.get("id")],
+                                      names, size)
         if not concepts:
             skipped.append(key)
             continue
-        planned.append((key, np.stack(masks), concepts, reviewer or str(image.get("reviewer") or ""), review.prompts))
+        planned.append((key, masks, concepts, reviewer or str(image.get("reviewer") or ""), review.prompts))
     if not planned:
         raise ValueError("The COCO file has no annotations: nothing to import.")
     saved = [store.save(key, store.load_photo(key), masks, concepts, reviewer=who, note=note, prompts=prompts)
