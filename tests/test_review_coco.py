@@ -239,7 +239,8 @@ def test_command_help_names_its_arguments(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert text.startswith("usage: python -m skinapp.review.coco_import [-h] [--data-dir DATA_DIR] "
                            "[--reviewer REVIEWER] file Import a COCO instance-segmentation file")
-    for line in ("file the COCO JSON file", "--data-dir DATA_DIR the review store's folder (default $SKINAPP_DATA_DIR)",
+    for line in ("file the COCO JSON file", "--data-dir DATA_DIR the review store's folder (default "
+                 "$SKINAPP_DATA_DIR, else ./data/reviews)",
                  "--reviewer REVIEWER who made the annotations (saved with each version; default: the reviewer the "
                  "file records for each image)"):
         assert line in text
@@ -353,3 +354,19 @@ def test_a_json_array_or_a_missing_file_is_refused_in_words(store, tmp_path, cap
     with pytest.raises(ValueError, match=r"^The COCO file was not found: choose it again\.$"):
         import_coco(store, tmp_path / "secret-name.json")
     assert "secret-name" not in caplog.text
+
+
+def test_command_without_a_store_is_refused_before_one_is_created(store, tmp_path, monkeypatch, capsys):
+    """Found by a new user: without --data-dir and no ./data/reviews the command created an empty store, then
+    said the photo "matches no saved photo"."""
+    monkeypatch.delenv("SKINAPP_DATA_DIR", raising=False)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(_coco_file(tmp_path))])
+    assert exit_info.value.code == 2
+    err = " ".join(capsys.readouterr().err.split())  # argparse wraps the usage line to the terminal's width
+    assert err == ("usage: python -m skinapp.review.coco_import [-h] [--data-dir DATA_DIR] [--reviewer REVIEWER] "
+                   "file python -m skinapp.review.coco_import: error: no review store in data/reviews: name the "
+                   "app's data folder with --data-dir DIR (or $SKINAPP_DATA_DIR)")
+    assert not (tmp_path / "elsewhere" / "data").exists()

@@ -13,7 +13,7 @@ annotation (``attributes``) are read back and checked; an annotation without the
 by its category.
 
 Command line: ``python -m skinapp.review.coco_import FILE [--data-dir DIR] [--reviewer NAME]`` (exit 0 when
-imported, 1 with the reason on stderr when refused).
+imported, 1 with the reason on stderr when refused, 2 when there is no review store in the data folder).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from skinapp.phrases import clean_phrases
-from skinapp.review.store import DECISIONS, MAX_NOTE_CHARS, ConceptReview, Review, ReviewStore
+from skinapp.review.store import DECISIONS, MAX_NOTE_CHARS, ConceptReview, Review, ReviewStore, default_data_dir
 from skinapp.wording import counted
 
 log = logging.getLogger(__name__)
@@ -265,11 +265,16 @@ def import_coco(store: ReviewStore, path: str | Path, reviewer: str = "", note: 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m skinapp.review.coco_import", description=__doc__.splitlines()[0])
     parser.add_argument("file", help="the COCO JSON file")
-    parser.add_argument("--data-dir", default=None, help="the review store's folder (default $SKINAPP_DATA_DIR)")
+    parser.add_argument("--data-dir", default=None,
+                        help="the review store's folder (default $SKINAPP_DATA_DIR, else ./data/reviews)")
     parser.add_argument("--reviewer", default="", help="who made the annotations (saved with each version; default: "
                                                        "the reviewer the file records for each image)")
     args = parser.parse_args(argv)
-    store = ReviewStore(args.data_dir)
+    folder = Path(args.data_dir) if args.data_dir else default_data_dir()
+    if not (folder / "reviews.sqlite3").is_file():  # opening would create an empty store that matches nothing
+        parser.error(f"no review store in {folder}: name the app's data folder with --data-dir DIR "
+                     "(or $SKINAPP_DATA_DIR)")
+    store = ReviewStore(folder)
     try:
         done = import_coco(store, args.file, reviewer=args.reviewer)
     except ValueError as exc:
