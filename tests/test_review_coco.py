@@ -239,7 +239,7 @@ def test_command_help_names_its_arguments(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert text.startswith("usage: python -m skinapp.review.coco_import [-h] [--data-dir DATA_DIR] "
                            "[--reviewer REVIEWER] file Import a COCO instance-segmentation file")
-    for line in ("file the COCO JSON file", "--data-dir DATA_DIR the review store's folder (default "
+    for line in ("file the COCO JSON file, or an export zip", "--data-dir DATA_DIR the review store's folder (default "
                  "$SKINAPP_DATA_DIR, else ./data/reviews)",
                  "--reviewer REVIEWER who made the annotations (saved with each version; default: the reviewer the "
                  "file records for each image)"):
@@ -370,3 +370,47 @@ def test_command_without_a_store_is_refused_before_one_is_created(store, tmp_pat
                    "file python -m skinapp.review.coco_import: error: no review store in data/reviews: name the "
                    "app's data folder with --data-dir DIR (or $SKINAPP_DATA_DIR)")
     assert not (tmp_path / "elsewhere" / "data").exists()
+
+
+def test_our_export_zip_imports_into_another_store_with_its_photos(tmp_path, capsys):
+    """Found by a new user: importing an export zip into another store said "matches no saved photo" although the
+    zip holds the photos (images/<key>.png)."""
+    from skinapp.image import content_key
+    from skinapp.review.export import export_zip
+
+    photo = np.random.default_rng(0).integers(0, 256, (H, W, 3), dtype=np.uint8)
+    key = content_key(photo)
+    mine = ReviewStore(tmp_path / "mine")
+    mine.save(key, photo, np.ones((1, H, W), bool), [ConceptReview(0, "lesion", 0.5, (0, 0, W, H), "relabel",
+                                                                   label="scar", comment="old")], reviewer="dr z")
+    archive = export_zip(mine, tmp_path / "exports")
+    other = ReviewStore(tmp_path / "other")
+    assert main([str(archive), "--data-dir", str(other.data_dir)]) == 0
+    assert capsys.readouterr() == (f"{key[:12]}: version 1, 1 concept\n", "")
+    review = other.load(key)
+    assert (review.reviewer, [(c.phrase, c.decision, c.label, c.comment) for c in review.concepts]) == (
+        "dr z", [("lesion", "relabel", "scar", "old")])
+    assert np.array_equal(other.load_photo(key), photo) and other.load_mask(key, 0).all()
+    assert main([str(archive), "--data-dir", str(other.data_dir)]) == 0  # now known: a second version
+    assert capsys.readouterr().out == f"{key[:12]}: version 2, 1 concept\n"
+
+
+def test_a_zip_photo_whose_content_is_not_its_key_is_refused(store, tmp_path):
+    """The fixture's photo is saved under a made-up key: its zip copy cannot prove it is that photo."""
+    import zipfile
+
+    from skinapp.review.export import export_zip
+
+    archive = export_zip(store, tmp_path / "exports")
+    other = ReviewStore(tmp_path / "other")
+    with pytest.raises(ValueError, match="^" + re.escape(
+            f"COCO image 1: the zip's photo images/{PHOTO}….png is not the photo its name says (its pixels give "
+            "another key): nothing imported.") + "$"):
+        import_coco(other, archive)
+    assert other.list_reviews() == []
+    empty = tmp_path / "empty.zip"
+    with zipfile.ZipFile(empty, "w") as zf:
+        zf.writestr("readme.txt", "hi")
+    with pytest.raises(ValueError, match="^" + re.escape(
+            "The zip holds no annotations.json: import the zip the Review tab exported, or a COCO JSON file.") + "$"):
+        import_coco(other, empty)

@@ -12,6 +12,9 @@ image (our exports do), else none. The decision, phrase, label, comment and conc
 annotation (``attributes``) are read back and checked; an annotation without them is an accepted concept named
 by its category.
 
+FILE may also be our export zip (:mod:`skinapp.review.coco_zip`): its ``annotations.json`` is imported, and a photo
+the store lacks is taken from its ``images/<key>.png`` when the pixels give that key.
+
 Command line: ``python -m skinapp.review.coco_import FILE [--data-dir DIR] [--reviewer NAME]`` (exit 0 when
 imported, 1 with the reason on stderr when refused, 2 when there is no review store in the data folder).
 """
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -30,6 +34,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from skinapp.phrases import clean_phrases
+from skinapp.review.coco_zip import ExportArchive, is_archive
 from skinapp.review.store import DECISIONS, MAX_NOTE_CHARS, ConceptReview, Review, ReviewStore, default_data_dir
 from skinapp.wording import counted
 
@@ -98,13 +103,23 @@ def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarra
         raise ValueError(f"pycocotools cannot decode its {what} ({exc})") from None
 
 
-def _image_key(image: dict[str, Any], known: set[str]) -> str:
+def _image_key(image: dict[str, Any], known: set[str], archive: ExportArchive | None) -> tuple[str, Any]:
+    """(photo key, pixels from the zip or None) of one COCO image: a saved photo's key, or a key whose photo the
+    zip holds (checked against its pixels); else ValueError."""
     key = str(image.get("image_key") or PurePosixPath(str(image.get("file_name", ""))).stem).lower()
-    if key not in known:
+    if key in known:
+        return key, None
+    pixels = None
+    if archive is not None and re.fullmatch(r"[0-9a-f]{64}", key):
+        try:
+            pixels = archive.photo(key)
+        except ValueError as exc:
+            raise ValueError(f"COCO image {image.get('id')}: {exc}: nothing imported.") from None
+    if pixels is None:
         name = PurePosixPath(str(image.get("file_name", ""))).name
         raise ValueError(f"COCO image {image.get('id')} ({repr(name) if name else 'no file name'}) "
                          "matches no saved photo: images are matched by image_key or a file name <photo key>.png.")
-    return key
+    return key, pixels
 
 
 #: What a file that is not a COCO object is told.
@@ -113,11 +128,11 @@ NOT_COCO = 'Not a COCO annotation file: it must be a JSON object with "images", 
 MAX_CONCEPT_INDEX = 999
 
 
-def _read_coco(path: str | Path) -> tuple[list[dict], list[dict], dict[Any, str]]:
-    """(images, annotations, category names by id) of a COCO file, or ValueError worded for the user (the
-    file's name is never in the message: messages are logged)."""
+def _read_coco(path: str | Path, text: bytes | None = None) -> tuple[list[dict], list[dict], dict[Any, str]]:
+    """(images, annotations, category names by id) of a COCO file (or of ``text``, its content), or ValueError
+    worded for the user (the file's name is never in the message: messages are logged)."""
     try:
-        coco = json.loads(Path(path).read_text())
+        coco = json.loads(Path(path).read_bytes() if text is None else text)
     except FileNotFoundError:
         raise ValueError("The COCO file was not found: choose it again.") from None
     except OSError as exc:
@@ -234,12 +249,20 @@ def import_coco(store: ReviewStore, path: str | Path, reviewer: str = "", note: 
             mismatch, an undecodable segmentation, a bad category name or attribute, or no annotation in the whole
             file (nothing is saved).
     """
-    images, annotations, names = _read_coco(path)
+    if is_archive(path):
+        with ExportArchive(path) as archive:
+            return _import(store, archive.annotations_text(), path, archive, reviewer, note)
+    return _import(store, None, path, None, reviewer, note)
+
+
+def _import(store: ReviewStore, text: bytes | None, path: str | Path, archive: ExportArchive | None,
+            reviewer: str, note: str) -> CocoImport:
+    images, annotations, names = _read_coco(path, text)
     known = {r.image_key for r in store.list_reviews()}
     planned, skipped = [], []
     for image in images:
-        key = _image_key(image, known)
-        review = store.load(key)
+        key, pixels = _image_key(image, known, archive)
+        review = store.load(key) or Review(key, pixels.shape[1], pixels.shape[0], [])
         try:
             size = (int(image.get("height", -1)), int(image.get("width", -1)))
         except (TypeError, ValueError):
@@ -252,19 +275,19 @@ def import_coco(store: ReviewStore, path: str | Path, reviewer: str = "", note: 
         if not concepts:
             skipped.append(key)
             continue
-        planned.append((key, masks, concepts, reviewer or str(image.get("reviewer") or ""), review.prompts))
+        planned.append((key, pixels, masks, concepts, reviewer or str(image.get("reviewer") or ""), review.prompts))
     if not planned:
         raise ValueError("The COCO file has no annotations: nothing to import.")
-    saved = [store.save(key, store.load_photo(key), masks, concepts, reviewer=who, note=note, prompts=prompts)
-             for key, masks, concepts, who, prompts in planned]
+    saved = [store.save(key, store.load_photo(key) if pixels is None else pixels, masks, concepts, reviewer=who,
+                        note=note, prompts=prompts) for key, pixels, masks, concepts, who, prompts in planned]
     log.info("Imported %d annotations over %d photos from COCO; %d images without annotations skipped",
-             sum(len(p[2]) for p in planned), len(saved), len(skipped))
+             sum(len(p[3]) for p in planned), len(saved), len(skipped))
     return CocoImport(saved, skipped)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m skinapp.review.coco_import", description=__doc__.splitlines()[0])
-    parser.add_argument("file", help="the COCO JSON file")
+    parser.add_argument("file", help="the COCO JSON file, or an export zip")
     parser.add_argument("--data-dir", default=None,
                         help="the review store's folder (default $SKINAPP_DATA_DIR, else ./data/reviews)")
     parser.add_argument("--reviewer", default="", help="who made the annotations (saved with each version; default: "
