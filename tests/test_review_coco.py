@@ -282,10 +282,10 @@ def test_bad_polygons_are_refused_before_pycocotools_sees_them(store, tmp_path, 
 
 
 def test_any_pycocotools_failure_becomes_a_refusal_naming_the_annotation(store, tmp_path, capsys):
-    path = _coco_file(tmp_path, annotations=_ann(segmentation={"size": [H, W], "counts": [-5, 10]}))
+    path = _coco_file(tmp_path, annotations=_ann(segmentation={"size": [H, W], "counts": 5}))
     assert main([str(path), "--data-dir", str(store.data_dir)]) == 1
     assert capsys.readouterr() == ("", "error: Annotation 1 of image 7: pycocotools cannot decode its RLE "
-                                       "(Python integer -5 out of bounds for uint32).\n")
+                                       "(Expected bytes, got int).\n")
 
 
 def test_our_export_imports_back_with_its_decisions_labels_comments_and_concept_numbers(tmp_path):
@@ -414,3 +414,29 @@ def test_a_zip_photo_whose_content_is_not_its_key_is_refused(store, tmp_path):
     with pytest.raises(ValueError, match="^" + re.escape(
             "The zip holds no annotations.json: import the zip the Review tab exported, or a COCO JSON file.") + "$"):
         import_coco(other, empty)
+
+
+@pytest.mark.parametrize("counts, message", [
+    ([5, 10], "its RLE counts add up to 15 pixels but the image has 1200 (40x30)"),
+    ([-5, 1205], "its RLE counts must be whole numbers >= 0"),
+    ([1.5, 1198.5], "its RLE counts must be whole numbers >= 0"),
+    ("abc", "its RLE counts are not valid compressed COCO RLE"),
+    ("zzzz", "its RLE counts are not valid compressed COCO RLE"),
+    ("é", "its RLE counts are not valid compressed COCO RLE"),
+    ("", "its RLE counts add up to 0 pixels but the image has 1200 (40x30)"),
+    (rle_encode(np.ones((H, W - 1), bool))["counts"], "its RLE counts add up to 1170 pixels but the image has 1200 "
+                                                       "(40x30)"),
+])
+def test_rle_counts_that_do_not_cover_the_image_are_refused(store, tmp_path, counts, message):
+    """pycocotools decodes such counts into a mask of uninitialised memory (values far above 1), silently."""
+    with pytest.raises(ValueError, match="^" + re.escape(f"Annotation 1 of image 7: {message}.") + "$"):
+        import_coco(store, _coco_file(tmp_path, annotations=_ann(segmentation={"size": [H, W], "counts": counts})))
+    assert [v.revision for v in store.versions(KEY)] == [1]
+
+
+def test_valid_compressed_rle_still_decodes_whatever_its_characters():
+    rng = np.random.default_rng(3)
+    masks = [rng.random((13, 17)) < 0.5 for _ in range(2000)]
+    assert any("?" in rle_encode(m)["counts"] for m in masks)  # every character '0'..'o' is valid, "?" too
+    for mask in masks:
+        assert np.array_equal(decode_segmentation(rle_encode(mask), 13, 17), mask)

@@ -74,17 +74,57 @@ def _checked_polygon(polygon: Any, height: int, width: int) -> list[float]:
     return numbers
 
 
+def _compressed_counts(text: bytes) -> list[int] | None:
+    """The run lengths of COCO compressed RLE ``counts`` (pycocotools' ``rleFrString``, in Python), or None when
+    the text is not valid (a character outside '0'..'o', a run cut short)."""
+    counts: list[int] = []
+    pos = 0
+    while pos < len(text):
+        value, shift, more = 0, 0, True
+        while more:
+            if pos >= len(text) or not 48 <= text[pos] < 112:
+                return None
+            chunk = text[pos] - 48
+            value |= (chunk & 0x1F) << shift
+            more, pos, shift = bool(chunk & 0x20), pos + 1, shift + 5
+            if not more and chunk & 0x10:
+                value |= -1 << shift
+        counts.append(value + (counts[-2] if len(counts) > 2 else 0))
+    return counts
+
+
+def _check_rle_counts(counts: Any, height: int, width: int) -> None:
+    """ValueError unless ``counts`` (a list of run lengths, or compressed text / bytes) are runs >= 0 adding up to
+    the image's pixels: pycocotools decodes other counts into a mask of uninitialised memory, silently."""
+    if isinstance(counts, list):
+        if not all(isinstance(c, (int, float)) and not isinstance(c, bool) and float(c).is_integer() and c >= 0
+                   for c in counts):
+            raise ValueError("its RLE counts must be whole numbers >= 0")
+        runs = [int(c) for c in counts]
+    elif isinstance(counts, (str, bytes)):
+        ascii_only = counts.isascii() if isinstance(counts, str) else True
+        runs = _compressed_counts(counts.encode("ascii") if isinstance(counts, str) else counts) if ascii_only else None
+        if runs is None or any(c < 0 for c in runs):
+            raise ValueError("its RLE counts are not valid compressed COCO RLE")
+    else:
+        return  # not counts at all: pycocotools' refusal is quoted
+    if sum(runs) != height * width:
+        raise ValueError(f"its RLE counts add up to {sum(runs)} pixels but the image has {height * width} "
+                         f"({width}x{height})")
+
+
 def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarray:
     """bool [H, W] from a COCO segmentation (compressed / uncompressed RLE, or polygons [[x, y, ...], ...]).
 
     Raises:
-        ValueError: no segmentation, an RLE of another size, a polygon :func:`_checked_polygon` refuses, or
-            anything pycocotools fails on (its message quoted).
+        ValueError: no segmentation, an RLE of another size or whose runs do not cover the image, a polygon
+            :func:`_checked_polygon` refuses, or anything pycocotools fails on (its message quoted).
     """
     if isinstance(segmentation, dict):
         counts = segmentation.get("counts")
         if list(segmentation.get("size", [])) != [height, width]:
             raise ValueError(f"its RLE is {segmentation.get('size')} but the image is {height}x{width}")
+        _check_rle_counts(counts, height, width)
         what = "RLE"
     elif isinstance(segmentation, list) and segmentation:
         polygons = [_checked_polygon(p, height, width) for p in segmentation]
