@@ -440,3 +440,26 @@ def test_valid_compressed_rle_still_decodes_whatever_its_characters():
     assert any("?" in rle_encode(m)["counts"] for m in masks)  # every character '0'..'o' is valid, "?" too
     for mask in masks:
         assert np.array_equal(decode_segmentation(rle_encode(mask), 13, 17), mask)
+
+
+@pytest.mark.parametrize("bbox", [[0, 0, 0, 0], [100, 100, 5, 5], [1, 2, "nan", 4]])
+def test_a_box_the_store_would_refuse_stops_the_whole_file_before_any_save(store, tmp_path, bbox):
+    """The store refused such a box only when saving, after the file's earlier photos were saved."""
+    other = "ab" * 32
+    store.save(other, np.zeros((10, 20, 3), np.uint8), np.ones((1, 10, 20), bool),
+               [ConceptReview(0, "arm", 0.5, (0, 0, 20, 10), "accept")])
+    images = [{"id": 2, "image_key": other, "width": 20, "height": 10},
+              {"id": 7, "file_name": f"{KEY}.png", "width": W, "height": H}]
+    annotations = [{"id": 1, "image_id": 2, "category_id": 3, "segmentation": [[0, 0, 4, 0, 4, 4, 0, 4]]},
+                   {**_ann(bbox=bbox)[0], "id": 2}]
+    with pytest.raises(ValueError, match="^" + re.escape(
+            f"Annotation 2 of image 7: its bbox {bbox!r} has no area inside the 40x30 image.") + "$"):
+        import_coco(store, _coco_file(tmp_path, images=images, annotations=annotations))
+    assert [v.revision for v in store.versions(other)] == [1] and [v.revision for v in store.versions(KEY)] == [1]
+
+
+def test_an_empty_mask_without_a_bbox_is_refused_in_words(store, tmp_path):
+    empty = {"size": [H, W], "counts": rle_encode(np.zeros((H, W), bool))["counts"]}
+    with pytest.raises(ValueError, match="^" + re.escape(
+            "Annotation 1 of image 7: it has no bbox and its mask is empty.") + "$"):
+        import_coco(store, _coco_file(tmp_path, annotations=_ann(segmentation=empty)))

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from skinapp.boxes import sanitize_boxes
 from skinapp.phrases import clean_phrases
 from skinapp.review.coco_zip import ExportArchive, is_archive
 from skinapp.review.store import DECISIONS, MAX_NOTE_CHARS, ConceptReview, Review, ReviewStore, default_data_dir
@@ -251,6 +252,9 @@ def _plan_image(image: dict[str, Any], annotations: list[dict], names: dict[Any,
             x, y, w, h = (float(v) for v in (ann.get("bbox") or mask_utils.toBbox(
                 mask_utils.encode(np.asfortranarray(mask.astype(np.uint8))))))
             score = float(ann.get("score", 1.0))
+            if not sanitize_boxes(np.array([[x, y, x + w, y + h]]), size[1], size[0])[1][0]:  # as the store will
+                raise ValueError(f"its bbox {ann.get('bbox')!r} has no area inside the {size[1]}x{size[0]} image"
+                                 if ann.get("bbox") else "it has no bbox and its mask is empty")
         except LookupError:
             raise ValueError(f"Annotation {ann.get('id')}: category {ann.get('category_id')} is not listed.") from None
         except (ValueError, TypeError) as exc:
