@@ -463,3 +463,17 @@ def test_an_empty_mask_without_a_bbox_is_refused_in_words(store, tmp_path):
     with pytest.raises(ValueError, match="^" + re.escape(
             "Annotation 1 of image 7: it has no bbox and its mask is empty.") + "$"):
         import_coco(store, _coco_file(tmp_path, annotations=_ann(segmentation=empty)))
+
+
+def test_a_reviewer_name_the_store_would_refuse_stops_the_whole_file_before_any_save(store, tmp_path):
+    other = "ab" * 32
+    store.save(other, np.zeros((10, 20, 3), np.uint8), np.ones((1, 10, 20), bool),
+               [ConceptReview(0, "arm", 0.5, (0, 0, 20, 10), "accept")])
+    images = [{"id": 2, "image_key": other, "width": 20, "height": 10},
+              {"id": 7, "file_name": f"{KEY}.png", "width": W, "height": H, "reviewer": "dr\nx"}]
+    annotations = [{"id": 1, "image_id": 2, "category_id": 3, "segmentation": [[0, 0, 4, 0, 4, 4, 0, 4]]},
+                   {**_ann()[0], "id": 2}]
+    with pytest.raises(ValueError, match="^" + re.escape(
+            "COCO image 7: A reviewer name cannot hold line breaks, tabs or other control characters.") + "$"):
+        import_coco(store, _coco_file(tmp_path, images=images, annotations=annotations))
+    assert [v.revision for v in store.versions(other)] == [1] and [v.revision for v in store.versions(KEY)] == [1]

@@ -36,7 +36,15 @@ from pycocotools import mask as mask_utils
 from skinapp.boxes import sanitize_boxes
 from skinapp.phrases import clean_phrases
 from skinapp.review.coco_zip import ExportArchive, is_archive
-from skinapp.review.store import DECISIONS, MAX_NOTE_CHARS, ConceptReview, Review, ReviewStore, default_data_dir
+from skinapp.review.store import (
+    DECISIONS,
+    MAX_NOTE_CHARS,
+    ConceptReview,
+    Review,
+    ReviewStore,
+    checked_signature,
+    default_data_dir,
+)
 from skinapp.wording import counted
 
 log = logging.getLogger(__name__)
@@ -319,7 +327,11 @@ def _import(store: ReviewStore, text: bytes | None, path: str | Path, archive: E
         if not concepts:
             skipped.append(key)
             continue
-        planned.append((key, pixels, masks, concepts, reviewer or str(image.get("reviewer") or ""), review.prompts))
+        try:  # the store's rule, here so that a refusal comes before any save
+            who = checked_signature(reviewer or str(image.get("reviewer") or ""), note)[0]
+        except ValueError as exc:
+            raise ValueError(f"COCO image {image.get('id')}: {exc}") from None
+        planned.append((key, pixels, masks, concepts, who, review.prompts))
     if not planned:
         raise ValueError("The COCO file has no annotations: nothing to import.")
     saved = [store.save(key, store.load_photo(key) if pixels is None else pixels, masks, concepts, reviewer=who,
