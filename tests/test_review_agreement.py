@@ -154,7 +154,7 @@ def test_command_help_describes_it(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "Agreement between reviewers of the same photos: per-concept mask IoU and Cohen's kappa over " \
            "accept/reject." in text
-    assert "--data-dir DATA_DIR the review store's folder (default $SKINAPP_DATA_DIR)" in text
+    assert "--data-dir DATA_DIR the review store's folder (default $SKINAPP_DATA_DIR, else ./data/reviews)" in text
     assert "--csv CSV also write the rows to this CSV file" in text
 
 
@@ -213,3 +213,15 @@ def test_names_that_differ_in_case_or_spacing_are_one_reviewer(tmp_path):
     concepts, pairs = agreement(store)
     assert [(p.reviewer_a, p.reviewer_b, p.n_photos, p.n_concepts) for p in pairs] == [("bob", "dr  a", 1, 2)]
     assert [(c.decision_a, c.decision_b) for c in concepts] == [("accept", "accept"), ("accept", "reject")]
+
+
+@pytest.mark.parametrize("where, reason", [("missing/x.csv", "its folder does not exist"),
+                                           (".", "it is a folder")])
+def test_command_with_a_csv_it_cannot_write_is_a_usage_error(store, tmp_path, capsys, where, reason):
+    """Found by a new user: --csv /nonexistent/dir/x.csv ended in a FileNotFoundError traceback."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--data-dir", str(store.data_dir), "--csv", str(tmp_path / where)])
+    assert exit_info.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == "" and " ".join(err.split()).endswith(
+        f"python -m skinapp.review.agreement: error: cannot write the CSV {tmp_path / where}: {reason}")

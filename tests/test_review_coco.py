@@ -43,8 +43,8 @@ def test_round_trip_keeps_masks_labels_and_marks_the_import(store, tmp_path):
                                                                               ("added", True, "dr e")]
     [version] = import_coco(store, path, reviewer="cvat").saved
     assert version.revision == 2 and version.reviewer == "cvat"
-    assert [(c.phrase, c.decision, c.provenance) for c in version.concepts] == [("lesion", "accept", "imported"),
-                                                                                ("scar", "accept", "imported")]
+    assert [(c.phrase, c.decision, c.label, c.provenance) for c in version.concepts] == [
+        ("lesion", "accept", "", "imported"), ("nodule", "relabel", "scar", "imported")]
     first = store.load_version(KEY, 1)
     for new, old in zip(version.concepts, first.concepts[:2]):
         assert np.array_equal(store.load_mask(KEY, new.index, version.version),
@@ -116,10 +116,12 @@ def _ann(**fields):
 
 
 PHOTO = KEY[:12]
+NOT_COCO = ('Not a COCO annotation file: it must be a JSON object with "images", "annotations" and "categories" '
+            'lists.')
 
 
 @pytest.mark.parametrize("parts, message", [
-    ({"drop": ["images"]}, "Not a COCO annotation file: 'images'"),
+    ({"drop": ["images"]}, NOT_COCO),
     ({"images": [{"id": 7, "file_name": "cases/someone_else.jpg", "width": W, "height": H}]},
      "COCO image 7 ('someone_else.jpg') matches no saved photo: images are matched by image_key or a file name "
      "<photo key>.png."),
@@ -140,8 +142,13 @@ PHOTO = KEY[:12]
      "Annotation 1 of image 7: could not convert string to float: 'x'."),
     ({"annotations": _ann(category_id=9)}, "Annotation 1: category 9 is not listed."),
     ({"drop": ["categories"]}, "Annotation 1: category 3 is not listed."),
-    ({"categories": [{"id": 3, "name": ""}]}, "Annotation 1: category 3 is not listed."),
-    ({"annotations": _ann(image_id=8)}, "The COCO file has no annotations: nothing to import."),
+    ({"categories": [{"id": 3, "name": " "}]}, "Category 3 has an empty name: name each category (e.g. 'lesion')."),
+    ({"categories": [{"id": 3, "name": None}]}, "Category 3 has an empty name: name each category (e.g. 'lesion')."),
+    ({"categories": [{"id": 3, "name": "x" * 201}]},
+     "Category 3: A category name is too long (201 characters; limit 200)."),
+    ({"categories": [{"id": 3, "name": "12"}]},
+     "Category 3: '12' is not a category name: use words, e.g. 'lesion'."),
+    ({"annotations": _ann(image_id=8)}, "Annotation 1 names image 8, which the file does not list: nothing imported."),
     ({"drop": ["annotations"]}, "The COCO file has no annotations: nothing to import."),
 ])
 def test_each_refusal_is_worded_whole_and_saves_nothing(store, tmp_path, parts, message):
@@ -232,7 +239,8 @@ def test_command_help_names_its_arguments(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert text.startswith("usage: python -m skinapp.review.coco_import [-h] [--data-dir DATA_DIR] "
                            "[--reviewer REVIEWER] file Import a COCO instance-segmentation file")
-    for line in ("file the COCO JSON file", "--data-dir DATA_DIR the review store's folder (default $SKINAPP_DATA_DIR)",
+    for line in ("file the COCO JSON file, or an export zip", "--data-dir DATA_DIR the review store's folder (default "
+                 "$SKINAPP_DATA_DIR, else ./data/reviews)",
                  "--reviewer REVIEWER who made the annotations (saved with each version; default: the reviewer the "
                  "file records for each image)"):
         assert line in text
@@ -250,8 +258,222 @@ def test_our_own_export_imports_back_whole_with_its_reviewer_skipping_photos_wit
     assert main([str(path), "--data-dir", str(store.data_dir)]) == 0
     assert capsys.readouterr().out == f"{PHOTO}: version 2, 2 concepts\n{pending[:12]}: skipped, no annotations\n"
     latest = store.load(KEY)
-    assert (latest.revision, latest.reviewer, [c.phrase for c in latest.concepts]) == (2, "dr e", ["lesion", "scar"])
+    assert (latest.revision, latest.reviewer, [c.final_label for c in latest.concepts]) == (2, "dr e",
+                                                                                          ["lesion", "scar"])
     assert [v.revision for v in store.versions(pending)] == [1], "a skipped photo's review must stay as it was"
     done = import_coco(store, path, reviewer="cvat")
     assert [(v.image_key, v.revision, v.reviewer) for v in done.saved] == [(KEY, 3, "cvat")]
     assert done.skipped == [pending]
+
+
+@pytest.mark.parametrize("polygons, message", [
+    ([[10, 10, 100]], "a polygon needs at least 3 points (6 numbers)"),
+    ([[10, 10, 30, 10, 30, 20, 10]], "a polygon needs x, y pairs; this one has 7 numbers"),
+    ([[10, 10, 30, float("nan"), 30, 20]], "a polygon holds a number that is not finite (nan)"),
+    ([[10, 10, 1e8, 10, 30, 20]], "a polygon point lies far outside the 40x30 image"),
+    ([10, 10, 30, 10, 30, 20], "each polygon must be a list of numbers x, y, x, y, ...; got 10"),
+])
+def test_bad_polygons_are_refused_before_pycocotools_sees_them(store, tmp_path, polygons, message):
+    """Found by a new user: a 3-number polygon made pycocotools raise a bare Exception (a traceback in the CLI,
+    "That failed." in the app); a NaN or a far-away point crashed the process."""
+    with pytest.raises(ValueError, match="^" + re.escape(f"Annotation 1 of image 7: {message}.") + "$"):
+        import_coco(store, _coco_file(tmp_path, annotations=_ann(segmentation=polygons)))
+    assert [v.revision for v in store.versions(KEY)] == [1]
+
+
+def test_any_pycocotools_failure_becomes_a_refusal_naming_the_annotation(store, tmp_path, capsys):
+    path = _coco_file(tmp_path, annotations=_ann(segmentation={"size": [H, W], "counts": 5}))
+    assert main([str(path), "--data-dir", str(store.data_dir)]) == 1
+    assert capsys.readouterr() == ("", "error: Annotation 1 of image 7: pycocotools cannot decode its RLE "
+                                       "(Expected bytes, got int).\n")
+
+
+def test_our_export_imports_back_with_its_decisions_labels_comments_and_concept_numbers(tmp_path):
+    """Found by a new user: every imported annotation became "accept", comments and relabels were dropped and the
+    concepts renumbered. Rejected (and pending) concepts are not exported, so they are not in the new version."""
+    store = ReviewStore(tmp_path / "data")
+    masks = np.zeros((4, H, W), bool)
+    masks[0, 5:15, 5:20] = masks[1, 0:4, 0:4] = masks[2, 18:28, 22:38] = masks[3, 1:9, 30:39] = True
+    store.save(KEY, np.full((H, W, 3), 80, np.uint8), masks, [
+        ConceptReview(0, "lesion", 0.9, (5, 5, 20, 15), "accept", comment="border unclear"),
+        ConceptReview(1, "arm", 0.2, (0, 0, 4, 4), "reject", comment="not skin"),
+        ConceptReview(2, "nodule", 1.0, (22, 18, 38, 28), "relabel", label="scar", comment="healed"),
+        ConceptReview(3, "crust", 0.5, (30, 1, 39, 9), "pending")], reviewer="dr e")
+    path = export_coco(store, tmp_path / "out")
+    [version] = import_coco(store, path).saved
+    assert [(c.index, c.phrase, c.decision, c.label, c.comment, c.provenance) for c in version.concepts] == [
+        (0, "lesion", "accept", "", "border unclear", "imported"),
+        (2, "nodule", "relabel", "scar", "healed", "imported")]
+    assert version.reviewer == "dr e"
+    for index in (0, 2):
+        assert np.array_equal(store.load_mask(KEY, index, version.version), masks[index])
+
+
+def _attrs(**attributes):
+    return _ann(attributes={"decision": "accept", "original_phrase": "lesion", "comment": "", "concept_index": 0,
+                            **attributes})
+
+
+@pytest.mark.parametrize("annotations, message", [
+    (_attrs(decision="maybe"), "Annotation 1 of image 7: its decision must be one of pending, accept, reject, "
+                               "relabel; got 'maybe'."),
+    (_attrs(decision=1), "Annotation 1 of image 7: its decision must be one of pending, accept, reject, relabel; "
+                         "got 1."),
+    (_attrs(comment=["x"]), "Annotation 1 of image 7: its comment must be text; got ['x']."),
+    (_attrs(comment="x" * 5001), "Annotation 1 of image 7: a comment has at most 5000 characters; this one has "
+                                 "5001."),
+    (_attrs(original_phrase=""), "Annotation 1 of image 7: its original_phrase must be a phrase of words; got ''."),
+    (_attrs(original_phrase="y" * 201), "Annotation 1 of image 7: A phrase is too long (201 characters; limit "
+                                        "200)."),
+    (_attrs(concept_index=-1), "Annotation 1 of image 7: its concept_index must be a whole number from 0 to 999; "
+                               "got -1."),
+    (_attrs(concept_index="0"), "Annotation 1 of image 7: its concept_index must be a whole number from 0 to 999; "
+                                "got '0'."),
+    (_attrs() + [{**_attrs()[0], "id": 2}], "Annotation 2 of image 7: its concept_index 0 is used twice."),
+])
+def test_our_attributes_are_checked_and_refused_with_nothing_saved(store, tmp_path, annotations, message):
+    with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
+        import_coco(store, _coco_file(tmp_path, annotations=annotations))
+    assert [v.revision for v in store.versions(KEY)] == [1]
+
+
+def test_attributes_read_back_a_reject_and_a_category_renamed_after_export_as_a_relabel(store, tmp_path):
+    annotations = [*_attrs(decision="reject", original_phrase="arm", concept_index=4, comment="  no  "),
+                   {**_attrs(original_phrase="nodule", concept_index=1)[0], "id": 2},
+                   {**_ann(attributes={"occluded": False})[0], "id": 3}]  # CVAT's own attributes: as before
+    [version] = import_coco(store, _coco_file(tmp_path, annotations=annotations)).saved
+    assert [(c.index, c.phrase, c.decision, c.label, c.comment) for c in version.concepts] == [
+        (1, "nodule", "relabel", "lesion", ""), (4, "arm", "reject", "", "no"), (5, "lesion", "accept", "", "")]
+
+
+def test_a_json_array_or_a_missing_file_is_refused_in_words(store, tmp_path, caplog):
+    (tmp_path / "list.json").write_text("[]")
+    with pytest.raises(ValueError, match="^" + re.escape(NOT_COCO) + "$"):
+        import_coco(store, tmp_path / "list.json")
+    caplog.set_level(logging.INFO)
+    with pytest.raises(ValueError, match=r"^The COCO file was not found: choose it again\.$"):
+        import_coco(store, tmp_path / "secret-name.json")
+    assert "secret-name" not in caplog.text
+
+
+def test_command_without_a_store_is_refused_before_one_is_created(store, tmp_path, monkeypatch, capsys):
+    """Found by a new user: without --data-dir and no ./data/reviews the command created an empty store, then
+    said the photo "matches no saved photo"."""
+    monkeypatch.delenv("SKINAPP_DATA_DIR", raising=False)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(_coco_file(tmp_path))])
+    assert exit_info.value.code == 2
+    err = " ".join(capsys.readouterr().err.split())  # argparse wraps the usage line to the terminal's width
+    assert err == ("usage: python -m skinapp.review.coco_import [-h] [--data-dir DATA_DIR] [--reviewer REVIEWER] "
+                   "file python -m skinapp.review.coco_import: error: no review store in data/reviews: name the "
+                   "app's data folder with --data-dir DIR (or $SKINAPP_DATA_DIR)")
+    assert not (tmp_path / "elsewhere" / "data").exists()
+
+
+def test_our_export_zip_imports_into_another_store_with_its_photos(tmp_path, capsys):
+    """Found by a new user: importing an export zip into another store said "matches no saved photo" although the
+    zip holds the photos (images/<key>.png)."""
+    from skinapp.image import content_key
+    from skinapp.review.export import export_zip
+
+    photo = np.random.default_rng(0).integers(0, 256, (H, W, 3), dtype=np.uint8)
+    key = content_key(photo)
+    mine = ReviewStore(tmp_path / "mine")
+    mine.save(key, photo, np.ones((1, H, W), bool), [ConceptReview(0, "lesion", 0.5, (0, 0, W, H), "relabel",
+                                                                   label="scar", comment="old")], reviewer="dr z")
+    archive = export_zip(mine, tmp_path / "exports")
+    other = ReviewStore(tmp_path / "other")
+    assert main([str(archive), "--data-dir", str(other.data_dir)]) == 0
+    assert capsys.readouterr() == (f"{key[:12]}: version 1, 1 concept\n", "")
+    review = other.load(key)
+    assert (review.reviewer, [(c.phrase, c.decision, c.label, c.comment) for c in review.concepts]) == (
+        "dr z", [("lesion", "relabel", "scar", "old")])
+    assert np.array_equal(other.load_photo(key), photo) and other.load_mask(key, 0).all()
+    assert main([str(archive), "--data-dir", str(other.data_dir)]) == 0  # now known: a second version
+    assert capsys.readouterr().out == f"{key[:12]}: version 2, 1 concept\n"
+
+
+def test_a_zip_photo_whose_content_is_not_its_key_is_refused(store, tmp_path):
+    """The fixture's photo is saved under a made-up key: its zip copy cannot prove it is that photo."""
+    import zipfile
+
+    from skinapp.review.export import export_zip
+
+    archive = export_zip(store, tmp_path / "exports")
+    other = ReviewStore(tmp_path / "other")
+    with pytest.raises(ValueError, match="^" + re.escape(
+            f"COCO image 1: the zip's photo images/{PHOTO}….png is not the photo its name says (its pixels give "
+            "another key): nothing imported.") + "$"):
+        import_coco(other, archive)
+    assert other.list_reviews() == []
+    empty = tmp_path / "empty.zip"
+    with zipfile.ZipFile(empty, "w") as zf:
+        zf.writestr("readme.txt", "hi")
+    with pytest.raises(ValueError, match="^" + re.escape(
+            "The zip holds no annotations.json: import the zip the Review tab exported, or a COCO JSON file.") + "$"):
+        import_coco(other, empty)
+
+
+@pytest.mark.parametrize("counts, message", [
+    ([5, 10], "its RLE counts add up to 15 pixels but the image has 1200 (40x30)"),
+    ([-5, 1205], "its RLE counts must be whole numbers >= 0"),
+    ([1.5, 1198.5], "its RLE counts must be whole numbers >= 0"),
+    ("abc", "its RLE counts are not valid compressed COCO RLE"),
+    ("zzzz", "its RLE counts are not valid compressed COCO RLE"),
+    ("é", "its RLE counts are not valid compressed COCO RLE"),
+    ("", "its RLE counts add up to 0 pixels but the image has 1200 (40x30)"),
+    (rle_encode(np.ones((H, W - 1), bool))["counts"], "its RLE counts add up to 1170 pixels but the image has 1200 "
+                                                       "(40x30)"),
+])
+def test_rle_counts_that_do_not_cover_the_image_are_refused(store, tmp_path, counts, message):
+    """pycocotools decodes such counts into a mask of uninitialised memory (values far above 1), silently."""
+    with pytest.raises(ValueError, match="^" + re.escape(f"Annotation 1 of image 7: {message}.") + "$"):
+        import_coco(store, _coco_file(tmp_path, annotations=_ann(segmentation={"size": [H, W], "counts": counts})))
+    assert [v.revision for v in store.versions(KEY)] == [1]
+
+
+def test_valid_compressed_rle_still_decodes_whatever_its_characters():
+    rng = np.random.default_rng(3)
+    masks = [rng.random((13, 17)) < 0.5 for _ in range(2000)]
+    assert any("?" in rle_encode(m)["counts"] for m in masks)  # every character '0'..'o' is valid, "?" too
+    for mask in masks:
+        assert np.array_equal(decode_segmentation(rle_encode(mask), 13, 17), mask)
+
+
+@pytest.mark.parametrize("bbox", [[0, 0, 0, 0], [100, 100, 5, 5], [1, 2, "nan", 4]])
+def test_a_box_the_store_would_refuse_stops_the_whole_file_before_any_save(store, tmp_path, bbox):
+    """The store refused such a box only when saving, after the file's earlier photos were saved."""
+    other = "ab" * 32
+    store.save(other, np.zeros((10, 20, 3), np.uint8), np.ones((1, 10, 20), bool),
+               [ConceptReview(0, "arm", 0.5, (0, 0, 20, 10), "accept")])
+    images = [{"id": 2, "image_key": other, "width": 20, "height": 10},
+              {"id": 7, "file_name": f"{KEY}.png", "width": W, "height": H}]
+    annotations = [{"id": 1, "image_id": 2, "category_id": 3, "segmentation": [[0, 0, 4, 0, 4, 4, 0, 4]]},
+                   {**_ann(bbox=bbox)[0], "id": 2}]
+    with pytest.raises(ValueError, match="^" + re.escape(
+            f"Annotation 2 of image 7: its bbox {bbox!r} has no area inside the 40x30 image.") + "$"):
+        import_coco(store, _coco_file(tmp_path, images=images, annotations=annotations))
+    assert [v.revision for v in store.versions(other)] == [1] and [v.revision for v in store.versions(KEY)] == [1]
+
+
+def test_an_empty_mask_without_a_bbox_is_refused_in_words(store, tmp_path):
+    empty = {"size": [H, W], "counts": rle_encode(np.zeros((H, W), bool))["counts"]}
+    with pytest.raises(ValueError, match="^" + re.escape(
+            "Annotation 1 of image 7: it has no bbox and its mask is empty.") + "$"):
+        import_coco(store, _coco_file(tmp_path, annotations=_ann(segmentation=empty)))
+
+
+def test_a_reviewer_name_the_store_would_refuse_stops_the_whole_file_before_any_save(store, tmp_path):
+    other = "ab" * 32
+    store.save(other, np.zeros((10, 20, 3), np.uint8), np.ones((1, 10, 20), bool),
+               [ConceptReview(0, "arm", 0.5, (0, 0, 20, 10), "accept")])
+    images = [{"id": 2, "image_key": other, "width": 20, "height": 10},
+              {"id": 7, "file_name": f"{KEY}.png", "width": W, "height": H, "reviewer": "dr\nx"}]
+    annotations = [{"id": 1, "image_id": 2, "category_id": 3, "segmentation": [[0, 0, 4, 0, 4, 4, 0, 4]]},
+                   {**_ann()[0], "id": 2}]
+    with pytest.raises(ValueError, match="^" + re.escape(
+            "COCO image 7: A reviewer name cannot hold line breaks, tabs or other control characters.") + "$"):
+        import_coco(store, _coco_file(tmp_path, images=images, annotations=annotations))
+    assert [v.revision for v in store.versions(other)] == [1] and [v.revision for v in store.versions(KEY)] == [1]

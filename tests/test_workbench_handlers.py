@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import json
+import logging
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -206,3 +208,33 @@ def test_import_says_which_photos_it_skipped_for_having_no_annotations(app, tmp_
     assert status == (f"Imported photo `{other[:12]}` as version 2 (1 concept). Skipped 1 photo without "
                       f"annotations (their reviews are unchanged): `{key[:12]}`.")
     assert handlers.store.load(other).reviewer == "dr b" and handlers.store.load(key).revision == 1
+
+
+def test_import_of_a_bad_polygon_is_one_message_in_the_review_tab(app, tmp_path, caplog):
+    """Found by a new user: a 3-number polygon showed only "That failed." with a traceback in the log."""
+    handlers, wb, key, table = app
+    wb.save(key, table.assign(decision="accept"), "dr a", "", request=_session("s1"))
+    coco = json.loads(export_coco(handlers.store, tmp_path / "coco").read_text())
+    coco["annotations"][0]["segmentation"] = [[10, 10, 100]]
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(coco))
+    caplog.set_level(logging.INFO)
+    with pytest.raises(gr.Error) as err:
+        wb.import_coco(SimpleNamespace(name=str(bad)), "", request=_session("s1"))
+    assert err.value.message == "Annotation 1 of image 1: a polygon needs at least 3 points (6 numbers)."
+    assert [r.exc_info for r in caplog.records if r.exc_info] == [] and handlers.store.load(key).revision == 1
+
+
+def test_the_review_tab_imports_an_export_zip_into_another_store_with_its_photo(app, analyzer, tmp_path):
+    """Found by a new user: the export zip of one app, imported into another, said "matches no saved photo"."""
+    from skinapp.review.export import export_zip
+
+    handlers, wb, key, table = app
+    wb.save(key, table.assign(decision="accept"), "dr a", "", request=_session("s1"))
+    archive = export_zip(handlers.store, tmp_path / "zips")
+    other = Handlers(analyzer, ReviewStore(tmp_path / "other"), export_dir=tmp_path / "other-exports")
+    wb2 = WorkbenchHandlers(Workbench(analyzer, other.store), other)
+    status = wb2.import_coco(SimpleNamespace(name=str(archive)), "", request=_session("s2"))
+    review = other.store.load(key)
+    assert status == f"Imported photo `{key[:12]}` as version 1 ({len(review.concepts)} concepts)."
+    assert review.reviewer == "dr a" and np.array_equal(other.store.load_photo(key), handlers.store.load_photo(key))

@@ -167,17 +167,24 @@ def _kappa_text(kappa: float) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m skinapp.review.agreement", description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", default=None, help="the review store's folder (default $SKINAPP_DATA_DIR)")
+    parser.add_argument("--data-dir", default=None,
+                        help="the review store's folder (default $SKINAPP_DATA_DIR, else ./data/reviews)")
     parser.add_argument("--csv", default=None, help="also write the rows to this CSV file")
     args = parser.parse_args(argv)
     folder = Path(args.data_dir) if args.data_dir else default_data_dir()
     if not (folder / "reviews.sqlite3").is_file():
         parser.error(f"no review store in {folder}")
+    if args.csv and (Path(args.csv).is_dir() or not Path(args.csv).parent.is_dir()):  # refused before any work
+        parser.error(f"cannot write the CSV {args.csv}: "
+                     f"{'it is a folder' if Path(args.csv).is_dir() else 'its folder does not exist'}")
     concepts, pairs = agreement(ReviewStore(folder))
+    if args.csv:
+        try:
+            write_csv(concepts, pairs, args.csv)
+        except OSError as exc:  # e.g. no permission
+            parser.error(f"cannot write the CSV {args.csv}: {exc.strerror or type(exc).__name__}")
     for line in summary_lines(pairs):
         print(line)  # the command's output
-    if args.csv:
-        write_csv(concepts, pairs, args.csv)
     return 0
 
 

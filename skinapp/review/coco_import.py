@@ -8,10 +8,15 @@ before anything is saved: an unknown image, a size that differs from the stored 
 cannot be decoded raises ValueError naming it, and nothing is imported. An image without annotations (COCO allows
 them; our export lists a reviewed photo whose concepts were all rejected or left pending) is skipped: that photo's
 review is left as it is. Each version is saved under the reviewer given, else the one the file records for the
-image (our exports do), else none.
+image (our exports do), else none. The decision, phrase, label, comment and concept number our export records per
+annotation (``attributes``) are read back and checked; an annotation without them is an accepted concept named
+by its category.
+
+FILE may also be our export zip (:mod:`skinapp.review.coco_zip`): its ``annotations.json`` is imported, and a photo
+the store lacks is taken from its ``images/<key>.png`` when the pixels give that key.
 
 Command line: ``python -m skinapp.review.coco_import FILE [--data-dir DIR] [--reviewer NAME]`` (exit 0 when
-imported, 1 with the reason on stderr when refused).
+imported, 1 with the reason on stderr when refused, 2 when there is no review store in the data folder).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -27,7 +33,18 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from skinapp.review.store import ConceptReview, Review, ReviewStore
+from skinapp.boxes import sanitize_boxes
+from skinapp.phrases import clean_phrases
+from skinapp.review.coco_zip import ExportArchive, is_archive
+from skinapp.review.store import (
+    DECISIONS,
+    MAX_NOTE_CHARS,
+    ConceptReview,
+    Review,
+    ReviewStore,
+    checked_signature,
+    default_data_dir,
+)
 from skinapp.wording import counted
 
 log = logging.getLogger(__name__)
@@ -46,92 +63,297 @@ class CocoImport:
     skipped: list[str]
 
 
+def _checked_polygon(polygon: Any, height: int, width: int) -> list[float]:
+    """One polygon [x, y, ...] as floats, or ValueError: not a list, fewer than 3 points, an odd count, a number
+    that is not finite, or a point more than one image size outside the image (pycocotools would raise a bare
+    Exception, or allocate without bound and crash)."""
+    if not isinstance(polygon, (list, tuple)):
+        raise ValueError(f"each polygon must be a list of numbers x, y, x, y, ...; got {polygon!r}")
+    numbers = [float(v) for v in polygon]
+    if len(numbers) < 6:
+        raise ValueError("a polygon needs at least 3 points (6 numbers)")
+    if len(numbers) % 2:
+        raise ValueError(f"a polygon needs x, y pairs; this one has {len(numbers)} numbers")
+    bad = next((v for v in numbers if not np.isfinite(v)), None)
+    if bad is not None:
+        raise ValueError(f"a polygon holds a number that is not finite ({bad!r})")
+    if any(not -width <= x <= 2 * width for x in numbers[0::2]) or any(
+            not -height <= y <= 2 * height for y in numbers[1::2]):
+        raise ValueError(f"a polygon point lies far outside the {width}x{height} image")
+    return numbers
+
+
+def _compressed_counts(text: bytes) -> list[int] | None:
+    """The run lengths of COCO compressed RLE ``counts`` (pycocotools' ``rleFrString``, in Python), or None when
+    the text is not valid (a character outside '0'..'o', a run cut short)."""
+    counts: list[int] = []
+    pos = 0
+    while pos < len(text):
+        value, shift, more = 0, 0, True
+        while more:
+            if pos >= len(text) or not 48 <= text[pos] < 112:
+                return None
+            chunk = text[pos] - 48
+            value |= (chunk & 0x1F) << shift
+            more, pos, shift = bool(chunk & 0x20), pos + 1, shift + 5
+            if not more and chunk & 0x10:
+                value |= -1 << shift
+        counts.append(value + (counts[-2] if len(counts) > 2 else 0))
+    return counts
+
+
+def _check_rle_counts(counts: Any, height: int, width: int) -> None:
+    """ValueError unless ``counts`` (a list of run lengths, or compressed text / bytes) are runs >= 0 adding up to
+    the image's pixels: pycocotools decodes other counts into a mask of uninitialised memory, silently."""
+    if isinstance(counts, list):
+        if not all(isinstance(c, (int, float)) and not isinstance(c, bool) and float(c).is_integer() and c >= 0
+                   for c in counts):
+            raise ValueError("its RLE counts must be whole numbers >= 0")
+        runs = [int(c) for c in counts]
+    elif isinstance(counts, (str, bytes)):
+        ascii_only = counts.isascii() if isinstance(counts, str) else True
+        runs = _compressed_counts(counts.encode("ascii") if isinstance(counts, str) else counts) if ascii_only else None
+        if runs is None or any(c < 0 for c in runs):
+            raise ValueError("its RLE counts are not valid compressed COCO RLE")
+    else:
+        return  # not counts at all: pycocotools' refusal is quoted
+    if sum(runs) != height * width:
+        raise ValueError(f"its RLE counts add up to {sum(runs)} pixels but the image has {height * width} "
+                         f"({width}x{height})")
+
+
 def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarray:
-    """bool [H, W] from a COCO segmentation (compressed / uncompressed RLE, or polygons [[x, y, ...], ...])."""
+    """bool [H, W] from a COCO segmentation (compressed / uncompressed RLE, or polygons [[x, y, ...], ...]).
+
+    Raises:
+        ValueError: no segmentation, an RLE of another size or whose runs do not cover the image, a polygon
+            :func:`_checked_polygon` refuses, or anything pycocotools fails on (its message quoted).
+    """
     if isinstance(segmentation, dict):
         counts = segmentation.get("counts")
         if list(segmentation.get("size", [])) != [height, width]:
             raise ValueError(f"its RLE is {segmentation.get('size')} but the image is {height}x{width}")
-        rle = (mask_utils.frPyObjects(segmentation, height, width) if isinstance(counts, list)
-               else {"size": [height, width], "counts": counts.encode("ascii") if isinstance(counts, str) else counts})
+        _check_rle_counts(counts, height, width)
+        what = "RLE"
     elif isinstance(segmentation, list) and segmentation:
-        rle = mask_utils.merge(mask_utils.frPyObjects([list(map(float, p)) for p in segmentation], height, width))
+        polygons = [_checked_polygon(p, height, width) for p in segmentation]
+        what = "polygons"
     else:
         raise ValueError("it has no segmentation (RLE or polygons)")
-    return mask_utils.decode(rle).astype(bool)
+    try:
+        if what == "polygons":
+            rle = mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
+        elif isinstance(counts, list):
+            rle = mask_utils.frPyObjects(segmentation, height, width)
+        else:
+            rle = {"size": [height, width], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+        return mask_utils.decode(rle).astype(bool)
+    except Exception as exc:  # pycocotools raises bare Exception, OverflowError, ...: one refusal, no traceback
+        raise ValueError(f"pycocotools cannot decode its {what} ({exc})") from None
 
 
-def _image_key(image: dict[str, Any], known: set[str]) -> str:
+def _image_key(image: dict[str, Any], known: set[str], archive: ExportArchive | None) -> tuple[str, Any]:
+    """(photo key, pixels from the zip or None) of one COCO image: a saved photo's key, or a key whose photo the
+    zip holds (checked against its pixels); else ValueError."""
     key = str(image.get("image_key") or PurePosixPath(str(image.get("file_name", ""))).stem).lower()
-    if key not in known:
+    if key in known:
+        return key, None
+    pixels = None
+    if archive is not None and re.fullmatch(r"[0-9a-f]{64}", key):
+        try:
+            pixels = archive.photo(key)
+        except ValueError as exc:
+            raise ValueError(f"COCO image {image.get('id')}: {exc}: nothing imported.") from None
+    if pixels is None:
         name = PurePosixPath(str(image.get("file_name", ""))).name
         raise ValueError(f"COCO image {image.get('id')} ({repr(name) if name else 'no file name'}) "
                          "matches no saved photo: images are matched by image_key or a file name <photo key>.png.")
-    return key
+    return key, pixels
+
+
+#: What a file that is not a COCO object is told.
+NOT_COCO = 'Not a COCO annotation file: it must be a JSON object with "images", "annotations" and "categories" lists.'
+#: Highest concept number an imported annotation may carry (``attributes.concept_index``, as our export writes).
+MAX_CONCEPT_INDEX = 999
+
+
+def _read_coco(path: str | Path, text: bytes | None = None) -> tuple[list[dict], list[dict], dict[Any, str]]:
+    """(images, annotations, category names by id) of a COCO file (or of ``text``, its content), or ValueError
+    worded for the user (the file's name is never in the message: messages are logged)."""
+    try:
+        coco = json.loads(Path(path).read_bytes() if text is None else text)
+    except FileNotFoundError:
+        raise ValueError("The COCO file was not found: choose it again.") from None
+    except OSError as exc:
+        raise ValueError(f"The COCO file could not be read ({exc.strerror or type(exc).__name__}).") from None
+    except ValueError as exc:
+        raise ValueError(f"Not a COCO annotation file: it is not JSON ({exc}).") from None
+    parts = [coco.get(name, []) if isinstance(coco, dict) else None for name in ("images", "annotations",
+                                                                               "categories")]
+    if not isinstance(coco, dict) or "images" not in coco or not all(
+            isinstance(part, list) and all(isinstance(item, dict) for item in part) for part in parts):
+        raise ValueError(NOT_COCO)
+    images, annotations, categories = parts
+    names: dict[Any, str] = {}
+    for category in categories:
+        name = category.get("name")
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"Category {category.get('id')} has an empty name: name each category (e.g. 'lesion').")
+        try:
+            [names[category.get("id")]] = clean_phrases([name], noun="category name", examples=("lesion", "lesion"))
+        except ValueError as exc:
+            raise ValueError(f"Category {category.get('id')}: {exc}") from None
+    listed = {image.get("id") for image in images}
+    for ann in annotations:
+        if ann.get("image_id") not in listed:
+            raise ValueError(f"Annotation {ann.get('id')} names image {ann.get('image_id')}, which the file does not "
+                             "list: nothing imported.")
+    return images, annotations, names
+
+
+def _verdict(ann: dict[str, Any], name: str) -> tuple[int | None, str, str, str, str]:
+    """(concept index or None, phrase, decision, label, comment) of one annotation whose category is ``name``.
+
+    Our export's ``attributes`` (``decision``, ``original_phrase``, ``comment``, ``concept_index``) are read back
+    and checked; a file without them (e.g. CVAT's) gives (None, name, "accept", "", ""). A category that differs
+    from the exported ``original_phrase`` of an accepted concept (renamed after export) is a relabel.
+
+    Raises:
+        ValueError: an attribute of the wrong type, an unknown decision, an overlong comment or phrase.
+    """
+    attrs = ann.get("attributes") if isinstance(ann.get("attributes"), dict) else {}
+    decision = attrs.get("decision", "accept")
+    if decision not in DECISIONS:
+        raise ValueError(f"its decision must be one of {', '.join(DECISIONS)}; got {decision!r}")
+    comment = attrs.get("comment", "")
+    if not isinstance(comment, str):
+        raise ValueError(f"its comment must be text; got {comment!r}")
+    comment = comment.strip()
+    if len(comment) > MAX_NOTE_CHARS:
+        raise ValueError(f"a comment has at most {MAX_NOTE_CHARS} characters; this one has {len(comment)}")
+    phrase = attrs.get("original_phrase", name)
+    if not isinstance(phrase, str) or not phrase.strip():
+        raise ValueError(f"its original_phrase must be a phrase of words; got {phrase!r}")
+    [phrase] = clean_phrases([phrase], examples=("lesion", "lesion"))
+    index = attrs.get("concept_index")
+    if index is not None and (type(index) is not int or not 0 <= index <= MAX_CONCEPT_INDEX):
+        raise ValueError(f"its concept_index must be a whole number from 0 to {MAX_CONCEPT_INDEX}; got {index!r}")
+    if decision == "accept" and name != phrase:
+        decision = "relabel"
+    label = name if decision == "relabel" else ""
+    return index, phrase, decision, label, comment
+
+
+def _plan_image(image: dict[str, Any], annotations: list[dict], names: dict[Any, str], size: tuple[int, int]
+                ) -> tuple[np.ndarray, list[ConceptReview]]:
+    """The masks bool [n, H, W] and concepts of one image's annotations (n: the highest concept index + 1;
+    annotations without a ``concept_index`` are numbered after the others, in file order)."""
+    where = f"of image {image.get('id')}"
+    found = []
+    for ann in annotations:
+        try:
+            mask = decode_segmentation(ann.get("segmentation"), *size)
+            phrase = names.get(ann.get("category_id"), "")
+            if not phrase:
+                raise LookupError
+            index, *verdict = _verdict(ann, phrase)
+            x, y, w, h = (float(v) for v in (ann.get("bbox") or mask_utils.toBbox(
+                mask_utils.encode(np.asfortranarray(mask.astype(np.uint8))))))
+            score = float(ann.get("score", 1.0))
+            if not sanitize_boxes(np.array([[x, y, x + w, y + h]]), size[1], size[0])[1][0]:  # as the store will
+                raise ValueError(f"its bbox {ann.get('bbox')!r} has no area inside the {size[1]}x{size[0]} image"
+                                 if ann.get("bbox") else "it has no bbox and its mask is empty")
+        except LookupError:
+            raise ValueError(f"Annotation {ann.get('id')}: category {ann.get('category_id')} is not listed.") from None
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"Annotation {ann.get('id')} {where}: {str(exc).rstrip('.')}.") from None
+        found.append((ann, index, mask, ConceptReview(-1, verdict[0], score, (x, y, x + w, y + h), *verdict[1:],
+                                                      provenance="imported")))
+    taken: set[int] = set()
+    for ann, index, _, _ in found:
+        if index is not None and index in taken:
+            raise ValueError(f"Annotation {ann.get('id')} {where}: its concept_index {index} is used twice.")
+        taken.add(index)
+    taken.discard(None)
+    following = iter(range(max(taken, default=-1) + 1, 2 ** 31))
+    concepts = []
+    for _, index, _, concept in found:
+        concept.index = index if index is not None else next(following)
+        concepts.append(concept)
+    masks = np.zeros((max((c.index for c in concepts), default=-1) + 1, *size), bool)  # unused rows stay zero
+    for (_, _, mask, _), concept in zip(found, concepts):
+        masks[concept.index] = mask
+    return masks, sorted(concepts, key=lambda c: c.index)
 
 
 def import_coco(store: ReviewStore, path: str | Path, reviewer: str = "", note: str = "imported from COCO"
                 ) -> CocoImport:
     """Save the annotations of each image in the COCO file as a new version of that photo's review.
 
-    Each annotation becomes a concept (phrase: its category's name; decision "accept"; provenance "imported";
-    box from ``bbox``). Images without annotations are skipped. The version's reviewer is ``reviewer``, or when
-    that is empty the image's ``reviewer`` field (written by :func:`~skinapp.review.export.export_coco`).
+    Each annotation becomes a concept (provenance "imported"; box from ``bbox``); its phrase, decision, label,
+    comment and number are those our export recorded (:func:`_verdict`), else the category's name, "accept", no
+    label, no comment, numbered in file order. Images without annotations are skipped. The version's reviewer is
+    ``reviewer``, or when that is empty the image's ``reviewer`` field (written by
+    :func:`~skinapp.review.export.export_coco`).
 
     Raises:
-        ValueError: unreadable file, unknown image, size mismatch, undecodable segmentation, or no annotation in
-            the whole file (nothing is saved).
+        ValueError: unreadable file, unknown image, an annotation of an image the file does not list, a size
+            mismatch, an undecodable segmentation, a bad category name or attribute, or no annotation in the whole
+            file (nothing is saved).
     """
-    try:
-        coco = json.loads(Path(path).read_text())
-        images, annotations = list(coco["images"]), list(coco.get("annotations", []))
-        categories = {c["id"]: str(c["name"]) for c in coco.get("categories", [])}
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"Not a COCO annotation file: {exc}") from exc
+    if is_archive(path):
+        with ExportArchive(path) as archive:
+            return _import(store, archive.annotations_text(), path, archive, reviewer, note)
+    return _import(store, None, path, None, reviewer, note)
+
+
+def _import(store: ReviewStore, text: bytes | None, path: str | Path, archive: ExportArchive | None,
+            reviewer: str, note: str) -> CocoImport:
+    images, annotations, names = _read_coco(path, text)
     known = {r.image_key for r in store.list_reviews()}
     planned, skipped = [], []
     for image in images:
-        key = _image_key(image, known)
-        review = store.load(key)
-        size = (int(image.get("height", -1)), int(image.get("width", -1)))
+        key, pixels = _image_key(image, known, archive)
+        review = store.load(key) or Review(key, pixels.shape[1], pixels.shape[0], [])
+        try:
+            size = (int(image.get("height", -1)), int(image.get("width", -1)))
+        except (TypeError, ValueError):
+            size = (-1, -1)
         if size != (review.height, review.width):
             raise ValueError(f"COCO image {image.get('id')} is {size[1]}x{size[0]} but photo {key[:12]} is "
                              f"{review.width}x{review.height}: annotate the exported working-size photo.")
-        masks, concepts = [], []
-        for ann in (a for a in annotations if a.get("image_id") == image.get("id")):
-            try:
-                mask = decode_segmentation(ann.get("segmentation"), *size)
-            except (ValueError, TypeError, KeyError) as exc:
-                raise ValueError(f"Annotation {ann.get('id')} of image {image.get('id')}: {exc}.") from exc
-            x, y, w, h = (float(v) for v in (ann.get("bbox") or mask_utils.toBbox(
-                mask_utils.encode(np.asfortranarray(mask.astype(np.uint8))))))
-            phrase = categories.get(ann.get("category_id"), "")
-            if not phrase:
-                raise ValueError(f"Annotation {ann.get('id')}: category {ann.get('category_id')} is not listed.")
-            concepts.append(ConceptReview(len(masks), phrase, float(ann.get("score", 1.0)), (x, y, x + w, y + h),
-                                          "accept", provenance="imported"))
-            masks.append(mask)
+        masks, concepts = _plan_image(image, [a for a in annotations if a.get("image_id") == image.get("id")],
+                                      names, size)
         if not concepts:
             skipped.append(key)
             continue
-        planned.append((key, np.stack(masks), concepts, reviewer or str(image.get("reviewer") or ""), review.prompts))
+        try:  # the store's rule, here so that a refusal comes before any save
+            who = checked_signature(reviewer or str(image.get("reviewer") or ""), note)[0]
+        except ValueError as exc:
+            raise ValueError(f"COCO image {image.get('id')}: {exc}") from None
+        planned.append((key, pixels, masks, concepts, who, review.prompts))
     if not planned:
         raise ValueError("The COCO file has no annotations: nothing to import.")
-    saved = [store.save(key, store.load_photo(key), masks, concepts, reviewer=who, note=note, prompts=prompts)
-             for key, masks, concepts, who, prompts in planned]
+    saved = [store.save(key, store.load_photo(key) if pixels is None else pixels, masks, concepts, reviewer=who,
+                        note=note, prompts=prompts) for key, pixels, masks, concepts, who, prompts in planned]
     log.info("Imported %d annotations over %d photos from COCO; %d images without annotations skipped",
-             sum(len(p[2]) for p in planned), len(saved), len(skipped))
+             sum(len(p[3]) for p in planned), len(saved), len(skipped))
     return CocoImport(saved, skipped)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m skinapp.review.coco_import", description=__doc__.splitlines()[0])
-    parser.add_argument("file", help="the COCO JSON file")
-    parser.add_argument("--data-dir", default=None, help="the review store's folder (default $SKINAPP_DATA_DIR)")
+    parser.add_argument("file", help="the COCO JSON file, or an export zip")
+    parser.add_argument("--data-dir", default=None,
+                        help="the review store's folder (default $SKINAPP_DATA_DIR, else ./data/reviews)")
     parser.add_argument("--reviewer", default="", help="who made the annotations (saved with each version; default: "
                                                        "the reviewer the file records for each image)")
     args = parser.parse_args(argv)
-    store = ReviewStore(args.data_dir)
+    folder = Path(args.data_dir) if args.data_dir else default_data_dir()
+    if not (folder / "reviews.sqlite3").is_file():  # opening would create an empty store that matches nothing
+        parser.error(f"no review store in {folder}: name the app's data folder with --data-dir DIR "
+                     "(or $SKINAPP_DATA_DIR)")
+    store = ReviewStore(folder)
     try:
         done = import_coco(store, args.file, reviewer=args.reviewer)
     except ValueError as exc:

@@ -65,10 +65,10 @@ def add_workbench(wb: WorkbenchHandlers, agree: AgreementHandlers, error_text, r
         agreement_table = gr.Dataframe(headers=AGREEMENT_COLUMNS, interactive=False, elem_id="agreement-table")
         agreement_file = gr.File(label="Agreement CSV (this session only, temporary)", interactive=False)
 
-    with gr.Accordion("Import annotations (COCO JSON, e.g. from CVAT) as new versions", open=False,
+    with gr.Accordion("Import annotations (COCO JSON, e.g. from CVAT, or an export zip) as new versions", open=False,
                       elem_id="coco-import"):
         with gr.Row():
-            coco_file = gr.File(label="COCO file", file_types=[".json"], elem_id="coco-file")
+            coco_file = gr.File(label="COCO file or export zip", file_types=[".json", ".zip"], elem_id="coco-file")
             import_btn = gr.Button("Import", size="sm", elem_id="coco-import-btn")
         import_status = gr.Markdown(elem_id="coco-import-status")
 
