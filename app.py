@@ -170,8 +170,20 @@ def port_in_use(host: str, port: int) -> bool:
     return False
 
 
-def main(argv: list[str] | None = None) -> int:
+def configure_logging() -> None:
+    """One log format for the app; huggingface_hub's lines (e.g. its download retries) printed once, not twice.
+
+    huggingface_hub gives its logger a handler of its own at import and lets records propagate too, so with
+    a root handler each of its lines appears raw and again formatted; its own handler is removed."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    hub_log = logging.getLogger("huggingface_hub")
+    for handler in list(hub_log.handlers):
+        if type(handler) is logging.StreamHandler:
+            hub_log.removeHandler(handler)
+
+
+def main(argv: list[str] | None = None) -> int:
+    configure_logging()
     args = parse_args(argv)
     if port_in_use(args.host, args.port):  # before the temporary folder or any model is touched
         log.error("not starting: port %d on %s is in use (another app?); choose another with --port", args.port,

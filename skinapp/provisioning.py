@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from skinapp import checkpoints as ckpt
+from skinapp.checkpoints import _reach
 from skinapp.checkpoints._hub import hub_cache_dir
 from skinapp.models import CLIP_CHECKPOINTS, CONCEPT_CHECKPOINTS, GLOBAL_CHECKPOINT, load_models
 
@@ -93,16 +94,26 @@ def blocker(names: list[str]) -> str | None:
 
 @dataclass
 class Provisioned:
-    """What :func:`download_missing` did: names downloaded, and ``failed`` {name: one-line reason}."""
+    """What :func:`download_missing` did: names downloaded, ``failed`` {name: one-line reason}, and
+    ``unreachable`` {host: why} for the download servers that could not be reached at all."""
 
     downloaded: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    unreachable: dict[str, str] = field(default_factory=dict)
+    cut_off: list[str] = field(default_factory=list)  # names that failed because no server answered
+
+    @property
+    def no_internet(self) -> bool:
+        """True when nothing was downloaded and every failure was a server that could not be reached."""
+        return bool(self.failed) and not self.downloaded and set(self.failed) == set(self.cut_off)
 
     @property
     def reason(self) -> str | None:
         """One line saying what failed, or None."""
         if not self.failed:
             return None
+        if self.no_internet:
+            return f"cannot reach the download servers ({', '.join(self.unreachable)}): no internet here?"
         return "; ".join(f"{name}: {why}" for name, why in self.failed.items())
 
 
@@ -125,6 +136,13 @@ def download_missing(sam_variant: str = "vit_b", progress: ProgressFn | None = N
     if why_not:
         done.failed = dict.fromkeys(todo, why_not)
         return done
+    with _reach.remembered():  # each download server probed once for all the checkpoints
+        _download_each(todo, done, progress)
+    return done
+
+
+def _download_each(todo: list[str], done: Provisioned, progress: ProgressFn | None) -> None:
+    """Resolve each of ``todo`` with download=True, recording into ``done``; one log line per failure."""
     total = max(1, download_size(todo))
     fetched = 0
     for name in todo:
@@ -135,25 +153,36 @@ def download_missing(sam_variant: str = "vit_b", progress: ProgressFn | None = N
             ckpt.resolve(name, download=True)
             done.downloaded.append(name)
         except (ckpt.CheckpointMissing, ckpt.ChecksumMismatchError, ckpt.DownloadError, OSError) as err:
-            done.failed[name] = _one_line(err)
+            cause = err if isinstance(err, ckpt.UnreachableError) else err.__cause__
+            if isinstance(cause, ckpt.UnreachableError):
+                done.failed[name] = cause.short
+                done.cut_off.append(name)
+                for host, why in cause.hosts.items():
+                    done.unreachable.setdefault(host, why)
+            else:
+                done.failed[name] = _one_line(err)
+            log.warning("%s: %s", name, done.failed[name])
         fetched += size
     if progress is not None:
         progress(1.0, desc="Downloads finished")
-    return done
 
 
 def provision(sam_variant: str = "vit_b", progress: ProgressFn | None = None) -> str | None:
     """Download what is missing before the models load; log one line. Return None on success, else why not."""
+    return _provision(sam_variant, progress).reason
+
+
+def _provision(sam_variant: str, progress: ProgressFn | None) -> Provisioned:
     todo = missing(sam_variant)
     if not todo:
         log.info("Every official checkpoint is present; nothing to download")
-        return None
+        return Provisioned()
     log.info("Downloading %d official checkpoint(s), %.0f MiB: %s", len(todo), download_size(todo) / 2**20,
              ", ".join(todo))
     result = download_missing(sam_variant, progress)
     if result.reason:
         log.error("Could not download the real models, starting in demo mode: %s", result.reason)
-    return result.reason
+    return result
 
 
 def hot_swap(analyzer: Any, *, sam_variant: str = "vit_b", profile: str = "auto", warmup: bool = True,
@@ -170,9 +199,11 @@ def hot_swap(analyzer: Any, *, sam_variant: str = "vit_b", profile: str = "auto"
     with _swap_lock:
         if analyzer.models is not before:
             return f"The real models were just loaded by another request (mode: {analyzer.mode})."
-        reason = provision(sam_variant, progress)
-        if reason:
-            return f"Could not download the real models: {reason}. The app stays in demo mode."
+        result = _provision(sam_variant, progress)
+        if result.no_internet:
+            return f"{result.reason[:1].upper()}{result.reason[1:]} The app stays in demo mode."
+        if result.reason:
+            return f"Could not download the real models: {result.reason}. The app stays in demo mode."
         if progress is not None:
             progress(0.95, desc="Loading the models")
         try:

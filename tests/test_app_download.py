@@ -77,3 +77,17 @@ def test_app_download_offline_starts_in_demo_mode_saying_why(served_release, tmp
     assert UNTRAINED_WARNING in banner
     assert "HF_HUB_OFFLINE=1" in status and "cannot be downloaded here" in status
     assert [p for p, *_ in state.requests if "/resolve/" in p] == []  # the Hub was never asked
+
+
+def test_huggingface_hub_log_lines_are_printed_once_in_the_apps_format(monkeypatch):
+    import logging
+
+    import huggingface_hub  # noqa: F401 (its import gives its logger a handler of its own)
+
+    import app
+
+    hub_log = logging.getLogger("huggingface_hub")
+    monkeypatch.setattr(hub_log, "handlers", list(hub_log.handlers))  # restored after the test
+    assert any(type(h) is logging.StreamHandler for h in hub_log.handlers)  # control: a line would print twice
+    app.configure_logging()
+    assert [h for h in hub_log.handlers if type(h) is logging.StreamHandler] == []

@@ -17,7 +17,7 @@ import socket
 import pytest
 
 from skinapp import checkpoints as ckpt
-from skinapp.checkpoints import _hashing, _resolve
+from skinapp.checkpoints import _hashing, _reach, _resolve
 from skinapp.checkpoints._errors import DownloadError
 
 URL, MIRROR = "https://example.invalid/files", "https://mirror.example.invalid/files"
@@ -102,6 +102,7 @@ def dl(tmp_path, monkeypatch):
         raise AssertionError(f"a test of download decisions tried to connect to {address}")
 
     monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(_reach, "_probe", lambda host, port, timeout_s: None)  # every server answers
     directory = tmp_path / "ckpts"
     for var in ("SKINAPP_OFFLINE", "SKINAPP_MANIFEST", *(f"SKINAPP_{e['name'].upper()}" for e in data["checkpoints"])):
         monkeypatch.delenv(var, raising=False)
@@ -356,3 +357,50 @@ def test_a_failed_download_is_said_in_the_missing_message_with_the_hub_cache_loo
         "  - or skinapp.checkpoints.resolve('toy_only', download=True)",
         f"  - or fetch hf://{REPO}/toy_only.bin @ {REV} to {where} (SHA-256 {_sha(dl['only'])})",
         "  - or set SKINAPP_TOY_ONLY=/path/to/toy_only.bin"])
+
+
+# --------------------------------------------------------------------------- servers that cannot be reached
+
+
+@pytest.fixture
+def down(dl, monkeypatch):
+    """The Hub at hub.example.invalid; ``down`` holds the hosts the probe finds unreachable (probes recorded)."""
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.example.invalid")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    hosts: set[str] = set()
+    probes: list[str] = []
+
+    def probe(host, port, timeout_s):
+        probes.append(host)
+        return "DNS lookup failed" if host in hosts else None
+
+    monkeypatch.setattr(_reach, "_probe", probe)
+    return {"hosts": hosts, "probes": probes, **dl}
+
+
+def test_a_hub_that_cannot_be_reached_is_skipped_for_the_files_url(down):
+    down["hosts"].add("hub.example.invalid")
+    path = ckpt.download("toy_hub", progress=False)
+    assert path.read_bytes() == down["hub"]
+    assert down["fetch"].hub_calls == [] and [c[0] for c in down["fetch"].url_calls] == [(f"{URL}/hub.bin",)]
+
+
+def test_a_url_whose_server_cannot_be_reached_is_left_out_for_its_mirror(down):
+    down["hosts"].add("example.invalid")
+    down["fetch"].served[f"{MIRROR}/sam.pth"] = down["sam"]
+    ckpt.download("toy_sam", progress=False)
+    assert [c[0] for c in down["fetch"].url_calls] == [(f"{MIRROR}/sam.pth",)]
+
+
+def test_a_file_no_server_of_which_answers_fails_at_once_naming_the_hosts(down):
+    down["hosts"].update({"hub.example.invalid", "example.invalid"})
+    with pytest.raises(ckpt.UnreachableError) as err:
+        ckpt.download("toy_hub", progress=False)
+    assert str(err.value) == "could not download toy_hub.bin: cannot reach hub.example.invalid, example.invalid (DNS " \
+                             "lookup failed)"
+    assert down["fetch"].hub_calls == down["fetch"].url_calls == []
+
+    with pytest.raises(ckpt.CheckpointMissing) as missing:
+        ckpt.resolve("toy_hubdir", download=True)  # a Hub directory: every file probed, none fetched
+    assert isinstance(missing.value.__cause__, ckpt.UnreachableError) and down["fetch"].hub_calls == []
+    assert down["probes"].count("hub.example.invalid") == 2  # once per download, not once per file

@@ -16,6 +16,7 @@ import socket
 
 import pytest
 import requests
+import urllib3
 from requests.structures import CaseInsensitiveDict
 
 from skinapp import __version__
@@ -289,12 +290,64 @@ def test_when_every_url_fails_the_error_lists_each_distinct_failure_and_keeps_th
     web.script[MIRROR] = [(500, b"", {})] * 2
     with pytest.raises(DownloadError) as err:
         _fetch(web, urls=(URL, MIRROR), retries=1)
-    part = web.dest.with_name("toy.bin.part")
     assert str(err.value) == (
         f"could not download toy.bin: {URL}: 404 Client Error: Not Found for url: {URL}; "
-        f"{MIRROR}: 500 Server Error: Internal Server Error for url: {MIRROR}. Partial data (if any) is kept in "
-        f"{part}; run the download again to resume.")
-    assert not web.dest.exists()
+        f"{MIRROR}: 500 Server Error: Internal Server Error for url: {MIRROR}.")  # no data came: no .part to name
+    assert not web.dest.exists() and not web.dest.with_name("toy.bin.part").exists()
+
+
+def test_a_failure_after_some_data_says_where_the_part_file_is_kept(web):
+    web.drop_after[URL] = 1000
+    web.script[URL] = []
+    web.files[URL] = DATA
+
+    def then_errors(url, headers, answer=web.answer):
+        if web.gets[-1]["headers"].get("Range"):
+            return _response(url, 503, b"", {})
+        return answer(url, headers)
+
+    web.answer = then_errors
+    with pytest.raises(DownloadError) as err:
+        _fetch(web, retries=1)
+    part = web.dest.with_name("toy.bin.part")
+    assert part.stat().st_size == 1000
+    assert str(err.value) == (
+        f"could not download toy.bin: {URL}: connection closed after 1000 of 5000 bytes; {URL}: 503 Server Error: "
+        f"Service Unavailable for url: {URL}. Partial data is kept in {part}; run the download again to resume.")
+
+
+def _cannot_connect(url: str, cause: OSError) -> requests.ConnectionError:
+    """What requests raises when the connection cannot be made (a DNS failure, a refusal), chained as it is."""
+    host = url.split("/")[2]
+    try:
+        try:
+            raise cause
+        except socket.gaierror as dns:
+            raise urllib3.exceptions.NameResolutionError(host, None, dns) from dns
+        except OSError as other:
+            raise urllib3.exceptions.NewConnectionError(None, f"Failed to establish a new connection: {other}") \
+                from other
+    except urllib3.exceptions.NewConnectionError as failed:
+        return requests.ConnectionError(urllib3.exceptions.MaxRetryError(None, url, failed))
+
+
+def test_a_server_that_cannot_be_reached_is_not_retried_and_said_in_a_few_words(web, caplog):
+    def unreachable(url, headers):
+        cause = (socket.gaierror(socket.EAI_NONAME, "Name or service not known") if url == URL
+                 else ConnectionRefusedError(111, "Connection refused"))
+        raise _cannot_connect(url, cause)
+
+    web.answer = unreachable
+    with caplog.at_level(logging.WARNING, logger=LOGGER), pytest.raises(ckpt.UnreachableError) as err:
+        _fetch(web, urls=(URL, MIRROR), retries=3)
+
+    assert [g["url"] for g in web.gets] == [URL, MIRROR] and web.sleeps == []  # once each, no pause
+    assert str(err.value) == ("could not download toy.bin: cannot reach example.invalid (DNS lookup failed), "
+                              "mirror.example.invalid (connection refused)")
+    assert err.value.hosts == {"example.invalid": "DNS lookup failed", "mirror.example.invalid": "connection refused"}
+    assert [r.getMessage() for r in caplog.records] == [
+        "download of toy.bin: cannot reach example.invalid (DNS lookup failed)",
+        "download of toy.bin: cannot reach mirror.example.invalid (connection refused)"]
 
 
 def test_a_finished_file_of_the_wrong_size_is_deleted_and_refused(web):

@@ -8,18 +8,23 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
+import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import huggingface_hub
 import pytest
 
 from skinapp import checkpoints as ckpt
 from skinapp import provisioning
+from skinapp.checkpoints import _http
 from skinapp.models import DEMO_CLASS_NAMES
 from skinapp.pipeline import Analyzer
 from skinapp.provenance import UNTRAINED_WARNING
@@ -276,3 +281,63 @@ def test_spaces_is_detected_from_its_environment(monkeypatch):
     monkeypatch.delenv("SKINAPP_DOWNLOAD")
     monkeypatch.setenv("SYSTEM", "spaces")
     assert provisioning.on_spaces() and provisioning.download_requested()
+
+
+# ------------------------------------------------------------------------------- no internet
+
+
+@pytest.fixture
+def no_internet(tmp_path, monkeypatch):
+    """The project's manifest, empty folders, downloads allowed, and a machine where no host name resolves.
+
+    ``socket.getaddrinfo`` fails like a machine without DNS and counts its calls; a socket connect, a
+    ``huggingface_hub`` download or a pause between retries fails the test."""
+    _online(monkeypatch, tmp_path, "https://huggingface.co")
+    monkeypatch.delenv("HF_ENDPOINT")
+    for var in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy",
+                *(f"SKINAPP_{name.upper()}" for name in provisioning.official_checkpoints("vit_b"))):
+        monkeypatch.delenv(var, raising=False)
+    lookups: list[str] = []
+
+    def no_dns(host, port, *args, **kwargs):
+        lookups.append(host)
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("an unreachable server was tried anyway")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    monkeypatch.setattr(socket.socket, "connect", forbidden)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", forbidden)
+    monkeypatch.setattr(_http.time, "sleep", forbidden)
+    yield lookups
+
+
+def test_without_internet_the_download_button_fails_at_once_in_one_line(no_internet, caplog):
+    analyzer = SimpleNamespace(models=object(), mode="demo")  # nothing is loaded when nothing downloads
+    start = time.monotonic()
+    with caplog.at_level(logging.INFO):
+        message = provisioning.hot_swap(analyzer, sam_variant="vit_b", warmup=False)
+
+    assert time.monotonic() - start < 2
+    assert message == ("Cannot reach the download servers (dl.fbaipublicfiles.com, huggingface.co, github.com): "
+                       "no internet here? The app stays in demo mode.")
+    assert no_internet == ["dl.fbaipublicfiles.com", "huggingface.co", "github.com"]  # each host probed once
+    assert [(r.name, r.levelname, r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING] == [
+        ("skinapp.provisioning", "WARNING", "sam_vit_b: cannot reach dl.fbaipublicfiles.com (DNS lookup failed)"),
+        ("skinapp.provisioning", "WARNING",
+         "groundingdino_swint_ogc: cannot reach huggingface.co, github.com (DNS lookup failed)"),
+        ("skinapp.provisioning", "WARNING", "bert_base_uncased: cannot reach huggingface.co (DNS lookup failed)"),
+        ("skinapp.provisioning", "WARNING", "vit_b16_augreg2: cannot reach huggingface.co (DNS lookup failed)"),
+        ("skinapp.provisioning", "WARNING", "clip_vit_b16_openai: cannot reach huggingface.co (DNS lookup failed)"),
+        ("skinapp.provisioning", "ERROR", "Could not download the real models, starting in demo mode: cannot reach "
+         "the download servers (dl.fbaipublicfiles.com, huggingface.co, github.com): no internet here?")]
+    assert not list(Path(os.environ["SKINAPP_CHECKPOINT_DIR"]).glob("*.part"))
+
+
+def test_a_server_down_while_others_work_is_named_per_checkpoint_not_called_no_internet():
+    result = provisioning.Provisioned(downloaded=["bert_base_uncased"],
+                                      failed={"sam_vit_b": "cannot reach dl.fbaipublicfiles.com (timed out)"},
+                                      unreachable={"dl.fbaipublicfiles.com": "timed out"}, cut_off=["sam_vit_b"])
+    assert not result.no_internet
+    assert result.reason == "sam_vit_b: cannot reach dl.fbaipublicfiles.com (timed out)"

@@ -19,6 +19,7 @@ from skinapp.checkpoints._errors import (
     ChecksumMismatchError,
     DownloadError,
     ManifestError,
+    UnreachableError,
     UnsafeCheckpointError,
 )
 from skinapp.checkpoints._hashing import FileState, sha256_file
@@ -48,6 +49,7 @@ __all__ = [
     "FileStatus",
     "HubFile",
     "ManifestError",
+    "UnreachableError",
     "UnsafeCheckpointError",
     "checkpoint_dir",
     "download",

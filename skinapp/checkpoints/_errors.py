@@ -43,5 +43,28 @@ class DownloadError(OSError):
     """A download failed after its retries; any partial data is kept in a ``.part`` file for resuming."""
 
 
+class UnreachableError(DownloadError):
+    """No source of a file could be reached at all (DNS lookup failed, connection refused, no route, timed out).
+
+    Attributes:
+        filename: the file that was not downloaded.
+        hosts: {host: why} for each unreachable source, e.g. {"huggingface.co": "DNS lookup failed"}.
+        short: "cannot reach HOST[, HOST] (why)", without the file name.
+    """
+
+    def __init__(self, filename: str, hosts: dict[str, str]):
+        reasons = set(hosts.values())
+        if len(reasons) == 1:
+            self.short = f"cannot reach {', '.join(hosts)} ({reasons.pop()})"
+        else:
+            self.short = "cannot reach " + ", ".join(f"{host} ({why})" for host, why in hosts.items())
+        super().__init__(f"could not download {filename}: {self.short}")
+        self.filename = filename
+        self.hosts = dict(hosts)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 class UnsafeCheckpointError(ValueError):
     """A checkpoint file could not be loaded safely (it needs code execution, or is not a state dict)."""

@@ -20,11 +20,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import requests
+import urllib3
 from filelock import FileLock
 from tqdm.auto import tqdm
 
 from skinapp import __version__
-from skinapp.checkpoints._errors import ChecksumMismatchError, DownloadError
+from skinapp.checkpoints import _reach
+from skinapp.checkpoints._errors import ChecksumMismatchError, DownloadError, UnreachableError
 from skinapp.checkpoints._hashing import read_stamp, sha256_file, write_stamp
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,8 @@ def fetch(urls: Sequence[str], dest: Path, *, size: int | None, sha256: str | No
 
     Raises:
         ChecksumMismatchError: the finished file has the wrong size or SHA-256 (nothing is left behind).
+        UnreachableError: no URL's server could be reached at all (DNS failure, refused, no route, connect
+            timeout); such a URL is tried once, without retries.
         DownloadError: every URL failed; partial data stays in ``dest.part`` for the next call.
     """
     if not urls:
@@ -64,31 +68,42 @@ def fetch(urls: Sequence[str], dest: Path, *, size: int | None, sha256: str | No
         if sha256 is not None and dest.is_file() and read_stamp(dest) == sha256:
             return sha256  # another process finished it while we waited for the lock
         session.headers["User-Agent"] = f"skinapp-checkpoints/{__version__}"
-        errors = _transfer_any(session, urls, part, size, retries, retry_wait_s, progress)
+        errors, down = _transfer_any(session, urls, part, size, retries, retry_wait_s, progress)
+        if len(down) == len(urls):  # no server could be reached: one short line, nothing to resume
+            raise UnreachableError(dest.name, {_reach.host_of(url): why for url, why in down.items()})
         if errors is not None:
-            raise DownloadError(f"could not download {dest.name}: {errors}. Partial data (if any) is kept in "
-                                f"{part}; run the download again to resume.")
+            kept = (f" Partial data is kept in {part}; run the download again to resume." if part.exists()
+                    else "")
+            raise DownloadError(f"could not download {dest.name}: {errors}.{kept}")
         return _accept(part, dest, size, sha256)
 
 
 def _transfer_any(session: requests.Session, urls: Sequence[str], part: Path, size: int | None, retries: int,
-                  retry_wait_s: float, progress: bool) -> str | None:
-    """Try each URL with retries; None on success, else a summary of the errors."""
+                  retry_wait_s: float, progress: bool) -> tuple[str | None, dict[str, str]]:
+    """Try each URL with retries: (None on success, else a summary of the errors; {url: why} for the URLs
+    whose server could not be reached at all, which are not retried)."""
     errors: list[str] = []
+    down: dict[str, str] = {}
     for url in urls:
         for attempt in range(retries + 1):
             if attempt:
                 time.sleep(attempt * retry_wait_s)
             try:
                 _transfer(session, url, part, size, progress)
-                return None
+                return None, {}
             except (requests.RequestException, _TransferInterruptedError) as err:
+                why = _unreachable_why(err)
+                if why is not None:  # DNS failure, refused, no route: retrying in seconds will not help
+                    down[url] = why
+                    errors.append(f"cannot reach {_reach.host_of(url)} ({why})")
+                    log.warning("download of %s: %s", part.name.removesuffix(".part"), errors[-1])
+                    break
                 errors.append(f"{url}: {err}")
                 log.warning("download of %s interrupted (attempt %d/%d): %s", part.name, attempt + 1,
                             retries + 1, err)
                 if _is_client_error(err):
                     break  # 404 and friends: retrying the same URL will not help; try the next mirror
-    return "; ".join(dict.fromkeys(errors))  # distinct errors, in order
+    return "; ".join(dict.fromkeys(errors)), down  # distinct errors, in order
 
 
 def _transfer(session: requests.Session, url: str, part: Path, size: int | None, progress: bool) -> None:
@@ -149,6 +164,34 @@ def _accept(part: Path, dest: Path, size: int | None, sha256: str | None) -> str
 def _range_starts_at(resp: requests.Response, offset: int) -> bool:
     content_range = resp.headers.get("Content-Range", "")
     return content_range.startswith(f"bytes {offset}-")
+
+
+def _unreachable_why(err: Exception) -> str | None:
+    """A few words when ``err`` says the server could not be reached at all (no connection was made), else None.
+
+    requests wraps urllib3's NameResolutionError / NewConnectionError (refused, no route) in ConnectionError,
+    and a connect timeout in ConnectTimeout; an error after connecting (a dropped body) is not one of them.
+    """
+    if isinstance(err, requests.ConnectTimeout):
+        return "timed out"
+    if not isinstance(err, requests.ConnectionError):
+        return None
+    seen: BaseException | None = err
+    for _ in range(8):  # ConnectionError -> MaxRetryError -> NewConnectionError -> OSError
+        if seen is None:
+            return None
+        if isinstance(seen, urllib3.exceptions.NameResolutionError):
+            return "DNS lookup failed"
+        if isinstance(seen, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(seen, urllib3.exceptions.NewConnectionError):
+            cause = seen.__cause__ or seen.__context__
+            if isinstance(cause, ConnectionRefusedError):
+                return "connection refused"
+            return getattr(cause, "strerror", None) or "cannot connect"
+        inner = getattr(seen, "reason", None) if isinstance(seen, urllib3.exceptions.MaxRetryError) else None
+        seen = inner or (seen.args[0] if seen.args and isinstance(seen.args[0], BaseException) else None)
+    return None
 
 
 def _is_client_error(err: Exception) -> bool:

@@ -41,6 +41,11 @@ def _endpoint() -> str | None:
     return os.environ.get("HF_ENDPOINT") or None
 
 
+def endpoint_url() -> str:
+    """The Hub's base URL downloads go to: ``HF_ENDPOINT``, else huggingface_hub's (https://huggingface.co)."""
+    return _endpoint() or hf_constants.ENDPOINT
+
+
 def cached_file(spec: FileSpec) -> Path | None:
     """The file in the Hub cache (its snapshot path), or None when it is not there. Opens no socket."""
     assert spec.hub is not None

@@ -24,11 +24,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from skinapp.checkpoints import _hub
-from skinapp.checkpoints._errors import CheckpointMissing, ChecksumMismatchError, DownloadError
+from skinapp.checkpoints import _hub, _reach
+from skinapp.checkpoints._errors import CheckpointMissing, ChecksumMismatchError, DownloadError, UnreachableError
 from skinapp.checkpoints._hashing import FileState, cached_sha256, file_state
 from skinapp.checkpoints._http import fetch
-from skinapp.checkpoints._manifest import Entry, FileSpec, checkpoint_dir, get_entry, offline
+from skinapp.checkpoints._manifest import Entry, FileSpec, checkpoint_dir, get_entry, offline, offline_reason
 
 #: Sources :func:`resolve` may download again when the copy there is bad.
 _MANAGED = ("checkpoint dir", "Hugging Face cache")
@@ -176,9 +176,19 @@ def status(name: str, path: str | os.PathLike | None = None, recompute: bool = F
 
 def _download(entry: Entry, base: Path | None, *, retries: int = 3, retry_wait_s: float = 1.0,
               progress: bool = True) -> Path:
-    """Fetch every file of ``entry``; ``base`` None: Hub files to the Hub cache, others to the checkpoint dir."""
+    """Fetch every file of ``entry``; ``base`` None: Hub files to the Hub cache, others to the checkpoint dir.
+
+    Each file's servers are probed first (:mod:`._reach`); a file none of whose servers can be reached
+    raises :class:`UnreachableError` at once, without retries."""
+    with _reach.remembered():  # each server probed once for all the entry's files
+        return _download_files(entry, base, retries=retries, retry_wait_s=retry_wait_s, progress=progress)
+
+
+def _download_files(entry: Entry, base: Path | None, *, retries: int, retry_wait_s: float, progress: bool) -> Path:
     target = entry.location(base if base is not None else checkpoint_dir())
     if entry.on_hub and base is None and entry.is_directory:  # one snapshot directory in the Hub cache
+        for spec in entry.files:
+            _sources(spec)
         paths = [_hub.fetch(spec, progress=progress) for spec in entry.files]
         return paths[0].parent
     if base is not None and entry.is_directory:
@@ -188,23 +198,40 @@ def _download(entry: Entry, base: Path | None, *, retries: int = 3, retry_wait_s
         if file_path.is_file() and _already_good(spec, file_path):
             log.info("%s already present%s", file_path, " and verified" if spec.sha256 else "")
             continue
-        if spec.hub is not None:
+        use_hub, urls = _sources(spec)  # raises at once when no server answers
+        if use_hub:
             log.info("downloading %s", spec.hub.describe())
             try:
                 got = _hub.fetch(spec, local_dir=file_path.parent if base is not None else None, progress=progress)
                 location = got if not entry.is_directory else location
                 continue
             except DownloadError as err:
-                if not spec.urls:
+                if not urls:
                     raise
-                log.warning("%s; trying %s", err, spec.urls[0])
-        log.info("downloading %s -> %s", spec.url, file_path)
-        digest = fetch(spec.urls, file_path, size=spec.size, sha256=spec.sha256, retries=retries,
+                log.warning("%s; trying %s", err, urls[0])
+        log.info("downloading %s -> %s", urls[0], file_path)
+        digest = fetch(urls, file_path, size=spec.size, sha256=spec.sha256, retries=retries,
                        retry_wait_s=retry_wait_s, progress=progress)
         if spec.sha256 is None:
             log.warning("%s downloaded with SHA-256 %s; the manifest pins no hash, so it is NOT verified",
                         file_path, digest)
     return location
+
+
+def _sources(spec: FileSpec) -> tuple[bool, tuple[str, ...]]:
+    """(fetch from the Hub?, the URLs worth trying) for ``spec``: sources whose server cannot be reached are
+    dropped. The Hub is not probed when offline settings forbid it (its fetch says so).
+
+    Raises:
+        UnreachableError: no source of ``spec`` can be reached.
+    """
+    hub_url = _hub.endpoint_url() if spec.hub is not None and not offline_reason(hub=True) else None
+    down = _reach.unreachable([url for url in (hub_url, *spec.urls) if url])
+    urls = tuple(url for url in spec.urls if _reach.host_of(url) not in down)
+    use_hub = spec.hub is not None and (hub_url is None or _reach.host_of(hub_url) not in down)
+    if not use_hub and not urls:
+        raise UnreachableError(spec.filename, down)
+    return use_hub, urls
 
 
 def _already_good(spec: FileSpec, path: Path) -> bool:
