@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import json
 import logging
@@ -26,8 +25,9 @@ from skinapp.review.workbench import Workbench
 from skinapp.synthetic import make_skin_photo
 from skinapp.ui import Handlers
 from skinapp.ui.agreement_handlers import AGREEMENT_COLUMNS, AgreementHandlers
-from skinapp.ui.privacy import SESSION_COOKIE, ExportGuard
+from skinapp.ui.privacy import SESSION_COOKIE
 from skinapp.ui.workbench_handlers import WorkbenchHandlers
+from tests.asgi_guard import guard_get
 from tests.test_review_agreement import KEYS, store  # noqa: F401 (the hand-computed store fixture)
 
 KEY, TABLE = 6, 7  # Handlers.analyze outputs
@@ -106,17 +106,20 @@ def test_agreement_panel_for_the_photo_shown(store, tmp_path):  # noqa: F811
         agree.photo("")
 
 
+def _one_concept_reviews(reviews: ReviewStore, key: str, *verdicts: tuple[str, str]) -> None:
+    """Save an 8x8 photo's one concept ("lesion", the whole photo) once per (reviewer, decision)."""
+    for who, decision in verdicts:
+        reviews.save(key, np.zeros((8, 8, 3), np.uint8), np.ones((1, 8, 8), bool),
+                     [ConceptReview(0, "lesion", 0.9, (0, 0, 8, 8), decision)], reviewer=who)
+
+
 def test_agreement_panel_counts_one_reviewer_under_two_spellings_once(tmp_path):
     reviews = ReviewStore(tmp_path / "data")
     key = "cd" * 32
-    masks = np.ones((1, 8, 8), bool)
-    for who in ("Dr A", "dr  a"):
-        reviews.save(key, np.zeros((8, 8, 3), np.uint8), masks, [ConceptReview(0, "lesion", 0.9, (0, 0, 8, 8),
-                                                                              "accept")], reviewer=who)
+    _one_concept_reviews(reviews, key, ("Dr A", "accept"), ("dr  a", "accept"))
     frame, status = AgreementHandlers(reviews, _refuse, tmp_path / "exports", {}).photo(key)
     assert frame.empty and status == f"Photo `{key[:12]}` has 1 reviewer (dr  a): agreement needs two."
-    reviews.save(key, np.zeros((8, 8, 3), np.uint8), masks, [ConceptReview(0, "lesion", 0.9, (0, 0, 8, 8),
-                                                                          "reject")], reviewer="")
+    _one_concept_reviews(reviews, key, ("", "reject"))
     frame, status = AgreementHandlers(reviews, _refuse, tmp_path / "exports", {}).photo(key)
     assert frame.empty and status == (f"Photo `{key[:12]}` has 1 reviewer (dr  a): agreement needs two. A version "
                                       "saved without a reviewer name is not compared.")
@@ -127,10 +130,7 @@ def test_reviewer_names_are_shown_as_text_never_as_markup(tmp_path):
     Markdown sanitiser strips scripts, not images, so a remote image URL would be fetched by every viewer)."""
     reviews = ReviewStore(tmp_path / "data")
     key = "ab" * 32
-    masks = np.ones((1, 8, 8), bool)
-    for who in ("<img src=x onerror=alert(1)>", "dr <b>b</b>"):
-        reviews.save(key, np.zeros((8, 8, 3), np.uint8), masks, [ConceptReview(0, "lesion", 0.9, (0, 0, 8, 8),
-                                                                              "accept")], reviewer=who)
+    _one_concept_reviews(reviews, key, ("<img src=x onerror=alert(1)>", "accept"), ("dr <b>b</b>", "accept"))
     frame, status = AgreementHandlers(reviews, _refuse, tmp_path / "exports", {}).photo(key)
     assert "<img" not in status and "<b>" not in status
     assert "&lt;img src=x onerror=alert(1)&gt; vs dr &lt;b&gt;b&lt;/b&gt;: Cohen's kappa" in status
@@ -159,17 +159,7 @@ def _refuse(action: str, exc: Exception, request) -> gr.Error:
 
 def _status(owners: dict, path: str, cookie: str | None) -> int:
     """The HTTP status ExportGuard gives a GET of ``path`` with that session cookie (200: passed to the app)."""
-    sent: list[dict] = []
-
-    async def app(scope, receive, send):
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-
-    async def send(message):
-        sent.append(message)
-
-    headers = [(b"cookie", f"{SESSION_COOKIE}={cookie}".encode())] if cookie else []
-    asyncio.run(ExportGuard(app, owners)({"type": "http", "path": path, "headers": headers}, None, send))
-    return sent[0]["status"]
+    return guard_get(owners, path, cookie)[0]
 
 
 def test_import_coco_from_the_review_tab_saves_a_new_version_or_says_what_is_wrong(app, tmp_path):
