@@ -12,7 +12,16 @@ import numpy as np
 import pytest
 
 from skinapp.review import ConceptReview, ReviewStore
-from skinapp.review.agreement import PairAgreement, agreement, main, mask_iou, pair_kappa, summary_lines, write_csv
+from skinapp.review.agreement import (
+    PairAgreement,
+    agreement,
+    main,
+    mask_iou,
+    pair_kappa,
+    reviewer_identity,
+    summary_lines,
+    write_csv,
+)
 
 KEYS = ["a1" * 32, "b2" * 32, "c3" * 32]
 PIXELS = np.zeros((10, 10, 3), np.uint8)
@@ -174,6 +183,9 @@ def test_versions_saved_without_a_name_are_nobodys_and_not_compared(tmp_path):
     _save(store, KEYS[0], "  ", ["accept", "reject"], [full, full])
     _save(store, KEYS[0], "bob", ["accept", "accept"], [full, full])
     assert agreement(store) == ([], [])
+    _save(store, KEYS[0], "cy", ["accept", "reject"], [full, full])
+    _save(store, KEYS[0], "", ["reject", "accept"], [full, full])  # the newest version: met first, then skipped
+    assert [(p.reviewer_a, p.reviewer_b) for p in agreement(store)[1]] == [("bob", "cy")]
 
 
 def test_two_empty_masks_agree_fully():
@@ -213,6 +225,25 @@ def test_names_that_differ_in_case_or_spacing_are_one_reviewer(tmp_path):
     concepts, pairs = agreement(store)
     assert [(p.reviewer_a, p.reviewer_b, p.n_photos, p.n_concepts) for p in pairs] == [("bob", "dr  a", 1, 2)]
     assert [(c.decision_a, c.decision_b) for c in concepts] == [("accept", "accept"), ("accept", "reject")]
+    assert reviewer_identity(" Dr \t A ") == "dr a" != reviewer_identity("Dra"), "spacing counts as one space"
+
+
+def test_command_says_why_the_csv_could_not_be_written(store, tmp_path, capsys, monkeypatch):
+    """A CSV refused while writing (no permission: not reproducible as root, so faked) is a usage error too."""
+    import skinapp.review.agreement as agreement_module
+
+    def refuse(*args):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(agreement_module, "write_csv", refuse)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--data-dir", str(store.data_dir), "--csv", str(tmp_path / "x.csv")])
+    assert exit_info.value.code == 2 and " ".join(capsys.readouterr().err.split()).endswith(
+        f"error: cannot write the CSV {tmp_path / 'x.csv'}: Permission denied")
+    monkeypatch.setattr(agreement_module, "write_csv", lambda *a: (_ for _ in ()).throw(OSError()))
+    with pytest.raises(SystemExit):
+        main(["--data-dir", str(store.data_dir), "--csv", str(tmp_path / "x.csv")])
+    assert capsys.readouterr().err.rstrip().endswith(f"error: cannot write the CSV {tmp_path / 'x.csv'}: OSError")
 
 
 @pytest.mark.parametrize("where, reason", [("missing/x.csv", "its folder does not exist"),
