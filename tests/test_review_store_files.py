@@ -58,7 +58,10 @@ def _concept(index=0, decision="accept", **kw) -> ConceptReview:
     ([_concept(decision="maybe")],
      "Concept 0: decision must be one of pending, accept, reject, relabel; got 'maybe'."),
     ([_concept(1, "relabel", label="  ")], "Concept 1 ('lesion'): 'relabel' needs a new label."),
-    ([_concept(label="x" * 201)], "Concept 0: label (200) or comment (5000 characters) too long."),
+    ([_concept(decision="relabel", label="x" * 201)], "Concept 0: label (200) or comment (5000 characters) too long."),
+    ([_concept(label="nevus")],  # found by a new user: kept silently, never used
+     "Concept 0 ('lesion'): a new label is used only with 'relabel' (the decision is 'accept'): choose 'relabel' "
+     "or clear the label."),
     ([_concept(comment="x" * 5001)], "Concept 0: label (200) or comment (5000 characters) too long."),
     ([_concept(provenance="guessed")],
      "Concept 0: provenance must be one of model, refined, painted, added, imported; got 'guessed'."),

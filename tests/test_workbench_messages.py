@@ -288,9 +288,9 @@ def test_the_agreement_csv_needs_two_reviewers_and_says_so(bench):
 
 def test_edits_stay_in_the_session_that_made_them_and_leave_the_callers_mask_alone(bench):
     _, wb = bench
-    wb.bench.set_verdict("s1", KEY, 0, "reject", "naevus", "looks benign")
+    wb.bench.set_verdict("s1", KEY, 0, "relabel", "naevus", "looks benign")
     mine = wb.bench.draft("s1", KEY).concept(0)
-    assert (mine.decision, mine.label, mine.comment) == ("reject", "naevus", "looks benign")
+    assert (mine.decision, mine.label, mine.comment) == ("relabel", "naevus", "looks benign")
     assert wb.bench.draft("s2", KEY).concept(0).decision == "accept"  # another session's draft is untouched
     painted = np.zeros((H, W), bool)
     painted[1:4, 1:4] = True
