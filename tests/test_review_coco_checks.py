@@ -59,6 +59,7 @@ def test_polygon_points_up_to_one_image_size_outside_the_image_are_kept(store, t
 @pytest.mark.parametrize("polygon", [
     [2 * W + 1, 10, 30, 10, 30, 20],   # x just right of 2W
     [-W - 1, 10, 30, 10, 30, 20],      # x just left of -W
+    [10, 10, 2 * W + 1, 10, 30, 20],   # the second point's x (pycocotools would draw it, slowly if far)
     [10, 2 * H + 1, 30, 10, 30, 20],   # the first point's y just below 2H
     [10, 10, 30, -H - 1, 30, 20],      # the second point's y just above -H
     [10, 10, 30, 10, 30, 2 * H + 1],   # the third point's y
