@@ -265,7 +265,7 @@ def _plan_image(image: dict[str, Any], annotations: list[dict], names: dict[Any,
                                  if ann.get("bbox") else "it has no bbox and its mask is empty")
         except LookupError:
             raise ValueError(f"Annotation {ann.get('id')}: category {ann.get('category_id')} is not listed.") from None
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, OverflowError) as exc:  # OverflowError: float() of a 400-digit JSON int
             raise ValueError(f"Annotation {ann.get('id')} {where}: {str(exc).rstrip('.')}.") from None
         found.append((ann, index, mask, ConceptReview(-1, verdict[0], score, (x, y, x + w, y + h), *verdict[1:],
                                                       provenance="imported")))
