@@ -164,3 +164,12 @@ def test_an_export_zip_imports_under_the_reviewer_given_with_the_import_note(tmp
                reviewer="dr z", note="first look")
     [version] = import_coco(store, export_zip(store, tmp_path / "exports"), reviewer="cvat").saved
     assert (version.revision, version.reviewer, version.note) == (2, "cvat", "imported from COCO")
+
+
+def test_json_nested_too_deeply_is_refused_in_words(store, tmp_path):
+    """json.loads raises RecursionError (not a ValueError) on very deep nesting: it escaped as a traceback."""
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ValueError) as err:
+        import_coco(store, deep)
+    assert str(err.value) == "Not a COCO annotation file: its JSON is nested too deeply."

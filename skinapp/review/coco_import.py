@@ -188,6 +188,8 @@ def _read_coco(path: str | Path, text: bytes | None = None) -> tuple[list[dict],
         raise ValueError(f"The COCO file could not be read ({exc.strerror or type(exc).__name__}).") from None
     except ValueError as exc:
         raise ValueError(f"Not a COCO annotation file: it is not JSON ({exc}).") from None
+    except RecursionError:  # JSON nested thousands of levels deep
+        raise ValueError("Not a COCO annotation file: its JSON is nested too deeply.") from None
     parts = [coco.get(name, []) if isinstance(coco, dict) else None for name in ("images", "annotations",
                                                                                "categories")]
     if not isinstance(coco, dict) or "images" not in coco or not all(
