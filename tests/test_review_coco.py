@@ -384,9 +384,10 @@ def test_our_export_zip_imports_into_another_store_with_its_photos(tmp_path, cap
     mine.save(key, photo, np.ones((1, H, W), bool), [ConceptReview(0, "lesion", 0.5, (0, 0, W, H), "relabel",
                                                                    label="scar", comment="old")], reviewer="dr z")
     archive = export_zip(mine, tmp_path / "exports")
-    other = ReviewStore(tmp_path / "other")
-    assert main([str(archive), "--data-dir", str(other.data_dir)]) == 0
+    # a folder with no store yet: the zip brings its photos, so the store is created (a JSON file is refused there)
+    assert main([str(archive), "--data-dir", str(tmp_path / "other")]) == 0
     assert capsys.readouterr() == (f"{key[:12]}: version 1, 1 concept\n", "")
+    other = ReviewStore(tmp_path / "other")
     review = other.load(key)
     assert (review.reviewer, [(c.phrase, c.decision, c.label, c.comment) for c in review.concepts]) == (
         "dr z", [("lesion", "relabel", "scar", "old")])

@@ -173,3 +173,17 @@ def test_json_nested_too_deeply_is_refused_in_words(store, tmp_path):
     with pytest.raises(ValueError) as err:
         import_coco(store, deep)
     assert str(err.value) == "Not a COCO annotation file: its JSON is nested too deeply."
+
+
+@pytest.mark.parametrize("score", [float("nan"), float("inf")])
+def test_a_score_that_is_not_a_finite_number_is_refused_before_anything_is_saved(store, tmp_path, score):
+    """Found by a new user: a NaN score passed the checks and failed in SQLite at save time (a traceback, after the
+    file's earlier photos were saved)."""
+    _refused(store, _file(tmp_path, [_ann(score=score)]),
+             f"Annotation 1 of image 7: its score {score!r} is not a finite number.")
+
+
+def test_an_infinite_image_size_is_a_size_mismatch_not_a_traceback(store, tmp_path):
+    """int(Infinity) raised OverflowError, which escaped as a traceback."""
+    _refused(store, _file(tmp_path, image={"id": 7, "file_name": f"{KEY}.png", "width": float("inf"), "height": H}),
+             f"COCO image 7 is -1x-1 but photo {KEY[:12]} is {W}x{H}: annotate the exported working-size photo.")

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import re
 import sys
 from dataclasses import dataclass
@@ -262,6 +263,8 @@ def _plan_image(image: dict[str, Any], annotations: list[dict], names: dict[Any,
             x, y, w, h = (float(v) for v in (ann.get("bbox") or mask_utils.toBbox(
                 mask_utils.encode(np.asfortranarray(mask.astype(np.uint8))))))
             score = float(ann.get("score", 1.0))
+            if not math.isfinite(score):  # the store needs a number: a NaN failed only at save time
+                raise ValueError(f"its score {ann.get('score')!r} is not a finite number")
             if not sanitize_boxes(np.array([[x, y, x + w, y + h]]), size[1], size[0])[1][0]:  # as the store will
                 raise ValueError(f"its bbox {ann.get('bbox')!r} has no area inside the {size[1]}x{size[0]} image"
                                  if ann.get("bbox") else "it has no bbox and its mask is empty")
@@ -319,7 +322,7 @@ def _import(store: ReviewStore, text: bytes | None, path: str | Path, archive: E
         review = store.load(key) or Review(key, pixels.shape[1], pixels.shape[0], [])
         try:
             size = (int(image.get("height", -1)), int(image.get("width", -1)))
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: int(Infinity) or int(1e400)
             size = (-1, -1)
         if size != (review.height, review.width):
             raise ValueError(f"COCO image {image.get('id')} is {size[1]}x{size[0]} but photo {key[:12]} is "
@@ -352,7 +355,9 @@ def main(argv: list[str] | None = None) -> int:
                                                        "the reviewer the file records for each image)")
     args = parser.parse_args(argv)
     folder = Path(args.data_dir) if args.data_dir else default_data_dir()
-    if not (folder / "reviews.sqlite3").is_file():  # opening would create an empty store that matches nothing
+    # Opening creates the store: fine for an export zip (it brings its photos), pointless for a JSON file, whose
+    # photos must already be in the store.
+    if not (folder / "reviews.sqlite3").is_file() and not is_archive(args.file):
         parser.error(f"no review store in {folder}: name the app's data folder with --data-dir DIR "
                      "(or $SKINAPP_DATA_DIR)")
     store = ReviewStore(folder)
