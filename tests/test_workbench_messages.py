@@ -201,7 +201,7 @@ def test_api_json_versions_with_masks_and_save(bench):
     api = wb.api_functions()
     who = _who("client")
     assert api["versions"](KEY)[0]["concepts"][0] == {"index": 0, "phrase": "lesion", "decision": "accept",
-                                                      "label": "", "provenance": "model"}
+                                                      "label": "", "comment": "", "provenance": "model"}
     [v] = api["versions"](KEY, with_masks=True)
     assert (v["revision"], v["reviewer"], v["note"]) == (1, "", "")
     lesion = rle_decode(v["concepts"][0]["mask"])
@@ -217,9 +217,11 @@ def test_api_json_versions_with_masks_and_save(bench):
     assert (clicked["clicks"], clicked["provenance"]) == ([[30.0, 20.0, 0]], "refined")
     api["undo_edit"](KEY, request=who)
     assert api["undo_edit"](KEY, request=who)["concepts"][1]["phrase"] == "arm"
+    wb.bench.set_verdict("client", KEY, 0, "accept", "", "sharp border")
     saved = api["save_version"](KEY, reviewer="api", note="second look", request=who)
     assert saved == {"photo_key": KEY, "revision": 2, "provenance": {"0": "model", "1": "model"}}
     assert (api["versions"](KEY)[0]["reviewer"], api["versions"](KEY)[0]["note"]) == ("api", "second look")
+    assert api["versions"](KEY)[0]["concepts"][0]["comment"] == "sharp border", "found by a new user: left out"
     with pytest.raises(gr.Error) as err:
         api["undo_edit"](KEY, request=_who("fresh"))
     assert err.value.message == "Nothing to undo."

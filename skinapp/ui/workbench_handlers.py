@@ -296,7 +296,7 @@ class WorkbenchHandlers:
             key = find_review(bench.store, photo_key)
             return [{"revision": v.revision, "reviewer": v.reviewer, "saved_at": v.updated_at, "note": v.note,
                      "concepts": [{"index": c.index, "phrase": c.phrase, "decision": c.decision, "label": c.label,
-                                   "provenance": c.provenance,
+                                   "comment": c.comment, "provenance": c.provenance,
                                    **({"mask": rle_encode(bench.store.load_mask(key, c.index, v.version))}
                                       if with_masks else {})} for c in v.concepts]}
                     for v in bench.store.versions(key)]
