@@ -407,3 +407,13 @@ def test_label_positions_put_each_number_deepest_inside_its_mask():
     masks[0, 10:31, 10:51] = True  # 21 x 41: deepest along its middle row, from 10 px inside its left edge
     masks[1, :, 80:] = True  # touches the photo's border: the border counts as an edge (10 px in from the top)
     assert label_positions(masks, min_gap=5) == [(20, 20), (89, 9)]
+
+
+def test_imported_masks_are_not_counted_as_edited_by_hand(handlers):
+    """Found by a new user: saving a reopened imported review said "2 edited by hand" with nothing edited."""
+    from skinapp.review import ConceptReview, Review
+
+    concepts = [ConceptReview(0, "lesion", 0.9, (0, 0, 4, 4), "accept", provenance="imported"),
+                ConceptReview(1, "arm", 0.9, (0, 0, 4, 4), "accept", provenance="painted")]
+    status = handlers.saved_outputs(Review("ab" * 32, 8, 8, concepts, revision=3, updated_at=0.0))[0]
+    assert status.endswith(": 2 accept, 0 reject, 0 relabel, 0 pending; 1 edited by hand, 1 imported.")

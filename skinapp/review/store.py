@@ -53,6 +53,8 @@ DECISIONS: tuple[str, ...] = ("pending", "accept", "reject", "relabel")
 #: Where a concept's mask came from: the analysis, refined by clicks, painted with the brush, added by the
 #: reviewer (box + phrase), or imported from a COCO file.
 PROVENANCE: tuple[str, ...] = ("model", "refined", "painted", "added", "imported")
+#: The provenances of a mask a person drew or changed in the app (not the model's, not imported from a file).
+EDITED_BY_HAND: tuple[str, ...] = ("refined", "painted", "added")
 
 #: Environment variable naming the data directory (the app's --data-dir wins over it).
 DATA_DIR_ENV = "SKINAPP_DATA_DIR"

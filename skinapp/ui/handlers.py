@@ -31,6 +31,7 @@ from skinapp.pipeline import Analyzer
 from skinapp.provenance import UNTRAINED_WARNING, WeightsInfo
 from skinapp.results import METHOD_TITLES, AnalysisResult
 from skinapp.review import ConceptReview, Review, ReviewStore, export_zip
+from skinapp.review.store import EDITED_BY_HAND
 from skinapp.ui.figures import cam_figure, concept_figure
 from skinapp.ui.privacy import loggable, new_export_path, session_cookie
 from skinapp.wording import counted
@@ -335,10 +336,12 @@ class Handlers:
     def saved_outputs(self, review: Review) -> tuple:
         """(status, review list, table) after a save: the version, the decisions, how many masks a person edited."""
         counts = {d: sum(c.decision == d for c in review.concepts) for d in ("accept", "reject", "relabel", "pending")}
-        edited = sum(c.provenance != "model" for c in review.concepts)
+        edited = sum(c.provenance in EDITED_BY_HAND for c in review.concepts)
+        imported = sum(c.provenance == "imported" for c in review.concepts)
         status = (f"Saved version {review.revision} of photo `{short_key(review.image_key)}` (revision "
                   f"{review.revision}) at {time.strftime('%H:%M:%S', time.localtime(review.updated_at))}: "
-                  + ", ".join(f"{n} {d}" for d, n in counts.items()) + f"; {edited} edited by hand.")
+                  + ", ".join(f"{n} {d}" for d, n in counts.items()) + f"; {edited} edited by hand"
+                  + (f", {imported} imported." if imported else "."))
         return status, self.review_choices(selected=review.image_key), self._review_frame(review)
 
     @staticmethod
