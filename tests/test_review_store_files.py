@@ -59,6 +59,8 @@ def _concept(index=0, decision="accept", **kw) -> ConceptReview:
      "Concept 0: decision must be one of pending, accept, reject, relabel; got 'maybe'."),
     ([_concept(1, "relabel", label="  ")], "Concept 1 ('lesion'): 'relabel' needs a new label."),
     ([_concept(decision="relabel", label="x" * 201)], "Concept 0: label (200) or comment (5000 characters) too long."),
+    ([_concept(decision="relabel", label="nevus\nsecret")],  # found by a new user: stored as typed
+     "Concept 0 ('lesion'): a new label cannot hold line breaks, tabs or other control characters."),
     ([_concept(label="nevus")],  # found by a new user: kept silently, never used
      "Concept 0 ('lesion'): a new label is used only with 'relabel' (the decision is 'accept'): choose 'relabel' "
      "or clear the label."),

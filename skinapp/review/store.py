@@ -148,6 +148,9 @@ def validate_concept_review(c: ConceptReview) -> ConceptReview:
     if label and decision in ("accept", "reject"):  # kept but never used: the reviewer meant something else
         raise ValueError(f"Concept {c.index} ({c.phrase!r}): a new label is used only with 'relabel' (the decision "
                          f"is {decision!r}): choose 'relabel' or clear the label.")
+    if any(unicodedata.category(ch).startswith("C") for ch in label):  # a label is one line, like a name
+        raise ValueError(f"Concept {c.index} ({c.phrase!r}): a new label cannot hold line breaks, tabs or other "
+                         "control characters.")
     if len(label) > 200 or len(c.comment or "") > 5000:
         raise ValueError(f"Concept {c.index}: label (200) or comment (5000 characters) too long.")
     provenance = (c.provenance or "model").strip().lower()
