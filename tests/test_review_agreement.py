@@ -17,6 +17,7 @@ from skinapp.review.agreement import (
     agreement,
     main,
     mask_iou,
+    merge_notes,
     pair_kappa,
     reviewer_identity,
     summary_lines,
@@ -214,7 +215,7 @@ def test_a_concept_only_one_reviewer_has_is_skipped_and_the_next_ones_still_comp
     assert (pair.n_photos, pair.n_concepts, pair.n_decided) == (1, 1, 1)
 
 
-def test_names_that_differ_in_case_or_spacing_are_one_reviewer(tmp_path):
+def test_names_that_differ_in_case_or_spacing_are_one_reviewer(tmp_path, capsys):
     """Found by a new user: "Dr A" and "dr  a" were two reviewers, so a reviewer agreed with themself. One
     reviewer now, compared through the latest of their versions, named as in their most recent save."""
     store = ReviewStore(tmp_path)
@@ -226,6 +227,12 @@ def test_names_that_differ_in_case_or_spacing_are_one_reviewer(tmp_path):
     assert [(p.reviewer_a, p.reviewer_b, p.n_photos, p.n_concepts) for p in pairs] == [("bob", "dr  a", 1, 2)]
     assert [(c.decision_a, c.decision_b) for c in concepts] == [("accept", "accept"), ("accept", "reject")]
     assert reviewer_identity(" Dr \t A ") == "dr a" != reviewer_identity("Dra"), "spacing counts as one space"
+    _save(store, KEYS[1], "", ["accept", "accept"], [full, full])
+    assert merge_notes(store) == ["Dr A / dr  a: counted as one reviewer (case and spacing ignored).",
+                                  "Versions saved without a reviewer name are not compared (1 photo)."], \
+        "found by a new user: the command and the API did not say what was merged or left out"
+    assert main(["--data-dir", str(store.data_dir)]) == 0
+    assert capsys.readouterr().out.splitlines()[1:] == merge_notes(store)
 
 
 def test_command_says_why_the_csv_could_not_be_written(store, tmp_path, capsys, monkeypatch):

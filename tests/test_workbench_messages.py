@@ -225,11 +225,13 @@ def test_api_json_versions_with_masks_and_save(bench):
     with pytest.raises(gr.Error) as err:
         api["undo_edit"](KEY, request=_who("fresh"))
     assert err.value.message == "Nothing to undo."
-    assert api["agreement"]() == {"lines": ["No photo has been reviewed by two or more reviewers."], "pairs": []}, \
-        "the unnamed first version is nobody's: not compared"
+    assert api["agreement"]() == {"lines": ["No photo has been reviewed by two or more reviewers.",
+                                            "Versions saved without a reviewer name are not compared (1 photo)."],
+                                  "pairs": []}, "the unnamed first version is nobody's: not compared, and said so"
     api["save_version"](KEY, reviewer="dr b", request=who)
     assert api["agreement"]() == {  # api and dr b saved the same draft: they agree on both concepts
-        "lines": ["api vs dr b: 1 photo, 2 concepts, mean mask IoU 1.000, Cohen's kappa 1.000 over 2 decided"],
+        "lines": ["api vs dr b: 1 photo, 2 concepts, mean mask IoU 1.000, Cohen's kappa 1.000 over 2 decided",
+                  "Versions saved without a reviewer name are not compared (1 photo)."],
         "pairs": [{"reviewer_a": "api", "reviewer_b": "dr b", "n_photos": 1, "n_concepts": 2, "n_decided": 2,
                    "mean_iou": 1.0, "kappa": 1.0}]}
 

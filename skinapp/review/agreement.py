@@ -159,6 +159,24 @@ def summary_lines(pairs: list[PairAgreement]) -> list[str]:
             f"over {p.n_decided} decided" for p in pairs]
 
 
+def merge_notes(store: ReviewStore) -> list[str]:
+    """What :func:`agreement` did to the store's names, for the terminal and the API: one line naming each reviewer
+    saved under several spellings, one counting the photos whose unnamed version was left out."""
+    spellings: dict[str, set[str]] = defaultdict(set)
+    unnamed = set()
+    for review in store.latest_by_reviewer():
+        who = reviewer_identity(review.reviewer)
+        if who:
+            spellings[who].add(review.reviewer)
+        else:
+            unnamed.add(review.image_key)
+    lines = [f"{' / '.join(sorted(names))}: counted as one reviewer (case and spacing ignored)."
+             for _, names in sorted(spellings.items()) if len(names) > 1]
+    if unnamed:
+        lines.append(f"Versions saved without a reviewer name are not compared ({counted(len(unnamed), 'photo')}).")
+    return lines
+
+
 def _kappa_text(kappa: float) -> str:
     """Kappa to 3 decimals; "n/a" where it is undefined (no decided concept, or both reviewers gave one and the
     same answer throughout: the chance agreement is then 1 and kappa is 0/0)."""
@@ -177,13 +195,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.csv and (Path(args.csv).is_dir() or not Path(args.csv).parent.is_dir()):  # refused before any work
         parser.error(f"cannot write the CSV {args.csv}: "
                      f"{'it is a folder' if Path(args.csv).is_dir() else 'its folder does not exist'}")
-    concepts, pairs = agreement(ReviewStore(folder))
+    store = ReviewStore(folder)
+    concepts, pairs = agreement(store)
     if args.csv:
         try:
             write_csv(concepts, pairs, args.csv)
         except OSError as exc:  # e.g. no permission
             parser.error(f"cannot write the CSV {args.csv}: {exc.strerror or type(exc).__name__}")
-    for line in summary_lines(pairs):
+    for line in summary_lines(pairs) + merge_notes(store):
         print(line)  # the command's output
     return 0
 

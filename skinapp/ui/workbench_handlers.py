@@ -18,7 +18,7 @@ import cv2
 import gradio as gr
 import numpy as np
 
-from skinapp.review.agreement import agreement, summary_lines
+from skinapp.review.agreement import agreement, merge_notes, summary_lines
 from skinapp.review.coco_import import import_coco
 from skinapp.review.export import rle_encode
 from skinapp.review.store import Review
@@ -304,7 +304,7 @@ class WorkbenchHandlers:
         def reviewer_agreement() -> dict:
             """Per reviewer pair: photos, concepts, mean mask IoU, Cohen's kappa (NaN as null)."""
             _, pairs = agreement(bench.store)
-            return {"lines": summary_lines(pairs),
+            return {"lines": summary_lines(pairs) + merge_notes(bench.store),
                     "pairs": [{"reviewer_a": p.reviewer_a, "reviewer_b": p.reviewer_b, "n_photos": p.n_photos,
                                "n_concepts": p.n_concepts, "n_decided": p.n_decided, "mean_iou": p.mean_iou,
                                "kappa": None if np.isnan(p.kappa) else p.kappa} for p in pairs]}
