@@ -71,12 +71,14 @@ def label_positions(masks: Any, min_gap: float) -> list[tuple[int, int] | None]:
     masks = [np.asarray(m) > 0 for m in masks]
     positions: list[tuple[int, int] | None] = [None] * len(masks)
     far_from_placed = None  # uint8 [H, W]: 0 at the numbers placed so far
-    placed = None  # bool [H, W]: the masks numbered so far (all smaller)
+    placed = np.zeros_like(masks[0]) if masks else None  # bool [H, W]: the masks numbered so far (all smaller)
     for i in sorted(range(len(masks)), key=lambda j: int(masks[j].sum())):
         if not masks[i].any():
             continue
-        own = masks[i] & ~placed if placed is not None and (masks[i] & ~placed).any() else masks[i]
-        placed = masks[i].copy() if placed is None else placed | masks[i]
+        own = masks[i] & ~placed
+        if not own.any():  # wholly covered by smaller masks: its own outline still holds the number
+            own = masks[i]
+        placed |= masks[i]
         padded = np.pad(own, 1).astype(np.uint8)  # the photo's border counts as the mask's edge
         depth = cv2.distanceTransform(padded, cv2.DIST_L2, 5)[1:-1, 1:-1]
         free = depth
