@@ -228,11 +228,12 @@ def test_names_that_differ_in_case_or_spacing_are_one_reviewer(tmp_path, capsys)
     assert [(c.decision_a, c.decision_b) for c in concepts] == [("accept", "accept"), ("accept", "reject")]
     assert reviewer_identity(" Dr \t A ") == "dr a" != reviewer_identity("Dra"), "spacing counts as one space"
     _save(store, KEYS[1], "", ["accept", "accept"], [full, full])
-    assert merge_notes(store) == ["Dr A / dr  a: counted as one reviewer (case and spacing ignored).",
-                                  "Versions saved without a reviewer name are not compared (1 photo)."], \
+    assert merge_notes(store.latest_by_reviewer()) == [
+        "Dr A / dr  a: counted as one reviewer (case and spacing ignored).",
+        "Versions saved without a reviewer name are not compared (1 photo)."], \
         "found by a new user: the command and the API did not say what was merged or left out"
     assert main(["--data-dir", str(store.data_dir)]) == 0
-    assert capsys.readouterr().out.splitlines()[1:] == merge_notes(store)
+    assert capsys.readouterr().out.splitlines()[1:] == merge_notes(store.latest_by_reviewer())
 
 
 def test_command_says_why_the_csv_could_not_be_written(store, tmp_path, capsys, monkeypatch):

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import cohen_kappa_score
 
-from skinapp.review.store import Review, ReviewStore, default_data_dir
+from skinapp.review.store import Review, ReviewStore, default_data_dir, has_store
 from skinapp.wording import counted
 
 log = logging.getLogger(__name__)
@@ -91,8 +91,11 @@ def reviewer_identity(name: str) -> str:
     return " ".join(name.split()).casefold()
 
 
-def agreement(store: ReviewStore) -> tuple[list[ConceptAgreement], list[PairAgreement]]:
+def agreement(store: ReviewStore, latest: list[Review] | None = None
+              ) -> tuple[list[ConceptAgreement], list[PairAgreement]]:
     """Per-concept rows and per-pair summaries over the whole store (reviewer pairs in name order).
+
+    ``latest``: ``store.latest_by_reviewer()`` when the caller has already read it (it is read otherwise).
 
     Names that differ only in case or spacing are one reviewer (:func:`reviewer_identity`), compared through their
     latest version of each photo and shown as the spelling of their most recent save. Versions saved without a
@@ -100,7 +103,7 @@ def agreement(store: ReviewStore) -> tuple[list[ConceptAgreement], list[PairAgre
     """
     by_photo: dict[str, dict[str, Review]] = defaultdict(dict)
     spelling: dict[str, tuple[float, str]] = {}
-    for review in store.latest_by_reviewer():
+    for review in store.latest_by_reviewer() if latest is None else latest:
         who = reviewer_identity(review.reviewer)
         if not who:
             continue
@@ -159,12 +162,13 @@ def summary_lines(pairs: list[PairAgreement]) -> list[str]:
             f"over {p.n_decided} decided" for p in pairs]
 
 
-def merge_notes(store: ReviewStore) -> list[str]:
-    """What :func:`agreement` did to the store's names, for the terminal and the API: one line naming each reviewer
-    saved under several spellings, one counting the photos whose unnamed version was left out."""
+def merge_notes(latest: list[Review]) -> list[str]:
+    """What :func:`agreement` did to the names of ``latest`` (``store.latest_by_reviewer()``), for the terminal and
+    the API: one line naming each reviewer saved under several spellings, one counting the photos whose unnamed
+    version was left out."""
     spellings: dict[str, set[str]] = defaultdict(set)
     unnamed = set()
-    for review in store.latest_by_reviewer():
+    for review in latest:
         who = reviewer_identity(review.reviewer)
         if who:
             spellings[who].add(review.reviewer)
@@ -190,19 +194,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--csv", default=None, help="also write the rows to this CSV file")
     args = parser.parse_args(argv)
     folder = Path(args.data_dir) if args.data_dir else default_data_dir()
-    if not (folder / "reviews.sqlite3").is_file():
+    if not has_store(folder):
         parser.error(f"no review store in {folder}")
     if args.csv and (Path(args.csv).is_dir() or not Path(args.csv).parent.is_dir()):  # refused before any work
         parser.error(f"cannot write the CSV {args.csv}: "
                      f"{'it is a folder' if Path(args.csv).is_dir() else 'its folder does not exist'}")
     store = ReviewStore(folder)
-    concepts, pairs = agreement(store)
+    latest = store.latest_by_reviewer()
+    concepts, pairs = agreement(store, latest)
     if args.csv:
         try:
             write_csv(concepts, pairs, args.csv)
         except OSError as exc:  # e.g. no permission
             parser.error(f"cannot write the CSV {args.csv}: {exc.strerror or type(exc).__name__}")
-    for line in summary_lines(pairs) + merge_notes(store):
+    for line in summary_lines(pairs) + merge_notes(latest):
         print(line)  # the command's output
     return 0
 

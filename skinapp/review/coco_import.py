@@ -45,6 +45,7 @@ from skinapp.review.store import (
     ReviewStore,
     checked_signature,
     default_data_dir,
+    has_store,
 )
 from skinapp.wording import counted
 
@@ -357,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     folder = Path(args.data_dir) if args.data_dir else default_data_dir()
     # Opening creates the store: fine for an export zip (it brings its photos), pointless for a JSON file, whose
     # photos must already be in the store.
-    if not (folder / "reviews.sqlite3").is_file() and not is_archive(args.file):
+    if not has_store(folder) and not is_archive(args.file):
         parser.error(f"no review store in {folder}: name the app's data folder with --data-dir DIR "
                      "(or $SKINAPP_DATA_DIR)")
     store = ReviewStore(folder)

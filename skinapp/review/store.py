@@ -56,6 +56,9 @@ PROVENANCE: tuple[str, ...] = ("model", "refined", "painted", "added", "imported
 #: The provenances of a mask a person drew or changed in the app (not the model's, not imported from a file).
 EDITED_BY_HAND: tuple[str, ...] = ("refined", "painted", "added")
 
+#: The database file inside the data directory.
+DB_NAME = "reviews.sqlite3"
+
 #: Environment variable naming the data directory (the app's --data-dir wins over it).
 DATA_DIR_ENV = "SKINAPP_DATA_DIR"
 
@@ -83,6 +86,11 @@ def checked_signature(reviewer: str | None, note: str | None) -> tuple[str, str]
 def default_data_dir() -> Path:
     """``$SKINAPP_DATA_DIR`` or ``./data/reviews``."""
     return Path(os.environ.get(DATA_DIR_ENV) or Path("data") / "reviews")
+
+
+def has_store(data_dir: str | Path) -> bool:
+    """Whether ``data_dir`` holds a review store (without creating one, as opening :class:`ReviewStore` would)."""
+    return (Path(data_dir) / DB_NAME).is_file()
 
 
 @dataclass
@@ -173,7 +181,7 @@ class ReviewStore:
     def __init__(self, data_dir: str | Path | None = None) -> None:
         self.data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.db_path = self.data_dir / "reviews.sqlite3"
+        self.db_path = self.data_dir / DB_NAME
         self.files = MaskFiles(self.data_dir)
         self._local = threading.local()
         with self._transaction() as db:  # BEGIN IMMEDIATE: concurrent openers migrate one after the other

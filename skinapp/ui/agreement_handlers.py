@@ -59,13 +59,14 @@ class AgreementHandlers:
         if not re.fullmatch(r"[0-9a-f]{64}", key):
             raise self._refuse("agreement", ValueError("Analyse a photo (or reopen a saved review) first: there is "
                                                        "no photo key."), request)
-        concepts, pairs = agreement(self.store)
+        latest = self.store.latest_by_reviewer()
+        concepts, pairs = agreement(self.store, latest)
         kappas = {(p.reviewer_a, p.reviewer_b): p for p in pairs}
         rows = [[c.reviewer_a, c.reviewer_b, c.concept, c.phrase, c.decision_a, c.decision_b,
                  round(c.iou, 3), _kappa(kappas[(c.reviewer_a, c.reviewer_b)].kappa)]
                 for c in concepts if c.image_key == key]
-        latest = sorted((r for r in self.store.latest_by_reviewer() if r.image_key == key), key=lambda r: r.updated_at)
-        spelled = {reviewer_identity(r.reviewer): r.reviewer for r in latest}  # one name per reviewer, as last saved
+        mine = sorted((r for r in latest if r.image_key == key), key=lambda r: r.updated_at)
+        spelled = {reviewer_identity(r.reviewer): r.reviewer for r in mine}  # one name per reviewer, as last saved
         unnamed = " A version saved without a reviewer name is not compared." if spelled.pop("", None) is not None \
             else ""
         if len(spelled) < 2:

@@ -303,8 +303,9 @@ class WorkbenchHandlers:
 
         def reviewer_agreement() -> dict:
             """Per reviewer pair: photos, concepts, mean mask IoU, Cohen's kappa (NaN as null)."""
-            _, pairs = agreement(bench.store)
-            return {"lines": summary_lines(pairs) + merge_notes(bench.store),
+            latest = bench.store.latest_by_reviewer()
+            _, pairs = agreement(bench.store, latest)
+            return {"lines": summary_lines(pairs) + merge_notes(latest),
                     "pairs": [{"reviewer_a": p.reviewer_a, "reviewer_b": p.reviewer_b, "n_photos": p.n_photos,
                                "n_concepts": p.n_concepts, "n_decided": p.n_decided, "mean_iou": p.mean_iou,
                                "kappa": None if np.isnan(p.kappa) else p.kappa} for p in pairs]}
