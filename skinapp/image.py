@@ -106,6 +106,9 @@ def _open(source: Any) -> Image.Image:
         return _open_stream(io.BytesIO(data))
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
+        if path.is_symlink() and not path.exists():
+            raise InvalidImageError("The photo file is a broken link: the file it points to is missing (moved or "
+                                    "deleted?).")
         if not path.is_file():
             raise InvalidImageError("The photo file could not be found (moved or deleted?).")
         size = path.stat().st_size
