@@ -1,9 +1,9 @@
 """``python -m skinapp.analyze PATHS... --out DIR``: the app's analysis over many photos (see :mod:`skinapp.batch`).
 
 PATHS are photos, folders (searched recursively), globs or CSV lists. The run resumes where it stopped (photos
-with a record in DIR are skipped), keeps going past unreadable photos (listed in ``errors.csv``), and under
-``torchrun --nproc_per_node N -m skinapp.analyze ...`` (one or several nodes) each rank analyses every N-th
-photo; rank 0 waits for the others and writes the summaries.
+with a record in DIR are skipped), keeps going past unreadable photos and broken links (listed in
+``errors.csv``), and under ``torchrun --nproc_per_node N -m skinapp.analyze ...`` (one or several nodes) each
+rank analyses every N-th photo; rank 0 waits for the others and writes the summaries.
 """
 
 from __future__ import annotations

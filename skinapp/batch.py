@@ -7,7 +7,7 @@ Layout of the output folder::
     predictions.csv          photo, image_key, predicted class, p_<class> per class, decisive concept, n_concepts,
                              trained, banner (untrained weights) -- one row per analysed photo
     concepts.json            COCO: images, categories (prompt phrases), annotations with RLE masks
-    errors.csv               photo, reason -- photos that could not be analysed
+    errors.csv               photo, reason -- photos that could not be analysed (broken symlinks included)
     overlays/<stem>_<key8>.png     the photo with its decisive concept (banner stamped when untrained)
     heatmaps/<stem>_<key8>.png     with phrases: one row per phrase (photo, Grad-CAM, Grad E-CLIP, MedGrad E-CLIP)
     phrases.csv              with phrases: photo, phrase, CLIP similarity
@@ -43,11 +43,17 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".g
 CSV_PATH_COLUMNS = ("image", "image_path", "path", "photo", "file")
 
 
+def _file_or_broken_link(path: Path) -> bool:
+    """A file, or a symlink whose target is missing (listed so that ``errors.csv`` says so, not skipped)."""
+    return path.is_file() or (path.is_symlink() and not path.exists())
+
+
 def collect_photos(sources: Iterable[str | Path]) -> list[Path]:
     """Photo paths from files, folders (recursive), globs and CSV lists, sorted and de-duplicated.
 
     A CSV's paths are relative to the CSV's folder; its column is the first of :data:`CSV_PATH_COLUMNS`
-    present, else the first column.
+    present, else the first column. Broken symlinks are listed like photos: their analysis fails and
+    ``errors.csv`` says they are broken links.
 
     Raises:
         FileNotFoundError: a source that is neither a file, a folder nor a glob with matches.
@@ -56,17 +62,17 @@ def collect_photos(sources: Iterable[str | Path]) -> list[Path]:
     for source in map(str, sources):
         path = Path(source)
         if path.is_dir():
-            found += [p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+            found += [p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and _file_or_broken_link(p)]
         elif path.is_file() and path.suffix.lower() == ".csv":
             with path.open(newline="") as f:
                 reader = csv.DictReader(f)
                 column = next((c for c in CSV_PATH_COLUMNS if c in (reader.fieldnames or [])),
                               (reader.fieldnames or [None])[0])
                 found += [path.parent / row[column] for row in reader if row.get(column)]
-        elif path.is_file():
+        elif _file_or_broken_link(path):
             found.append(path)
         elif glob.has_magic(source) and glob.glob(source, recursive=True):
-            found += [Path(p) for p in glob.glob(source, recursive=True) if Path(p).is_file()]
+            found += [Path(p) for p in glob.glob(source, recursive=True) if _file_or_broken_link(Path(p))]
         else:
             raise FileNotFoundError(f"{source}: no such file or folder, and no glob match")
     # Absolute, not resolved: a symlinked photo is listed by the path the user gave, not by its target.

@@ -7,7 +7,7 @@ are placed inside their masks (:func:`label_positions`).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import cv2
 import numpy as np
@@ -25,23 +25,78 @@ def clip_view(pixels: np.ndarray, display_size: int) -> np.ndarray:
     return cv2.resize(square, (display_size, display_size), interpolation=cv2.INTER_AREA)
 
 
+#: The smallest banner text (cv2 Hershey simplex scale; capitals about 8 px tall): narrower photos wrap instead.
+BANNER_MIN_SCALE = 0.3
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
+_MARGIN = 3  # px kept free of text at the strip's left and right edges
+
+
+class BannerLayout(NamedTuple):
+    """How :func:`stamp_banner` writes its text: cv2 font ``scale``, the ``lines`` (the text's words, in order,
+    one line unless the photo is too narrow), the ``strip`` height in px added above the photo, and each
+    line's ``baselines`` (y in px from the strip's top)."""
+
+    scale: float
+    lines: tuple[str, ...]
+    strip: int
+    baselines: tuple[int, ...]
+
+
+def _text_width(text: str, scale: float) -> int:
+    return cv2.getTextSize(text, _FONT, scale, 1)[0][0]
+
+
+def banner_layout(text: str, width: int, height: int) -> BannerLayout:
+    """The banner's layout over a photo of ``width`` x ``height`` px.
+
+    One line sized to the photo (at most 92 % of its width and 60 % of the strip, strip = max(14, height // 14)),
+    at least :data:`BANNER_MIN_SCALE`. When that line is wider than the photo less 3 px a side, the words wrap
+    onto more lines at the minimum scale (a line also ends after a " -") and the strip grows to hold them; a
+    single word wider than that (photos under about 50 px) shrinks the scale below the minimum rather than be
+    cut. The em dash is written "-" (the Hershey fonts have no such glyph).
+    """
+    text = text.replace("\u2014", "-")
+    strip = max(14, height // 14)
+    room = max(1, width - 2 * _MARGIN)
+    (tw, th), _ = cv2.getTextSize(text, _FONT, 1.0, 1)
+    scale = max(BANNER_MIN_SCALE, min(0.92 * width / tw, 0.6 * strip / th))
+    if _text_width(text, scale) <= room:
+        th = cv2.getTextSize(text, _FONT, scale, 1)[0][1]
+        return BannerLayout(scale, (text,), strip, ((strip + th) // 2,))
+    words = text.split()
+    scale = BANNER_MIN_SCALE
+    while scale > 0.05 and max(_text_width(w, scale) for w in words) > room:
+        scale = round(scale - 0.01, 2)
+    lines = [words[0]]
+    for word in words[1:]:
+        joined = f"{lines[-1]} {word}"
+        if not lines[-1].endswith(" -") and _text_width(joined, scale) <= room:  # a wrapped line ends at the dash
+            lines[-1] = joined
+        else:
+            lines.append(word)
+    th = cv2.getTextSize(text, _FONT, scale, 1)[0][1]
+    gap = max(3, round(0.4 * th))
+    block = len(lines) * th + (len(lines) - 1) * gap
+    strip = max(strip, block + 2 * gap)
+    top = (strip - block) // 2
+    return BannerLayout(scale, tuple(lines), strip, tuple(top + th + i * (th + gap) for i in range(len(lines))))
+
+
 def stamp_banner(image: np.ndarray, text: str = UNTRAINED_WARNING) -> np.ndarray:
-    """``image`` (uint8 [H, W, 3]) below a red strip with ``text``: uint8 [H + strip, W, 3], strip = max(14, H // 14).
+    """``image`` (uint8 [H, W, 3]) below a red strip with ``text``: uint8 [H + strip, W, 3].
 
     The strip is added above the photo, never drawn over it: a concept's label or a lesion at the top edge stays
-    visible.
+    visible. It is max(14, H // 14) px high with one line of text; on photos too narrow for that line (under
+    about 150 px) the words wrap and the strip grows to hold every line (:func:`banner_layout`).
     """
     h, w = image.shape[:2]
-    strip = max(14, h // 14)
-    out = np.empty((h + strip, w, 3), np.uint8)
-    out[:strip] = (200, 0, 0)
-    out[strip:] = image
-    text = text.replace("\u2014", "-")
-    (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 1.0, 1)
-    scale = max(0.3, min(0.92 * w / tw, 0.6 * strip / th))
-    (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
-    cv2.putText(out, text, (max(2, (w - tw) // 2), (strip + th) // 2), cv2.FONT_HERSHEY_SIMPLEX, scale,
-                (255, 255, 255), 1, cv2.LINE_AA)
+    layout = banner_layout(text, w, h)
+    out = np.empty((h + layout.strip, w, 3), np.uint8)
+    out[:layout.strip] = (200, 0, 0)
+    out[layout.strip:] = image
+    for line, y in zip(layout.lines, layout.baselines):
+        x = max(_MARGIN, (w - _text_width(line, layout.scale)) // 2)
+        cv2.putText(out, line, (x, y), _FONT, layout.scale, (255, 255, 255), 1, cv2.LINE_AA)
     return out
 
 

@@ -90,8 +90,9 @@ def content_key(pixels: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def _open(source: Any) -> Image.Image:
-    """Open ``source`` (path, bytes, file object, PIL image or array) as a PIL image, lazily."""
+def _open(source: Any, notes: list[str]) -> Image.Image:
+    """Open ``source`` (path, bytes, file object, PIL image or array) as a PIL image; decoding notes go to
+    ``notes``."""
     if isinstance(source, Image.Image):
         return source
     if isinstance(source, np.ndarray):
@@ -103,9 +104,12 @@ def _open(source: Any) -> Image.Image:
         if len(data) > MAX_FILE_BYTES:
             raise InvalidImageError(f"The file is too large ({len(data) / 2**20:.0f} MB; limit "
                                     f"{MAX_FILE_BYTES / 2**20:.0f} MB).")
-        return _open_stream(io.BytesIO(data))
+        return _open_stream(io.BytesIO(data), notes)
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
+        if path.is_symlink() and not path.exists():
+            raise InvalidImageError("The photo file is a broken link: the file it points to is missing (moved or "
+                                    "deleted?).")
         if not path.is_file():
             raise InvalidImageError("The photo file could not be found (moved or deleted?).")
         size = path.stat().st_size
@@ -114,9 +118,9 @@ def _open(source: Any) -> Image.Image:
         if size > MAX_FILE_BYTES:
             raise InvalidImageError(f"The file is too large ({size / 2**20:.0f} MB; limit "
                                     f"{MAX_FILE_BYTES / 2**20:.0f} MB).")
-        return _open_stream(io.BytesIO(path.read_bytes()))
+        return _open_stream(io.BytesIO(path.read_bytes()), notes)
     if hasattr(source, "read"):
-        return _open(source.read())
+        return _open(source.read(), notes)
     raise InvalidImageError(f"Unsupported input type: {type(source).__name__}")
 
 
@@ -125,7 +129,30 @@ def _too_large(width: int, height: int) -> InvalidImageError:
                              f"limit {MAX_DECODED_PIXELS / 1e6:.0f} MP).")
 
 
-def _open_stream(stream: io.BytesIO) -> Image.Image:
+#: PNG colour types (IHDR byte 9) that Pillow narrows to 8 bits per channel when stored at 16 (16-bit grayscale,
+#: type 0, stays 16-bit as mode I;16 and is noted by :func:`_to_rgb`).
+_PNG_NARROWED = {2: "RGB", 4: "grayscale with alpha", 6: "RGBA"}
+
+
+def _png_narrowed(data: bytes) -> str | None:
+    """The note for a PNG stored at 16 bits per channel that Pillow decodes to 8 (from its IHDR chunk), else None.
+
+    IHDR is the first chunk (PNG spec): 8-byte signature, length, b"IHDR", width, height, then bit depth and
+    colour type at bytes 24 and 25.
+    """
+    if data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR" or len(data) < 26:
+        return None
+    depth, colour = data[24], data[25]
+    if depth == 16 and colour in _PNG_NARROWED:
+        return f"converted from 16-bit {_PNG_NARROWED[colour]} (high bit depth) to 8-bit"
+    return None
+
+
+def _open_stream(stream: io.BytesIO, notes: list[str]) -> Image.Image:
+    narrowed = _png_narrowed(stream.read(26))
+    stream.seek(0)
+    if narrowed:
+        notes.append(narrowed)
     try:
         with warnings.catch_warnings():
             # Pillow warns between its limit and twice it: our own check below decides, with the size in the message.
@@ -221,8 +248,8 @@ def load_image(source: Any, max_side: int = MAX_WORKING_SIDE) -> LoadedImage:
         return source
     if source is None:
         raise InvalidImageError("No image was given.")
-    img = _open(source)
     notes: list[str] = []
+    img = _open(source, notes)
     frames = int(getattr(img, "n_frames", 1) or 1)
     if frames > 1:
         notes.append(f"{'animated' if img.format == 'GIF' else 'multi-frame'} image ({frames} frames): only the "

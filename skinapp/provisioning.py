@@ -109,12 +109,22 @@ class Provisioned:
 
     @property
     def reason(self) -> str | None:
-        """One line saying what failed, or None."""
+        """One line saying what failed, a clause for the log and the start banner, or None."""
         if not self.failed:
             return None
         if self.no_internet:
             return f"cannot reach the download servers ({', '.join(self.unreachable)}): no internet here?"
         return "; ".join(f"{name}: {why}" for name, why in self.failed.items())
+
+    @property
+    def page_message(self) -> str | None:
+        """The whole message for the page when something failed (the app stays in demo mode), or None."""
+        if not self.failed:
+            return None
+        if self.no_internet:
+            return (f"Cannot reach the download servers ({', '.join(self.unreachable)}): no internet here? "
+                    "The app stays in demo mode.")
+        return f"Could not download the real models: {self.reason}. The app stays in demo mode."
 
 
 def _one_line(err: Exception) -> str:
@@ -200,10 +210,8 @@ def hot_swap(analyzer: Any, *, sam_variant: str = "vit_b", profile: str = "auto"
         if analyzer.models is not before:
             return f"The real models were just loaded by another request (mode: {analyzer.mode})."
         result = _provision(sam_variant, progress)
-        if result.no_internet:
-            return f"{result.reason[:1].upper()}{result.reason[1:]} The app stays in demo mode."
-        if result.reason:
-            return f"Could not download the real models: {result.reason}. The app stays in demo mode."
+        if result.page_message:
+            return result.page_message
         if progress is not None:
             progress(0.95, desc="Loading the models")
         try:

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+import pytest
 
-from skinapp.drawing import label_positions, numbered_photo, stamp_banner
+from skinapp.drawing import BANNER_MIN_SCALE, banner_layout, label_positions, numbered_photo, stamp_banner
+from skinapp.provenance import UNTRAINED_WARNING
 
 
 def _ink(photo: np.ndarray, shown: np.ndarray) -> np.ndarray:
@@ -61,3 +63,32 @@ def test_the_untrained_banner_goes_above_the_photo_and_hides_none_of_it():
     assert stamped.shape == (300 + strip, 200, 3)
     np.testing.assert_array_equal(stamped[strip:], photo)
     assert np.all(stamped[:strip, :3] == (200, 0, 0)) and (stamped[:strip] == 255).any(), "red strip with white text"
+
+
+@pytest.mark.parametrize("width", [64, 120, 150])
+def test_the_untrained_banner_is_whole_and_inside_a_narrow_photo(width):
+    """Known defect: on photos narrower than about 150 px the banner's one line ran past the right edge, cut to
+    "UNTRAINED WEIGHTS - NOT A DI". Now its words wrap onto more lines (the strip grows) at a readable size."""
+    photo = np.full((100, width, 3), 90, np.uint8)
+    stamped = stamp_banner(photo)
+    layout = banner_layout(UNTRAINED_WARNING, width, 100)
+    assert stamped.shape == (100 + layout.strip, width, 3)
+    np.testing.assert_array_equal(stamped[layout.strip:], photo)
+    assert " ".join(layout.lines) == UNTRAINED_WARNING.replace("\u2014", "-"), "every word is drawn, in order"
+    assert layout.scale >= BANNER_MIN_SCALE, "no smaller than the readable minimum"
+    for line in layout.lines:  # measured with the font that draws them
+        (line_width, _), _ = cv2.getTextSize(line, cv2.FONT_HERSHEY_SIMPLEX, layout.scale, 1)
+        assert line_width <= width - 4, (line, line_width)
+    ink = np.any(stamped[:layout.strip] != (200, 0, 0), axis=-1)
+    assert ink.any() and not ink[:, :2].any() and not ink[:, -2:].any(), "no letter touches or crosses the edge"
+    rows = np.flatnonzero(ink.any(axis=1))
+    assert rows[0] >= 1 and rows[-1] <= layout.strip - 2, "no letter touches the photo or the top"
+    line_rows = np.split(rows, np.flatnonzero(np.diff(rows) > 1) + 1)
+    assert len(line_rows) == len(layout.lines) > 1, "one band of ink per line"
+
+
+def test_the_untrained_banner_on_a_wide_photo_stays_one_line_in_the_old_strip():
+    photo = np.zeros((300, 640, 3), np.uint8)
+    layout = banner_layout(UNTRAINED_WARNING, 640, 300)
+    assert layout.lines == ("UNTRAINED WEIGHTS - NOT A DIAGNOSIS",) and layout.strip == max(14, 300 // 14)
+    assert stamp_banner(photo).shape == (300 + layout.strip, 640, 3)

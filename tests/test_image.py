@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -147,6 +148,25 @@ def test_grayscale_rgba_16bit_cmyk_palette(skin_photo):
 
     floats = load_image(skin_photo.pixels.astype(np.float32) / 255.0)
     assert np.abs(floats.pixels.astype(int) - skin_photo.pixels.astype(int)).max() <= 1
+
+
+def test_a_16_bit_rgb_png_is_noted_like_the_other_conversions(tmp_path, skin_photo):
+    """Known defect: Pillow narrows a 16-bit-per-channel RGB(A) PNG to 8 bits without a word, while a 16-bit
+    grayscale PNG, CMYK or alpha each got a note. Written by OpenCV (BGR order), as scanners and raw converters
+    write them."""
+    rgb = skin_photo.pixels
+    path = tmp_path / "sixteen.png"
+    assert cv2.imwrite(str(path), rgb[..., ::-1].astype(np.uint16) * 257)
+    for source in (path, path.read_bytes()):
+        li = load_image(source)
+        np.testing.assert_array_equal(li.pixels, rgb)  # v * 257 narrows back to v
+        assert li.notes == ("converted from 16-bit RGB (high bit depth) to 8-bit",)
+    alpha = np.dstack([rgb[..., ::-1], np.full(rgb.shape[:2], 255, np.uint8)]).astype(np.uint16) * 257
+    assert cv2.imwrite(str(path), alpha)
+    assert load_image(path).notes == ("converted from 16-bit RGBA (high bit depth) to 8-bit",
+                                      "transparent areas placed on white")
+    assert cv2.imwrite(str(path), rgb[..., ::-1])  # 8-bit: nothing to say
+    assert load_image(path).notes == ()
 
 
 def test_nan_array_refused():

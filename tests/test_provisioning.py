@@ -256,6 +256,27 @@ def test_hot_swap_says_exactly_why_it_cannot_download(release, monkeypatch):
     assert analyzer.mode == "demo"
 
 
+@pytest.mark.parametrize(("done", "clause", "shown"), [
+    (provisioning.Provisioned(failed={"sam_vit_b": "cannot reach dl.fbaipublicfiles.com (DNS lookup failed)"},
+                              cut_off=["sam_vit_b"], unreachable={"dl.fbaipublicfiles.com": "DNS lookup failed"}),
+     "cannot reach the download servers (dl.fbaipublicfiles.com): no internet here?",
+     "Cannot reach the download servers (dl.fbaipublicfiles.com): no internet here? The app stays in demo mode."),
+    (provisioning.Provisioned(failed={"sam_vit_b": "HF_HUB_OFFLINE=1 forbids downloads"}),
+     "sam_vit_b: HF_HUB_OFFLINE=1 forbids downloads",
+     "Could not download the real models: sam_vit_b: HF_HUB_OFFLINE=1 forbids downloads. The app stays in demo "
+     "mode."),
+])
+def test_the_hot_swap_message_is_built_whole_not_reshaped_from_the_logged_reason(done, clause, shown, monkeypatch):
+    """Known defect: hot_swap capitalised the first letter of the reason meant for the log and the start banner
+    ("Downloading the real models failed: cannot reach ..."). Each wording is now written whole where the
+    failure is described (Provisioned.reason for the log, Provisioned.page_message for the page)."""
+    monkeypatch.setattr(provisioning, "_provision", lambda *args: done)
+    analyzer = SimpleNamespace(models=object(), mode="demo")
+    assert provisioning.hot_swap(analyzer, sam_variant="vit_b", warmup=False) == done.page_message == shown
+    assert done.reason == clause, "the clause for the log and the start banner stays as it was"
+    assert provisioning.Provisioned().page_message is None
+
+
 # ------------------------------------------------------------------------------- README: Spaces
 
 
