@@ -124,7 +124,8 @@ class Provisioned:
         if self.no_internet:
             return (f"Cannot reach the download servers ({', '.join(self.unreachable)}): no internet here? "
                     "The app stays in demo mode.")
-        return f"Could not download the real models: {self.reason}. The app stays in demo mode."
+        # one full stop: some reasons are whole sentences already ("... fetch it again.")
+        return f"Could not download the real models: {self.reason.rstrip('.')}. The app stays in demo mode."
 
 
 def _one_line(err: Exception) -> str:

@@ -265,6 +265,11 @@ def test_hot_swap_says_exactly_why_it_cannot_download(release, monkeypatch):
      "sam_vit_b: HF_HUB_OFFLINE=1 forbids downloads",
      "Could not download the real models: sam_vit_b: HF_HUB_OFFLINE=1 forbids downloads. The app stays in demo "
      "mode."),
+    # a reason that is a sentence already gets no second full stop
+    (provisioning.Provisioned(failed={"sam_vit_b": "checksum mismatch: fetch it again."}),
+     "sam_vit_b: checksum mismatch: fetch it again.",
+     "Could not download the real models: sam_vit_b: checksum mismatch: fetch it again. The app stays in demo "
+     "mode."),
 ])
 def test_the_hot_swap_message_is_built_whole_not_reshaped_from_the_logged_reason(done, clause, shown, monkeypatch):
     """Known defect: hot_swap capitalised the first letter of the reason meant for the log and the start banner
