@@ -37,16 +37,8 @@ from pycocotools import mask as mask_utils
 from skinapp.boxes import sanitize_boxes
 from skinapp.phrases import clean_phrases
 from skinapp.review.coco_zip import ExportArchive, is_archive
-from skinapp.review.store import (
-    DECISIONS,
-    MAX_NOTE_CHARS,
-    ConceptReview,
-    Review,
-    ReviewStore,
-    checked_signature,
-    default_data_dir,
-    has_store,
-)
+from skinapp.review.store import ConceptReview, Review, ReviewStore, default_data_dir, has_store
+from skinapp.review.validation import DECISIONS, MAX_NOTE_CHARS, checked_signature
 from skinapp.wording import counted
 
 log = logging.getLogger(__name__)

@@ -31,7 +31,7 @@ from skinapp.pipeline import Analyzer
 from skinapp.provenance import UNTRAINED_WARNING, WeightsInfo
 from skinapp.results import METHOD_TITLES, AnalysisResult
 from skinapp.review import ConceptReview, Review, ReviewStore, export_zip
-from skinapp.review.store import EDITED_BY_HAND
+from skinapp.review.validation import EDITED_BY_HAND
 from skinapp.ui.figures import cam_figure, concept_figure
 from skinapp.ui.privacy import loggable, new_export_path, session_cookie
 from skinapp.wording import counted
