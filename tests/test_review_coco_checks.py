@@ -163,7 +163,7 @@ def test_an_export_zip_imports_under_the_reviewer_given_with_the_import_note(tmp
     store.save(key, photo, np.ones((1, H, W), bool), [ConceptReview(0, "lesion", 0.5, (0, 0, W, H), "accept")],
                reviewer="dr z", note="first look")
     [version] = import_coco(store, export_zip(store, tmp_path / "exports"), reviewer="cvat").saved
-    assert (version.revision, version.reviewer, version.note) == (2, "cvat", "imported from COCO")
+    assert (version.revision, version.reviewer, version.note) == (2, "cvat", "first look (imported from COCO)")
 
 
 def test_json_nested_too_deeply_is_refused_in_words(store, tmp_path):

@@ -8,7 +8,8 @@ before anything is saved: an unknown image, a size that differs from the stored 
 cannot be decoded raises ValueError naming it, and nothing is imported. An image without annotations (COCO allows
 them; our export lists a reviewed photo whose concepts were all rejected or left pending) is skipped: that photo's
 review is left as it is. Each version is saved under the reviewer given, else the one the file records for the
-image (our exports do), else none. The decision, phrase, label, comment and concept number our export records per
+image (our exports do), else none; with the note given, else the one the file records followed by "(imported
+from COCO)" (:func:`imported_note`). The decision, phrase, label, comment and concept number our export records per
 annotation (``attributes``) are read back and checked; an annotation without them is an accepted concept named
 by its category.
 
@@ -284,15 +285,34 @@ def _plan_image(image: dict[str, Any], annotations: list[dict], names: dict[Any,
     return masks, sorted(concepts, key=lambda c: c.index)
 
 
-def import_coco(store: ReviewStore, path: str | Path, reviewer: str = "", note: str = "imported from COCO"
-                ) -> CocoImport:
+#: What an imported version's note says about its origin: the note itself when the file records none, else
+#: appended in brackets (see :func:`imported_note`).
+IMPORT_NOTE = "imported from COCO"
+
+
+def imported_note(recorded: str) -> str:
+    """The note of a version imported from a file that records ``recorded`` for the image (our exports do): that
+    note followed by "(imported from COCO)", or just "imported from COCO" when it is empty. A note that already
+    ends with the mention (an export of an import) or that has no room left for it (the store keeps at most
+    :data:`~skinapp.review.validation.MAX_NOTE_CHARS` characters) is kept as it is."""
+    recorded = recorded.strip()
+    mention = f"({IMPORT_NOTE})"
+    if not recorded:
+        return IMPORT_NOTE
+    if recorded.endswith(mention) or len(recorded) + 1 + len(mention) > MAX_NOTE_CHARS:
+        return recorded
+    return f"{recorded} {mention}"
+
+
+def import_coco(store: ReviewStore, path: str | Path, reviewer: str = "", note: str | None = None) -> CocoImport:
     """Save the annotations of each image in the COCO file as a new version of that photo's review.
 
     Each annotation becomes a concept (provenance "imported"; box from ``bbox``); its phrase, decision, label,
     comment and number are those our export recorded (:func:`_verdict`), else the category's name, "accept", no
     label, no comment, numbered in file order. Images without annotations are skipped. The version's reviewer is
     ``reviewer``, or when that is empty the image's ``reviewer`` field (written by
-    :func:`~skinapp.review.export.export_coco`).
+    :func:`~skinapp.review.export.export_coco`). Its note is ``note`` when given (even ""), else the image's
+    ``note`` field with a mention of the import (:func:`imported_note`).
 
     Raises:
         ValueError: unreadable file, unknown image, an annotation of an image the file does not list, a size
@@ -325,15 +345,19 @@ def _import(store: ReviewStore, text: bytes | None, path: str | Path, archive: E
         if not concepts:
             skipped.append(key)
             continue
+        recorded = image.get("note")
+        if note is None and recorded is not None and not isinstance(recorded, str):
+            raise ValueError(f"COCO image {image.get('id')}: its note must be text; got {recorded!r}.")
         try:  # the store's rule, here so that a refusal comes before any save
-            who = checked_signature(reviewer or str(image.get("reviewer") or ""), note)[0]
+            who, what = checked_signature(reviewer or str(image.get("reviewer") or ""),
+                                          imported_note(recorded or "") if note is None else note)
         except ValueError as exc:
             raise ValueError(f"COCO image {image.get('id')}: {exc}") from None
-        planned.append((key, pixels, masks, concepts, who, review.prompts))
+        planned.append((key, pixels, masks, concepts, who, what, review.prompts))
     if not planned:
         raise ValueError("The COCO file has no annotations: nothing to import.")
     saved = [store.save(key, store.load_photo(key) if pixels is None else pixels, masks, concepts, reviewer=who,
-                        note=note, prompts=prompts) for key, pixels, masks, concepts, who, prompts in planned]
+                        note=what, prompts=prompts) for key, pixels, masks, concepts, who, what, prompts in planned]
     log.info("Imported %d annotations over %d photos from COCO; %d images without annotations skipped",
              sum(len(p[3]) for p in planned), len(saved), len(skipped))
     return CocoImport(saved, skipped)
