@@ -12,7 +12,8 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from skinapp.review import ConceptReview, ReviewStore, export_coco
-from skinapp.review.coco_import import decode_segmentation, import_coco, main
+from skinapp.review.coco_import import import_coco, main
+from skinapp.review.coco_segmentation import decode_segmentation
 from skinapp.review.export import rle_encode
 
 KEY = "de" * 32
@@ -131,7 +132,7 @@ NOT_COCO = ('Not a COCO annotation file: it must be a JSON object with "images",
     ({"images": [{"id": 7, "file_name": f"{KEY}.jpg", "width": 80, "height": 60}]},
      f"COCO image 7 is 80x60 but photo {PHOTO} is 40x30: annotate the exported working-size photo."),
     ({"images": [{"id": 7, "file_name": f"{KEY}.jpg"}]},
-     f"COCO image 7 is -1x-1 but photo {PHOTO} is 40x30: annotate the exported working-size photo."),
+     "COCO image 7: its height must be a whole number of pixels, written as a JSON number; it has none."),
     ({"annotations": _ann(segmentation=[])}, "Annotation 1 of image 7: it has no segmentation (RLE or polygons)."),
     ({"annotations": _ann(segmentation=None)}, "Annotation 1 of image 7: it has no segmentation (RLE or polygons)."),
     ({"annotations": _ann(segmentation={"size": [10, 10], "counts": "abc"})},
@@ -139,7 +140,7 @@ NOT_COCO = ('Not a COCO annotation file: it must be a JSON object with "images",
     ({"annotations": _ann(segmentation={"counts": "abc"})},
      "Annotation 1 of image 7: its RLE is None but the image is 30x40."),
     ({"annotations": _ann(segmentation=[[10, 10, "x", 10, 30, 20]])},
-     "Annotation 1 of image 7: could not convert string to float: 'x'."),
+     "Annotation 1 of image 7: each polygon must be a list of numbers x, y, x, y, ...; got [10, 10, 'x', 10, 30, 20]."),
     ({"annotations": _ann(category_id=9)}, "Annotation 1: category 9 is not listed."),
     ({"drop": ["categories"]}, "Annotation 1: category 3 is not listed."),
     ({"categories": [{"id": 3, "name": " "}]}, "Category 3 has an empty name: name each category (e.g. 'lesion')."),
@@ -281,11 +282,16 @@ def test_bad_polygons_are_refused_before_pycocotools_sees_them(store, tmp_path, 
     assert [v.revision for v in store.versions(KEY)] == [1]
 
 
-def test_any_pycocotools_failure_becomes_a_refusal_naming_the_annotation(store, tmp_path, capsys):
-    path = _coco_file(tmp_path, annotations=_ann(segmentation={"size": [H, W], "counts": 5}))
+def test_any_pycocotools_failure_becomes_a_refusal_naming_the_annotation(store, tmp_path, capsys, monkeypatch):
+    """Should our checks let through something pycocotools fails on, its words are not the message."""
+    def fails(rle):
+        raise TypeError("Expected bytes, got int")
+
+    monkeypatch.setattr(mask_utils, "decode", fails)
+    path = _coco_file(tmp_path, annotations=_ann(segmentation=rle_encode(np.ones((H, W), bool))))
     assert main([str(path), "--data-dir", str(store.data_dir)]) == 1
-    assert capsys.readouterr() == ("", "error: Annotation 1 of image 7: pycocotools cannot decode its RLE "
-                                       "(Expected bytes, got int).\n")
+    assert capsys.readouterr() == ("", "error: Annotation 1 of image 7: pycocotools cannot decode its RLE: export "
+                                       "it again as COCO RLE or polygons.\n")
 
 
 def test_our_export_imports_back_with_its_decisions_labels_comments_and_concept_numbers(tmp_path):
@@ -443,7 +449,7 @@ def test_valid_compressed_rle_still_decodes_whatever_its_characters():
         assert np.array_equal(decode_segmentation(rle_encode(mask), 13, 17), mask)
 
 
-@pytest.mark.parametrize("bbox", [[0, 0, 0, 0], [100, 100, 5, 5], [1, 2, "nan", 4]])
+@pytest.mark.parametrize("bbox", [[0, 0, 0, 0], [100, 100, 5, 5], [1, 2, -3, 4]])
 def test_a_box_the_store_would_refuse_stops_the_whole_file_before_any_save(store, tmp_path, bbox):
     """The store refused such a box only when saving, after the file's earlier photos were saved."""
     other = "ab" * 32

@@ -69,16 +69,23 @@ def test_a_polygon_point_just_beyond_one_image_size_outside_is_refused(store, tm
              f"Annotation 1 of image 7: a polygon point lies far outside the {W}x{H} image.")
 
 
-@pytest.mark.parametrize("value", [
-    {"segmentation": [[int("1" + "0" * 400), 10, 30, 10, 30, 20]]},
-    {"segmentation": {"size": [H, W], "counts": [int("1" + "0" * 400)]}},
-    {"bbox": [int("1" + "0" * 400), 1, 2, 3]},
-    {"score": int("1" + "0" * 400)},
+HUGE = int("1" + "0" * 400)
+CUT = repr(HUGE)[:59] + "…"  # a value is quoted cut to 60 characters
+
+
+@pytest.mark.parametrize("value, message", [
+    ({"segmentation": [[HUGE, 10, 30, 10, 30, 20]]}, f"a polygon point lies far outside the {W}x{H} image"),
+    ({"segmentation": {"size": [H, W], "counts": [HUGE]}},
+     f"its RLE counts add up to {CUT} pixels but the image has {H * W} ({W}x{H})"),
+    ({"bbox": [HUGE, 1, 2, 3]},
+     f"its bbox must be 4 finite numbers [x, y, width, height] in pixels; got {repr([HUGE, 1, 2, 3])[:59]}…"),
+    ({"score": HUGE}, f"its score must be a number from 0 to 1; got {CUT}"),
 ])
-def test_a_number_too_large_for_a_float_is_refused_in_words(store, tmp_path, value):
+def test_a_number_too_large_for_a_float_is_refused_in_words(store, tmp_path, value, message):
     """Found by the mutation round: JSON integers of 400 digits made float() raise OverflowError, which escaped
-    as a traceback (in the app: an unexplained failure)."""
-    _refused(store, _file(tmp_path, [_ann(**value)]), "Annotation 1 of image 7: int too large to convert to float.")
+    as a traceback (in the app: an unexplained failure); then Python's words "int too large to convert to float"
+    were the message."""
+    _refused(store, _file(tmp_path, [_ann(**value)]), f"Annotation 1 of image 7: {message}.")
 
 
 def test_uncompressed_rle_whose_first_pixel_is_set_starts_with_a_run_of_zero(store, tmp_path):
@@ -122,11 +129,14 @@ def test_a_bbox_below_a_landscape_photo_is_refused(store, tmp_path):
              f"Annotation 1 of image 7: its bbox [0, 32, 5, 5] has no area inside the {W}x{H} image.")
 
 
-@pytest.mark.parametrize("size", [{"width": W, "height": "tall"}, {"width": None, "height": H},
-                                  {"width": [W], "height": H}])
-def test_a_size_that_is_not_a_number_is_refused_as_unknown(store, tmp_path, size):
-    _refused(store, _file(tmp_path, image={"id": 7, "file_name": f"{KEY}.png", **size}),
-             f"COCO image 7 is -1x-1 but photo {KEY[:12]} is {W}x{H}: annotate the exported working-size photo.")
+@pytest.mark.parametrize("size, got", [({"width": W, "height": "tall"}, "height must be a whole number of pixels, "
+                                       "written as a JSON number; got 'tall'"),
+                                       ({"width": None, "height": H}, "width must be a whole number of pixels, "
+                                        "written as a JSON number; got None"),
+                                       ({"width": [W], "height": H}, "width must be a whole number of pixels, "
+                                        f"written as a JSON number; got [{W}]")])
+def test_a_size_that_is_not_a_number_is_refused_naming_the_field(store, tmp_path, size, got):
+    _refused(store, _file(tmp_path, image={"id": 7, "file_name": f"{KEY}.png", **size}), f"COCO image 7: its {got}.")
 
 
 def test_an_unknown_photo_key_in_a_json_file_is_refused(store, tmp_path):
@@ -163,7 +173,7 @@ def test_an_export_zip_imports_under_the_reviewer_given_with_the_import_note(tmp
     store.save(key, photo, np.ones((1, H, W), bool), [ConceptReview(0, "lesion", 0.5, (0, 0, W, H), "accept")],
                reviewer="dr z", note="first look")
     [version] = import_coco(store, export_zip(store, tmp_path / "exports"), reviewer="cvat").saved
-    assert (version.revision, version.reviewer, version.note) == (2, "cvat", "imported from COCO")
+    assert (version.revision, version.reviewer, version.note) == (2, "cvat", "first look (imported from COCO)")
 
 
 def test_json_nested_too_deeply_is_refused_in_words(store, tmp_path):
@@ -180,10 +190,10 @@ def test_a_score_that_is_not_a_finite_number_is_refused_before_anything_is_saved
     """Found by a new user: a NaN score passed the checks and failed in SQLite at save time (a traceback, after the
     file's earlier photos were saved)."""
     _refused(store, _file(tmp_path, [_ann(score=score)]),
-             f"Annotation 1 of image 7: its score {score!r} is not a finite number.")
+             f"Annotation 1 of image 7: its score must be a number from 0 to 1; got {score!r}.")
 
 
-def test_an_infinite_image_size_is_a_size_mismatch_not_a_traceback(store, tmp_path):
+def test_an_infinite_image_size_is_refused_not_a_traceback(store, tmp_path):
     """int(Infinity) raised OverflowError, which escaped as a traceback."""
     _refused(store, _file(tmp_path, image={"id": 7, "file_name": f"{KEY}.png", "width": float("inf"), "height": H}),
-             f"COCO image 7 is -1x-1 but photo {KEY[:12]} is {W}x{H}: annotate the exported working-size photo.")
+             "COCO image 7: its width must be a whole number of pixels, written as a JSON number; got inf.")

@@ -86,7 +86,7 @@ def test_one_save_keeps_edits_when_there_are_some_else_the_model_masks(app, anal
 def test_save_with_edits_refuses_a_table_of_another_photo(app):
     handlers, wb, key, table = app
     wb.bench.delete("s1", key, len(table) - 1)
-    foreign = table.assign(concept="not this photo's phrase")
+    foreign = table.assign(concept="not this photo's phrase", score=0.123)  # names alone: tests/test_review_table_edits
     with pytest.raises(gr.Error, match="does not belong to photo"):
         wb.save(key, foreign, "", "", request=_session("s1"))
     assert handlers.store.load(key) is None

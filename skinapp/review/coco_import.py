@@ -3,12 +3,16 @@ as a new version of the reviews of the photos it annotates.
 
 Images are matched to stored photos by ``image_key`` (our exports carry it) or else by the file name's stem
 (``images/<key>.png``, or ``<key>.jpg`` as uploaded to CVAT). Segmentations may be compressed RLE (``counts``
-a string), uncompressed RLE (``counts`` a list) or polygons; pycocotools decodes all three. Every image is checked
-before anything is saved: an unknown image, a size that differs from the stored photo, or an annotation that
-cannot be decoded raises ValueError naming it, and nothing is imported. An image without annotations (COCO allows
+a string), uncompressed RLE (``counts`` a list) or polygons (:mod:`skinapp.review.coco_segmentation`). Every image
+is checked before anything is saved: an unknown image, a size that differs from the stored photo, an annotation
+that cannot be decoded, or a value of the wrong kind (:mod:`skinapp.review.coco_values`: ids are whole numbers or
+text, sizes whole JSON numbers, a ``score`` a number from 0 to 1, a ``bbox`` 4 finite numbers, a reviewer or note
+text) raises ValueError naming the image or annotation, the field and what it must be, and nothing is imported.
+``area`` and ``iscrowd`` are not read (the mask gives the area). An image without annotations (COCO allows
 them; our export lists a reviewed photo whose concepts were all rejected or left pending) is skipped: that photo's
 review is left as it is. Each version is saved under the reviewer given, else the one the file records for the
-image (our exports do), else none. The decision, phrase, label, comment and concept number our export records per
+image (our exports do), else none; with the note given, else the one the file records followed by "(imported
+from COCO)" (:func:`imported_note`). The decision, phrase, label, comment and concept number our export records per
 annotation (``attributes``) are read back and checked; an annotation without them is an accepted concept named
 by its category.
 
@@ -24,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import re
 import sys
 from dataclasses import dataclass
@@ -36,17 +39,11 @@ from pycocotools import mask as mask_utils
 
 from skinapp.boxes import sanitize_boxes
 from skinapp.phrases import clean_phrases
+from skinapp.review.coco_segmentation import decode_segmentation
+from skinapp.review.coco_values import bbox_of, is_id, score_of, shown, text_of, whole_size
 from skinapp.review.coco_zip import ExportArchive, is_archive
-from skinapp.review.store import (
-    DECISIONS,
-    MAX_NOTE_CHARS,
-    ConceptReview,
-    Review,
-    ReviewStore,
-    checked_signature,
-    default_data_dir,
-    has_store,
-)
+from skinapp.review.store import ConceptReview, Review, ReviewStore, default_data_dir, has_store
+from skinapp.review.validation import DECISIONS, MAX_NOTE_CHARS, checked_signature
 from skinapp.wording import counted
 
 log = logging.getLogger(__name__)
@@ -63,95 +60,6 @@ class CocoImport:
 
     saved: list[Review]
     skipped: list[str]
-
-
-def _checked_polygon(polygon: Any, height: int, width: int) -> list[float]:
-    """One polygon [x, y, ...] as floats, or ValueError: not a list, fewer than 3 points, an odd count, a number
-    that is not finite, or a point more than one image size outside the image (pycocotools would raise a bare
-    Exception, or allocate without bound and crash)."""
-    if not isinstance(polygon, (list, tuple)):
-        raise ValueError(f"each polygon must be a list of numbers x, y, x, y, ...; got {polygon!r}")
-    numbers = [float(v) for v in polygon]
-    if len(numbers) < 6:
-        raise ValueError("a polygon needs at least 3 points (6 numbers)")
-    if len(numbers) % 2:
-        raise ValueError(f"a polygon needs x, y pairs; this one has {len(numbers)} numbers")
-    bad = next((v for v in numbers if not np.isfinite(v)), None)
-    if bad is not None:
-        raise ValueError(f"a polygon holds a number that is not finite ({bad!r})")
-    if any(not -width <= x <= 2 * width for x in numbers[0::2]) or any(
-            not -height <= y <= 2 * height for y in numbers[1::2]):
-        raise ValueError(f"a polygon point lies far outside the {width}x{height} image")
-    return numbers
-
-
-def _compressed_counts(text: bytes) -> list[int] | None:
-    """The run lengths of COCO compressed RLE ``counts`` (pycocotools' ``rleFrString``, in Python), or None when
-    the text is not valid (a character outside '0'..'o', a run cut short)."""
-    counts: list[int] = []
-    pos = 0
-    while pos < len(text):
-        value, shift, more = 0, 0, True
-        while more:
-            if pos >= len(text) or not 48 <= text[pos] < 112:
-                return None
-            chunk = text[pos] - 48
-            value |= (chunk & 0x1F) << shift
-            more, pos, shift = bool(chunk & 0x20), pos + 1, shift + 5
-            if not more and chunk & 0x10:
-                value |= -1 << shift
-        counts.append(value + (counts[-2] if len(counts) > 2 else 0))
-    return counts
-
-
-def _check_rle_counts(counts: Any, height: int, width: int) -> None:
-    """ValueError unless ``counts`` (a list of run lengths, or compressed text / bytes) are runs >= 0 adding up to
-    the image's pixels: pycocotools decodes other counts into a mask of uninitialised memory, silently."""
-    if isinstance(counts, list):
-        if not all(isinstance(c, (int, float)) and not isinstance(c, bool) and float(c).is_integer() and c >= 0
-                   for c in counts):
-            raise ValueError("its RLE counts must be whole numbers >= 0")
-        runs = [int(c) for c in counts]
-    elif isinstance(counts, (str, bytes)):
-        ascii_only = counts.isascii() if isinstance(counts, str) else True
-        runs = _compressed_counts(counts.encode("ascii") if isinstance(counts, str) else counts) if ascii_only else None
-        if runs is None or any(c < 0 for c in runs):
-            raise ValueError("its RLE counts are not valid compressed COCO RLE")
-    else:
-        return  # not counts at all: pycocotools' refusal is quoted
-    if sum(runs) != height * width:
-        raise ValueError(f"its RLE counts add up to {sum(runs)} pixels but the image has {height * width} "
-                         f"({width}x{height})")
-
-
-def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarray:
-    """bool [H, W] from a COCO segmentation (compressed / uncompressed RLE, or polygons [[x, y, ...], ...]).
-
-    Raises:
-        ValueError: no segmentation, an RLE of another size or whose runs do not cover the image, a polygon
-            :func:`_checked_polygon` refuses, or anything pycocotools fails on (its message quoted).
-    """
-    if isinstance(segmentation, dict):
-        counts = segmentation.get("counts")
-        if list(segmentation.get("size", [])) != [height, width]:
-            raise ValueError(f"its RLE is {segmentation.get('size')} but the image is {height}x{width}")
-        _check_rle_counts(counts, height, width)
-        what = "RLE"
-    elif isinstance(segmentation, list) and segmentation:
-        polygons = [_checked_polygon(p, height, width) for p in segmentation]
-        what = "polygons"
-    else:
-        raise ValueError("it has no segmentation (RLE or polygons)")
-    try:
-        if what == "polygons":
-            rle = mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
-        elif isinstance(counts, list):
-            rle = mask_utils.frPyObjects(segmentation, height, width)
-        else:
-            rle = {"size": [height, width], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
-        return mask_utils.decode(rle).astype(bool)
-    except Exception as exc:  # pycocotools raises bare Exception, OverflowError, ...: one refusal, no traceback
-        raise ValueError(f"pycocotools cannot decode its {what} ({exc})") from None
 
 
 def _image_key(image: dict[str, Any], known: set[str], archive: ExportArchive | None) -> tuple[str, Any]:
@@ -188,8 +96,11 @@ def _read_coco(path: str | Path, text: bytes | None = None) -> tuple[list[dict],
         raise ValueError("The COCO file was not found: choose it again.") from None
     except OSError as exc:
         raise ValueError(f"The COCO file could not be read ({exc.strerror or type(exc).__name__}).") from None
-    except ValueError as exc:
-        raise ValueError(f"Not a COCO annotation file: it is not JSON ({exc}).") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"Not a COCO annotation file: it is not valid JSON (the first error is at line {exc.lineno}, "
+                         f"column {exc.colno}).") from None
+    except ValueError:  # not UTF-8 / UTF-16 / UTF-32 text, or an integer of thousands of digits
+        raise ValueError("Not a COCO annotation file: it is not valid JSON text.") from None
     except RecursionError:  # JSON nested thousands of levels deep
         raise ValueError("Not a COCO annotation file: its JSON is nested too deeply.") from None
     parts = [coco.get(name, []) if isinstance(coco, dict) else None for name in ("images", "annotations",
@@ -198,10 +109,23 @@ def _read_coco(path: str | Path, text: bytes | None = None) -> tuple[list[dict],
             isinstance(part, list) and all(isinstance(item, dict) for item in part) for part in parts):
         raise ValueError(NOT_COCO)
     images, annotations, categories = parts
+    for what, items in (("Image", images), ("Category", categories)):
+        for n, item in enumerate(items, start=1):
+            if not is_id(item.get("id")):
+                raise ValueError(f"{what} {n} of the file: its id must be a whole number or text; got "
+                                 f"{shown(item.get('id'))}.")
+    for ann in annotations:
+        for field in ("image_id", "category_id"):
+            if not is_id(ann.get(field)):
+                raise ValueError(f"Annotation {ann.get('id')}: its {field} must be a whole number or text; got "
+                                 f"{shown(ann.get(field))}.")
     names: dict[Any, str] = {}
     for category in categories:
         name = category.get("name")
-        if not isinstance(name, str) or not name.strip():
+        if name is not None and not isinstance(name, str):
+            raise ValueError(f"Category {category.get('id')}: its name must be text (a phrase such as 'lesion'); got "
+                             f"{shown(name)}.")
+        if not name or not name.strip():
             raise ValueError(f"Category {category.get('id')} has an empty name: name each category (e.g. 'lesion').")
         try:
             [names[category.get("id")]] = clean_phrases([name], noun="category name", examples=("lesion", "lesion"))
@@ -261,17 +185,16 @@ def _plan_image(image: dict[str, Any], annotations: list[dict], names: dict[Any,
             if not phrase:
                 raise LookupError
             index, *verdict = _verdict(ann, phrase)
-            x, y, w, h = (float(v) for v in (ann.get("bbox") or mask_utils.toBbox(
-                mask_utils.encode(np.asfortranarray(mask.astype(np.uint8))))))
-            score = float(ann.get("score", 1.0))
-            if not math.isfinite(score):  # the store needs a number: a NaN failed only at save time
-                raise ValueError(f"its score {ann.get('score')!r} is not a finite number")
+            box = bbox_of(ann)
+            x, y, w, h = box or (float(v) for v in mask_utils.toBbox(
+                mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))))
+            score = score_of(ann)
             if not sanitize_boxes(np.array([[x, y, x + w, y + h]]), size[1], size[0])[1][0]:  # as the store will
-                raise ValueError(f"its bbox {ann.get('bbox')!r} has no area inside the {size[1]}x{size[0]} image"
-                                 if ann.get("bbox") else "it has no bbox and its mask is empty")
+                raise ValueError(f"its bbox {shown(ann.get('bbox'))} has no area inside the {size[1]}x{size[0]} "
+                                 "image" if box else "it has no bbox and its mask is empty")
         except LookupError:
             raise ValueError(f"Annotation {ann.get('id')}: category {ann.get('category_id')} is not listed.") from None
-        except (ValueError, TypeError, OverflowError) as exc:  # OverflowError: float() of a 400-digit JSON int
+        except ValueError as exc:  # our own words (coco_values, coco_segmentation, _verdict, clean_phrases)
             raise ValueError(f"Annotation {ann.get('id')} {where}: {str(exc).rstrip('.')}.") from None
         found.append((ann, index, mask, ConceptReview(-1, verdict[0], score, (x, y, x + w, y + h), *verdict[1:],
                                                       provenance="imported")))
@@ -292,15 +215,34 @@ def _plan_image(image: dict[str, Any], annotations: list[dict], names: dict[Any,
     return masks, sorted(concepts, key=lambda c: c.index)
 
 
-def import_coco(store: ReviewStore, path: str | Path, reviewer: str = "", note: str = "imported from COCO"
-                ) -> CocoImport:
+#: What an imported version's note says about its origin: the note itself when the file records none, else
+#: appended in brackets (see :func:`imported_note`).
+IMPORT_NOTE = "imported from COCO"
+
+
+def imported_note(recorded: str) -> str:
+    """The note of a version imported from a file that records ``recorded`` for the image (our exports do): that
+    note followed by "(imported from COCO)", or just "imported from COCO" when it is empty. A note that already
+    ends with the mention (an export of an import) or that has no room left for it (the store keeps at most
+    :data:`~skinapp.review.validation.MAX_NOTE_CHARS` characters) is kept as it is."""
+    recorded = recorded.strip()
+    mention = f"({IMPORT_NOTE})"
+    if not recorded:
+        return IMPORT_NOTE
+    if recorded.endswith(mention) or len(recorded) + 1 + len(mention) > MAX_NOTE_CHARS:
+        return recorded
+    return f"{recorded} {mention}"
+
+
+def import_coco(store: ReviewStore, path: str | Path, reviewer: str = "", note: str | None = None) -> CocoImport:
     """Save the annotations of each image in the COCO file as a new version of that photo's review.
 
     Each annotation becomes a concept (provenance "imported"; box from ``bbox``); its phrase, decision, label,
     comment and number are those our export recorded (:func:`_verdict`), else the category's name, "accept", no
     label, no comment, numbered in file order. Images without annotations are skipped. The version's reviewer is
     ``reviewer``, or when that is empty the image's ``reviewer`` field (written by
-    :func:`~skinapp.review.export.export_coco`).
+    :func:`~skinapp.review.export.export_coco`). Its note is ``note`` when given (even ""), else the image's
+    ``note`` field with a mention of the import (:func:`imported_note`).
 
     Raises:
         ValueError: unreadable file, unknown image, an annotation of an image the file does not list, a size
@@ -321,10 +263,7 @@ def _import(store: ReviewStore, text: bytes | None, path: str | Path, archive: E
     for image in images:
         key, pixels = _image_key(image, known, archive)
         review = store.load(key) or Review(key, pixels.shape[1], pixels.shape[0], [])
-        try:
-            size = (int(image.get("height", -1)), int(image.get("width", -1)))
-        except (TypeError, ValueError, OverflowError):  # OverflowError: int(Infinity) or int(1e400)
-            size = (-1, -1)
+        size = (whole_size(image, "height"), whole_size(image, "width"))
         if size != (review.height, review.width):
             raise ValueError(f"COCO image {image.get('id')} is {size[1]}x{size[0]} but photo {key[:12]} is "
                              f"{review.width}x{review.height}: annotate the exported working-size photo.")
@@ -333,15 +272,17 @@ def _import(store: ReviewStore, text: bytes | None, path: str | Path, archive: E
         if not concepts:
             skipped.append(key)
             continue
+        who = reviewer or text_of(image, "reviewer", "a name (text)")  # the file's, when used, must be text
+        what = imported_note(text_of(image, "note", "text")) if note is None else note
         try:  # the store's rule, here so that a refusal comes before any save
-            who = checked_signature(reviewer or str(image.get("reviewer") or ""), note)[0]
+            who, what = checked_signature(who, what)
         except ValueError as exc:
             raise ValueError(f"COCO image {image.get('id')}: {exc}") from None
-        planned.append((key, pixels, masks, concepts, who, review.prompts))
+        planned.append((key, pixels, masks, concepts, who, what, review.prompts))
     if not planned:
         raise ValueError("The COCO file has no annotations: nothing to import.")
     saved = [store.save(key, store.load_photo(key) if pixels is None else pixels, masks, concepts, reviewer=who,
-                        note=note, prompts=prompts) for key, pixels, masks, concepts, who, prompts in planned]
+                        note=what, prompts=prompts) for key, pixels, masks, concepts, who, what, prompts in planned]
     log.info("Imported %d annotations over %d photos from COCO; %d images without annotations skipped",
              sum(len(p[3]) for p in planned), len(saved), len(skipped))
     return CocoImport(saved, skipped)

@@ -8,7 +8,8 @@ Layout of the data directory::
 
 A review belongs to one photo (its content key). Every save is a new **version** (``revision`` 1, 2, ... per
 photo, whoever saved it): ``reviews`` / ``review_concepts`` hold the latest one, ``review_versions`` /
-``version_concepts`` every one, with its reviewer, time and each concept's provenance (:data:`PROVENANCE`).
+``version_concepts`` every one, with its reviewer, time and each concept's provenance
+(:data:`skinapp.review.validation.PROVENANCE`).
 A version's mask directory is never removed while a version row names it. Each save writes its masks into a
 directory of its own (``version``, a
 random id) atomically (temporary file, fsync, rename) BEFORE the one database transaction that points the
@@ -17,7 +18,8 @@ data directory, never mix: a committed row always names files its own writer wro
 fails or is killed leaves only an unreferenced directory, removed by a later save of that photo once it is
 older than :data:`STALE_VERSION_S` (so a slower concurrent writer's files are never taken from under it).
 Reviews saved before versions existed (``version`` "") keep their masks at ``masks/<image_key>/<i>.png``.
-The file side (paths, atomic PNG writes, the stale sweep) is :class:`skinapp.review.mask_files.MaskFiles`.
+The file side (paths, atomic PNG writes, the stale sweep) is :class:`skinapp.review.mask_files.MaskFiles`; what a
+save accepts (names, notes, decisions, labels, boxes) is :mod:`skinapp.review.validation`.
 
 Schema versions (``PRAGMA user_version``): 0 = one row per photo (possibly without the ``version`` column);
 :data:`SCHEMA_VERSION` = 2 adds the version tables and ``provenance``. Opening an older store migrates it in
@@ -33,7 +35,6 @@ import os
 import sqlite3
 import threading
 import time
-import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -41,20 +42,11 @@ from pathlib import Path
 
 import numpy as np
 
-from skinapp.boxes import sanitize_boxes
 from skinapp.review.mask_files import MaskFiles
 from skinapp.review.schema import _SCHEMA, SCHEMA_VERSION, migrate  # noqa: F401 (re-exported)
+from skinapp.review.validation import checked_concepts, checked_signature, validate_concept_review
 
 log = logging.getLogger(__name__)
-
-#: What a reviewer can decide about one concept.
-DECISIONS: tuple[str, ...] = ("pending", "accept", "reject", "relabel")
-
-#: Where a concept's mask came from: the analysis, refined by clicks, painted with the brush, added by the
-#: reviewer (box + phrase), or imported from a COCO file.
-PROVENANCE: tuple[str, ...] = ("model", "refined", "painted", "added", "imported")
-#: The provenances of a mask a person drew or changed in the app (not the model's, not imported from a file).
-EDITED_BY_HAND: tuple[str, ...] = ("refined", "painted", "added")
 
 #: The database file inside the data directory.
 DB_NAME = "reviews.sqlite3"
@@ -65,22 +57,6 @@ DATA_DIR_ENV = "SKINAPP_DATA_DIR"
 #: Age (seconds) after which a mask directory that no committed review names is removed. Longer than any
 #: save takes between writing its files and committing (the database lock waits at most 30 s).
 STALE_VERSION_S = 300.0
-#: Longest reviewer name and note (characters) a save accepts: names are shown in tables and status lines.
-MAX_REVIEWER_CHARS = 100
-MAX_NOTE_CHARS = 5000
-
-
-def checked_signature(reviewer: str | None, note: str | None) -> tuple[str, str]:
-    """(reviewer, note) stripped, or ValueError: a name longer than :data:`MAX_REVIEWER_CHARS` or holding a line
-    break or other control character, a note longer than :data:`MAX_NOTE_CHARS`."""
-    reviewer, note = (reviewer or "").strip(), (note or "").strip()
-    if len(reviewer) > MAX_REVIEWER_CHARS:
-        raise ValueError(f"A reviewer name has at most {MAX_REVIEWER_CHARS} characters; this one has {len(reviewer)}.")
-    if any(unicodedata.category(ch).startswith("C") for ch in reviewer):
-        raise ValueError("A reviewer name cannot hold line breaks, tabs or other control characters.")
-    if len(note) > MAX_NOTE_CHARS:
-        raise ValueError(f"A note has at most {MAX_NOTE_CHARS} characters; this one has {len(note)}.")
-    return reviewer, note
 
 
 def default_data_dir() -> Path:
@@ -102,10 +78,10 @@ class ConceptReview:
         phrase: the prompt phrase the concept answered (e.g. "lesion").
         score: detector score in [0, 1].
         box: (x0, y0, x1, y1) in working-image pixels.
-        decision: one of DECISIONS.
+        decision: one of :data:`~skinapp.review.validation.DECISIONS`.
         label: the corrected label when ``decision == "relabel"``.
         comment: free text.
-        provenance: where the mask came from, one of :data:`PROVENANCE`.
+        provenance: where the mask came from, one of :data:`~skinapp.review.validation.PROVENANCE`.
     """
 
     index: int
@@ -143,30 +119,6 @@ class Review:
     created_at: float = 0.0
     updated_at: float = 0.0
     version: str = ""
-
-
-def validate_concept_review(c: ConceptReview) -> ConceptReview:
-    """Normalise and check one verdict; raises ValueError with a message fit for the UI."""
-    decision = (c.decision or "pending").strip().lower()
-    if decision not in DECISIONS:
-        raise ValueError(f"Concept {c.index}: decision must be one of {', '.join(DECISIONS)}; got {c.decision!r}.")
-    label = (c.label or "").strip()
-    if decision == "relabel" and not label:
-        raise ValueError(f"Concept {c.index} ({c.phrase!r}): 'relabel' needs a new label.")
-    if label and decision in ("accept", "reject"):  # kept but never used: the reviewer meant something else
-        raise ValueError(f"Concept {c.index} ({c.phrase!r}): a new label is used only with 'relabel' (the decision "
-                         f"is {decision!r}): choose 'relabel' or clear the label.")
-    if any(unicodedata.category(ch).startswith("C") for ch in label):  # a label is one line, like a name
-        raise ValueError(f"Concept {c.index} ({c.phrase!r}): a new label cannot hold line breaks, tabs or other "
-                         "control characters.")
-    if len(label) > 200 or len(c.comment or "") > 5000:
-        raise ValueError(f"Concept {c.index}: label (200) or comment (5000 characters) too long.")
-    provenance = (c.provenance or "model").strip().lower()
-    if provenance not in PROVENANCE:
-        raise ValueError(f"Concept {c.index}: provenance must be one of {', '.join(PROVENANCE)}; got {c.provenance!r}.")
-    return ConceptReview(index=int(c.index), phrase=str(c.phrase), score=float(c.score),
-                         box=tuple(float(v) for v in c.box), decision=decision, label=label,
-                         comment=(c.comment or "").strip(), provenance=provenance)
 
 
 class ReviewStore:
@@ -254,18 +206,7 @@ class ReviewStore:
         h, w = pixels.shape[:2]
         if masks.ndim != 3 or masks.shape[1:] != (h, w):
             raise ValueError(f"Masks {masks.shape} do not match the photo ({h}x{w}).")
-        checked = [validate_concept_review(c) for c in concepts]
-        indices = [c.index for c in checked]
-        if len(set(indices)) != len(indices):
-            raise ValueError("Each concept can be reviewed only once per save.")
-        if any(i < 0 or i >= len(masks) for i in indices):
-            raise ValueError(f"Concept indices must be in 0..{len(masks) - 1}.")
-        for c in checked:  # boxes are stored clipped to the photo; one with nothing inside is refused
-            box, valid = sanitize_boxes(np.array([c.box]), w, h)
-            if not valid[0]:
-                raise ValueError(f"Concept {c.index} ({c.phrase!r}): its box {list(c.box)} has no area inside the "
-                                 f"{w}x{h} photo.")
-            c.box = tuple(float(v) for v in box[0])
+        checked = checked_concepts(concepts, len(masks), w, h)
         # Files first (atomic, in this save's own directory), then the one transaction that points the review
         # at them.
         version = self.files.write_save(image_key, pixels, masks, [c.index for c in checked])

@@ -24,7 +24,8 @@ from skinapp.boxes import sanitize_boxes
 from skinapp.cache import LRUCache
 from skinapp.concepts.prompts import normalise_prompts
 from skinapp.concepts.refine import Refinement, grabcut_refine, sam_refine
-from skinapp.review.store import ConceptReview, Review, ReviewStore, validate_concept_review
+from skinapp.review.store import ConceptReview, Review, ReviewStore
+from skinapp.review.validation import validate_concept_review
 
 log = logging.getLogger(__name__)
 

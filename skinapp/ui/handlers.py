@@ -31,9 +31,19 @@ from skinapp.pipeline import Analyzer
 from skinapp.provenance import UNTRAINED_WARNING, WeightsInfo
 from skinapp.results import METHOD_TITLES, AnalysisResult
 from skinapp.review import ConceptReview, Review, ReviewStore, export_zip
-from skinapp.review.store import EDITED_BY_HAND
+from skinapp.review.validation import EDITED_BY_HAND
 from skinapp.ui.figures import cam_figure, concept_figure
 from skinapp.ui.privacy import loggable, new_export_path, session_cookie
+from skinapp.ui.review_rows import (
+    REVIEW_COLUMNS,
+    cell_text,
+    covers,
+    renamed_message,
+    renamed_rows,
+    row_index,
+    rows_match,
+    table_rows,
+)
 from skinapp.wording import counted
 
 log = logging.getLogger(__name__)
@@ -44,9 +54,6 @@ MASK_OPACITY = 0.5
 SHORT_KEY = 12
 #: Where the README explains how to get real weights (the banner's one pointer).
 WEIGHTS_HELP = "README \u2192 Real weights (python -m skinapp.checkpoints download ...)"
-
-REVIEW_COLUMNS = ["#", "concept", "score", "decision", "new label", "comment"]
-
 
 def find_review(store: ReviewStore, key: Any) -> str:
     """The full key of the saved review ``key`` names: the full key, or a unique prefix of 8+ hex characters (the
@@ -89,51 +96,6 @@ def review_table(concepts) -> pd.DataFrame:
     rows = [[i, concepts.phrases[i], round(float(concepts.scores[i]), 3), "pending", "", ""]
             for i in range(len(concepts))]
     return pd.DataFrame(rows, columns=REVIEW_COLUMNS)
-
-
-def table_rows(table: Any) -> list[dict[str, Any]]:
-    """Rows of the review table as dicts, whatever form Gradio or gradio_client gives it in."""
-    if table is None:
-        return []
-    if isinstance(table, dict):  # gradio_client: {"headers": [...], "data": [[...]]}
-        table = pd.DataFrame(table.get("data") or [], columns=table.get("headers") or REVIEW_COLUMNS)
-    if not isinstance(table, pd.DataFrame):
-        table = pd.DataFrame(table, columns=REVIEW_COLUMNS)
-    missing = set(REVIEW_COLUMNS) - set(table.columns)
-    if missing:
-        raise ValueError(f"The review table lacks the columns {sorted(missing)}.")
-    return [rec for rec in table.to_dict("records") if cell_text(rec.get("#")) != ""]
-
-
-def row_index(row: dict[str, Any]) -> int:
-    try:
-        return int(float(row["#"]))
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"Row '#' must be a concept number; got {row['#']!r}.") from exc
-
-
-def _rows_match(rows: list[dict[str, Any]], phrases: list[str], scores: list[float]) -> bool:
-    """True when every row names a concept of this photo by its number, phrase and score."""
-    for row in rows:
-        try:
-            i = row_index(row)
-            score = float(row.get("score"))
-        except (TypeError, ValueError):
-            return False
-        if not 0 <= i < len(phrases) or cell_text(row.get("concept")) != phrases[i] or abs(score - scores[i]) > 1e-3:
-            return False
-    return True
-
-
-def _covers(rows: list[dict[str, Any]], indices: Any) -> bool:
-    """True when the rows name each concept number of ``indices`` exactly once (no concept dropped or doubled)."""
-    return sorted(row_index(r) for r in rows) == sorted(indices)
-
-
-def cell_text(value: Any) -> str:
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return ""
-    return str(value)
 
 
 def _photo_key(value: Any) -> str:
@@ -314,20 +276,26 @@ class Handlers:
             row_index(row)
         key = _photo_key(photo_key)
         result = next((a for a in self.analyzer.analyses_of(key)
-                       if _rows_match(rows, a.concepts.phrases, [float(s) for s in a.concepts.scores])), None)
+                       if rows_match(rows, a.concepts.phrases, [float(s) for s in a.concepts.scores])), None)
         saved = self.store.load(key)
-        if result is not None and _covers(rows, range(len(result.concepts.phrases))):
+        if result is not None and covers(rows, range(len(result.concepts.phrases))):
             return self.store.save(key, result.image.pixels, result.concepts.masks,
                                    [self._verdict(r, result) for r in rows], reviewer=reviewer or "",
                                    note=note or "", prompts=list(result.prompts))
-        saved_match = saved is not None and _rows_match(rows, *self._saved_concepts(saved))
-        if saved_match and _covers(rows, [c.index for c in saved.concepts]):
+        saved_match = saved is not None and rows_match(rows, *self._saved_concepts(saved))
+        if saved_match and covers(rows, [c.index for c in saved.concepts]):
             return self.store.amend(key, [self._verdict(r, None) for r in rows], reviewer or "", note or "")
         if result is not None or saved_match:
             n = len(result.concepts.phrases) if result is not None else len(saved.concepts)
             raise ValueError(f"The review table has {len(rows)} rows for the {n} concepts of photo {short_key(key)}: "
                              "keep one row per concept (leave the ones you have not judged as pending).")
-        if saved is not None or self.analyzer.analyses_of(key):
+        named = [{i: (p, float(s)) for i, (p, s) in enumerate(zip(a.concepts.phrases, a.concepts.scores))}
+                 for a in self.analyzer.analyses_of(key)] + ([{c.index: (c.phrase, c.score) for c in saved.concepts}]
+                                                             if saved is not None else [])
+        renamed = next((r for r in (renamed_rows(rows, concepts) for concepts in named) if r), None)
+        if renamed:  # this photo's table with the concept column edited (an API client can)
+            raise ValueError(renamed_message(renamed))
+        if named:
             raise ValueError(f"The review table does not belong to photo {short_key(key)}: analyse that photo "
                              "again (or reopen its review).")
         raise ValueError(f"Photo {short_key(key)} is no longer in the app's memory and has no saved review; "

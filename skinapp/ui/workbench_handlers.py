@@ -23,8 +23,9 @@ from skinapp.review.coco_import import import_coco
 from skinapp.review.export import rle_encode
 from skinapp.review.store import Review
 from skinapp.review.workbench import Draft, Workbench
-from skinapp.ui.handlers import cell_text, find_review, row_index, table_rows
+from skinapp.ui.handlers import find_review
 from skinapp.ui.privacy import loggable
+from skinapp.ui.review_rows import cell_text, renamed_message, renamed_rows, row_index, table_rows
 from skinapp.wording import counted
 
 log = logging.getLogger(__name__)
@@ -204,8 +205,13 @@ class WorkbenchHandlers:
         if table is not None and not self.bench.has_edits(session, key):
             return self.handlers.save_table(key, table, reviewer, note)
         draft = self.bench.draft(session, key)
+        named = {c.index: (c.phrase, c.score) for c in draft.concepts}
+        rows = table_rows(table)  # the review table in any form Gradio or gradio_client sends it
+        renamed = renamed_rows([r for r in rows if row_index(r) in named], named)  # rows of deleted concepts: skipped
+        if renamed:
+            raise ValueError(renamed_message(renamed))
         verdicts = {}
-        for row in table_rows(table):  # the review table in any form Gradio or gradio_client sends it
+        for row in rows:
             index = row_index(row)
             concept = next((c for c in draft.concepts if c.index == index), None)
             if concept is None:
