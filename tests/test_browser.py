@@ -90,6 +90,13 @@ def _screenshot(driver, name: str, tmp_path: Path) -> None:
     assert image.size == (WIDTH, HEIGHT) and path.stat().st_size < 500_000
 
 
+def _error_badges(driver) -> list[str]:
+    """Ids of the panels showing Gradio's red "Error" status badge (a failed event marks each of its outputs)."""
+    return driver.execute_script(
+        "return [...document.querySelectorAll('.error')].filter(e => e.offsetParent !== null"
+        " && e.innerText.trim() === 'Error').map(e => (e.closest('[id]') || {}).id || '?')")
+
+
 def _upload(driver, path) -> None:
     driver.find_element(By.CSS_SELECTOR, "#photo input[type=file]").send_keys(str(path))
 
@@ -126,7 +133,10 @@ def test_issue15_sequences_in_chromium(browser, tmp_path):
         _upload(browser, tiny)
         _wait(browser).until(lambda d: "too small" in _text(d, "analyse-status"))
         assert _images_in(browser, "concepts") == 0 and key_a not in _text(browser, "analysis-details")
-        assert key_a not in _text(browser, "decisive-text")
+        for panel in ("decisive-text", "diagnosis", "concepts"):  # no panel title names photo A under photo B
+            assert key_a not in _text(browser, panel), panel
+        # the refusal is the one message next to the button: no panel shows Gradio's red "Error" badge
+        assert _error_badges(browser) == [], _error_badges(browser)
         # Explain acts on B (shown in the Photo box): refused with a message, never A's heatmaps
         _tab(browser, "Explain")
         _wait(browser, 30).until(ec.element_to_be_clickable((By.ID, "explain-btn"))).click()

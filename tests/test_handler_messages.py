@@ -208,12 +208,23 @@ def test_loggable_cuts_quoted_spans_not_apostrophes():
         "This photo is no longer in the app's memory; upload it again.")
 
 
-def test_cleared_empties_every_photo_output():
+def test_cleared_empties_every_photo_output_and_its_title():
     out = Handlers.cleared("Working...")
     assert len(out) == 16 and out[11] == "Working..."
-    assert [v for i, v in enumerate(out) if i not in (7, 11)] == [None, None, None, None, "", "", "", None, "", "",
-                                                                  None, None, "", ""]
+    titled = {0: "Concepts", 1: "Diagnosis", 3: "Decisive concept", 8: "Photo with numbered concepts",
+              12: "photo / Grad-CAM / Grad E-CLIP / MedGrad E-CLIP"}  # titles without a photo key
+    for i, title in titled.items():
+        assert out[i] == {"__type__": "update", "value": None, "label": title}, i
+    assert [v for i, v in enumerate(out) if i not in (7, 11, *titled)] == [None, "", "", "", "", "", None, "", ""]
     assert list(out[7].columns) == REVIEW_COLUMNS and out[7].empty
+
+
+def test_failure_text_skips_the_other_outputs(handlers):
+    """Wired to a failed event's other outputs, the failure handler leaves their values (gr.skip) and ends
+    their red "Error" badge; the message comes last."""
+    handlers._refuse("explain", ValueError("No phrase."), _request("s1"))
+    out = handlers.error_text("explain", 3)(_request("s1"))
+    assert out == ({"__type__": "update"},) * 3 + ('<div class="action-error" role="alert">&#10060; No phrase.</div>',)
 
 
 # --------------------------------------------------------------------------- review

@@ -9,8 +9,9 @@ next to the review table (set together with the table by an analysis or a reopen
 The Review tab has one Save (:meth:`WorkbenchHandlers.save <skinapp.ui.workbench_handlers.WorkbenchHandlers.save>`):
 the edited masks when the session has edits, else the model's.
 
-Every action first clears what it will replace and shows its status next to its button; a failed action
-leaves its message there (``.failure``) until the next action.
+Every action first clears what it will replace (panel titles that name a photo included) and shows its status
+next to its button; a failed action leaves its message there (``.failure``) until the next action, and its other
+outputs get no red "Error" badge: the message next to the button says it once.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from skinapp.review import DECISIONS, ReviewStore
 from skinapp.review.workbench import Workbench
 from skinapp.ui.agreement_handlers import AgreementHandlers
 from skinapp.ui.components import photo_input, quiet_validation
-from skinapp.ui.handlers import REVIEW_COLUMNS, Handlers, banner_html
+from skinapp.ui.handlers import BLANK_TITLES, REVIEW_COLUMNS, Handlers, banner_html
 from skinapp.ui.workbench_blocks import add_workbench
 from skinapp.ui.workbench_handlers import WorkbenchHandlers
 
@@ -97,14 +98,14 @@ def build_demo(analyzer: Analyzer, store: ReviewStore, *, gpu: Callable[[Callabl
                 with gr.Column(scale=3):
                     # the API's copy of the banner; on screen the one banner at the top says it
                     banner = gr.HTML(elem_id="analysis-banner", visible=False)
-                    diagnosis = gr.Label(label="Diagnosis", num_top_classes=3, elem_id="diagnosis")
-                    annotated = gr.AnnotatedImage(label="Concepts", height=300, elem_id="concepts")
+                    diagnosis = gr.Label(label=BLANK_TITLES["diagnosis"], num_top_classes=3, elem_id="diagnosis")
+                    annotated = gr.AnnotatedImage(label=BLANK_TITLES["concepts"], height=300, elem_id="concepts")
             with gr.Row():
                 cam_plot = gr.Plot(label="CAM: concept x class", elem_id="cam-plot", show_label=False)
                 with gr.Column():
                     decisive_txt = gr.Markdown(elem_id="decisive-text")
                     # no label or toolbar over the image: they would hide the burned-in warning strip
-                    decisive_img = gr.Image(label="Decisive concept", interactive=False, elem_id="decisive",
+                    decisive_img = gr.Image(label=BLANK_TITLES["decisive"], interactive=False, elem_id="decisive",
                                             show_label=False, buttons=[])
             details = gr.Markdown(elem_id="analysis-details")
 
@@ -124,7 +125,7 @@ def build_demo(analyzer: Analyzer, store: ReviewStore, *, gpu: Callable[[Callabl
                             "NTD)", examples_per_page=8)
             with gr.Column(scale=3):
                 explain_banner = gr.HTML(visible=False)  # the API's copy; the top banner says it on screen
-                gallery = gr.Gallery(label="photo / Grad-CAM / Grad E-CLIP / MedGrad E-CLIP", columns=4,
+                gallery = gr.Gallery(label=BLANK_TITLES["gallery"], columns=4,
                                      object_fit="contain", height="auto", elem_id="heatmaps", show_label=False)
                 sims = gr.Dataframe(headers=["photo", "phrase", "CLIP similarity", "note"], label="CLIP similarity",
                                     interactive=False, elem_id="similarities")
@@ -144,7 +145,7 @@ def build_demo(analyzer: Analyzer, store: ReviewStore, *, gpu: Callable[[Callabl
         with gr.Tab("Review", id="review"):
             with gr.Row():
                 with gr.Column(scale=2):
-                    review_image = gr.AnnotatedImage(label="Photo with numbered concepts", height=380,
+                    review_image = gr.AnnotatedImage(label=BLANK_TITLES["review_image"], height=380,
                                                      elem_id="review-image")
                     review_key = gr.Textbox(label="Photo key (the photo this review belongs to)", interactive=False,
                                             elem_id="review-key")
@@ -186,6 +187,13 @@ def build_demo(analyzer: Analyzer, store: ReviewStore, *, gpu: Callable[[Callabl
         cleared = [*analyse_outputs, gallery, sims, explain_banner, explain_status]
         analyse_inputs = [image, prompts, box_t, text_t]
 
+        def on_failure(event, action: str, outputs: list, status) -> None:
+            """Show this session's refusal of ``action`` in ``status``; the event's other outputs keep their
+            values and lose Gradio's red "Error" badge (the message next to the button says it once)."""
+            others = [o for o in outputs if o is not status]
+            event.failure(h.error_text(action, len(others)), None, [*others, status], api_visibility="private",
+                          queue=False, show_progress="hidden")
+
         def analyse_after(trigger, api_name: str | None) -> None:
             """Clear every photo-derived output, then analyse; a failure stays next to the button."""
             names = {"api_name": api_name} if api_name else {"api_visibility": "private"}
@@ -194,7 +202,7 @@ def build_demo(analyzer: Analyzer, store: ReviewStore, *, gpu: Callable[[Callabl
             trigger(_no_concept_scores, None, [concept_plot, concept_pick, concept_status], api_visibility="private",
                     queue=False, show_progress="hidden")  # the concept panel is photo-derived too
             event = event.then(wrap(h.analyze), analyse_inputs, analyse_outputs, **names, **model_events)
-            event.failure(h.error_text("analyze"), None, [analyse_status], api_visibility="private", queue=False)
+            on_failure(event, "analyze", analyse_outputs, analyse_status)
 
         analyse_after(analyse_btn.click, "analyze")
         analyse_after(image.upload, None)
@@ -209,31 +217,31 @@ def build_demo(analyzer: Analyzer, store: ReviewStore, *, gpu: Callable[[Callabl
                                     queue=False, show_progress="hidden")
         explain = explain.then(wrap(h.explain), [image, phrases, clip_choice],
                                [gallery, sims, explain_banner, explain_status], api_name="explain", **model_events)
-        explain.failure(h.error_text("explain"), None, [explain_status], api_visibility="private", queue=False)
+        on_failure(explain, "explain", [gallery, sims, explain_banner, explain_status], explain_status)
 
         scores = concept_btn.click(lambda: _no_concept_scores("Scoring\u2026"), None,
                                    [concept_plot, concept_pick, concept_status], api_visibility="private",
                                    queue=False, show_progress="hidden")
         scores = scores.then(wrap(h.concept_scores), [image, concept_list, clip_choice],
                              [concept_plot, concept_pick, concept_status], api_name="concept_scores", **model_events)
-        scores.failure(h.error_text("concept_scores"), None, [concept_status], api_visibility="private", queue=False)
+        on_failure(scores, "concept_scores", [concept_plot, concept_pick, concept_status], concept_status)
         picked = concept_pick.input(lambda: (None, None, "", "Explaining\u2026"), None,
                                     [gallery, sims, explain_banner, explain_status], api_visibility="private",
                                     queue=False, show_progress="hidden")
         picked = picked.then(wrap(h.explain_concept), [image, concept_pick, clip_choice],
                              [gallery, sims, explain_banner, explain_status], api_visibility="private", **model_events)
-        picked.failure(h.error_text("explain"), None, [explain_status], api_visibility="private", queue=False)
+        on_failure(picked, "explain", [gallery, sims, explain_banner, explain_status], explain_status)
 
         table.change(_concept_choices, [table], [pick], api_visibility="private", queue=False)
         apply_btn.click(_apply_verdict, [table, pick, decision, new_label, comment], [table],
                         api_visibility="private", queue=False)
         accept_all.click(_accept_all, [table], [table], api_visibility="private")
         refresh_btn.click(h.review_choices, None, [saved], api_name="list_reviews")
-        reopen = open_btn.click(h.open_review, [saved], [review_key, table, reviewer, note, review_image,
-                                                         review_status], api_name="open_review")
-        reopen.failure(h.error_text("open_review"), None, [review_status], api_visibility="private", queue=False)
+        reopened = [review_key, table, reviewer, note, review_image, review_status]
+        on_failure(open_btn.click(h.open_review, [saved], reopened, api_name="open_review"), "open_review", reopened,
+                   review_status)
         export = export_btn.click(h.export_reviews, None, [export_file, export_status], api_name="export_reviews")
-        export.failure(h.error_text("export_reviews"), None, [export_status], api_visibility="private", queue=False)
+        on_failure(export, "export_reviews", [export_file, export_status], export_status)
         demo.load(h.review_choices, None, [saved], api_visibility="private")
 
         # Demo mode: download the real models and swap them in; every page load shows the models now served.

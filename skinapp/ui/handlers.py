@@ -53,6 +53,11 @@ MASK_OPACITY = 0.5
 #: Characters of the photo key shown on screen.
 SHORT_KEY = 12
 #: Where the README explains how to get real weights (the banner's one pointer).
+#: Titles of the photo-derived panels before any photo is analysed; :meth:`Handlers.cleared` restores them, so a
+#: title naming the last photo never stays over the next one.
+BLANK_TITLES = {"concepts": "Concepts", "diagnosis": "Diagnosis", "decisive": "Decisive concept",
+                "review_image": "Photo with numbered concepts",
+                "gallery": "photo / Grad-CAM / Grad E-CLIP / MedGrad E-CLIP"}
 WEIGHTS_HELP = "README \u2192 Real weights (python -m skinapp.checkpoints download ...)"
 
 def find_review(store: ReviewStore, key: Any) -> str:
@@ -133,11 +138,17 @@ class Handlers:
             self._errors.put((session, action), message)
         return gr.Error(message, title="Cannot do that", print_exception=False, visible=False)
 
-    def error_text(self, action: str):
-        """A handler for ``.failure``: the message of this session's failed ``action``, shown next to it."""
-        def show(request: gr.Request) -> str:
+    def error_text(self, action: str, skipped: int = 0):
+        """A handler for ``.failure``: the message of this session's failed ``action``, shown next to it.
+
+        With ``skipped`` > 0 it returns ``skipped`` ``gr.skip()`` before the message: wired to the failed event's
+        other outputs, this ends their "Error" status (Gradio marks every output of a failed event with a red
+        badge) and leaves their values as they are.
+        """
+        def show(request: gr.Request):
             message = self._errors.get((getattr(request, "session_hash", None), action))
-            return f'<div class="action-error" role="alert">&#10060; {html.escape(message or "That failed.")}</div>'
+            text = f'<div class="action-error" role="alert">&#10060; {html.escape(message or "That failed.")}</div>'
+            return (*[gr.skip()] * skipped, text) if skipped else text
         return show
 
     # -- analyse ------------------------------------------------------------------------------
@@ -147,9 +158,14 @@ class Handlers:
 
         Order: annotated, diagnosis, CAM plot, decisive image, decisive text, banner, review key, review table,
         review image, review status, details, analyse status, gallery, similarities, explain banner, explain status.
+        Panels whose title names a photo get their blank title back (``BLANK_TITLES``).
         """
+        def blank(name: str) -> dict:
+            return gr.update(value=None, label=BLANK_TITLES[name])
+
         empty = pd.DataFrame(columns=REVIEW_COLUMNS)
-        return (None, None, None, None, "", "", "", empty, None, "", "", status, None, None, "", "")
+        return (blank("concepts"), blank("diagnosis"), None, blank("decisive"), "", "", "", empty,
+                blank("review_image"), "", "", status, blank("gallery"), None, "", "")
 
     def analyze(self, image: Any, prompts: str, box_threshold: float, text_threshold: float,
                 progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio injects the tracker)

@@ -74,8 +74,14 @@ def add_workbench(wb: WorkbenchHandlers, agree: AgreementHandlers, error_text, r
 
     view = [image, concept, status]
 
+    def failed(event, action: str, outputs: list, shown_in) -> None:
+        """This session's refusal in ``shown_in``; the other outputs keep their values, without Gradio's badge."""
+        others = [o for o in outputs if o is not shown_in]
+        event.failure(error_text(action, len(others)), None, [*others, shown_in], **private, queue=False,
+                      show_progress="hidden")
+
     def on_failure(event) -> None:
-        event.failure(error_text("workbench"), None, [status], **private, queue=False)
+        failed(event, "workbench", view, status)
 
     review_key.change(wb.start, [review_key], view, **private).then(wb.version_choices, [review_key], [versions],
                                                                     **private)
@@ -87,13 +93,15 @@ def add_workbench(wb: WorkbenchHandlers, agree: AgreementHandlers, error_text, r
     on_failure(add.click(wb.add, [review_key, box, phrase], view, **private))
     saving = save_btn.click(wb.save, [review_key, table, reviewer, note], [review_status, saved, table],
                             api_name="save_review")
-    saving.failure(error_text("save_review"), None, [review_status], **private, queue=False)
+    failed(saving, "save_review", [review_status, saved, table], review_status)
     saving.success(wb.version_choices, [review_key], [versions], **private)
-    for event in (compare.click(agree.photo, [review_key], [agreement_table, agreement_status], **private),
-                  export.click(agree.export_csv, None, [agreement_file, agreement_status], **private)):
-        event.failure(error_text("agreement"), None, [agreement_status], **private, queue=False)
+    for outputs, event in (([agreement_table, agreement_status],
+                            compare.click(agree.photo, [review_key], [agreement_table, agreement_status], **private)),
+                           ([agreement_file, agreement_status],
+                            export.click(agree.export_csv, None, [agreement_file, agreement_status], **private))):
+        failed(event, "agreement", outputs, agreement_status)
     importing = import_btn.click(wb.import_coco, [coco_file, reviewer], [import_status], **private)
-    importing.failure(error_text("import_coco"), None, [import_status], **private, queue=False)
+    failed(importing, "import_coco", [import_status], import_status)
     importing.success(wb.version_choices, [review_key], [versions], **private)
     on_failure(open_version.click(wb.open_version, [review_key, versions], view, **private))
     load_brush.click(wb.brush_canvas, [review_key, concept], [editor], **private)
