@@ -87,7 +87,7 @@ def test_cvat_polygons_and_uncompressed_rle_import(store, tmp_path):
     ({"file_name": "someone_else.jpg"}, "matches no saved photo"),
     ({"width": 80, "height": 60}, "is 80x60 but photo"),
     ({"segmentation": []}, "no segmentation"),
-    ({"segmentation": {"size": [10, 10], "counts": "abc"}}, "RLE is"),
+    ({"segmentation": {"size": [10, 10], "counts": "abc"}}, "RLE size is"),
 ])
 def test_bad_files_are_refused_and_nothing_is_saved(store, tmp_path, kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -136,9 +136,9 @@ NOT_COCO = ('Not a COCO annotation file: it must be a JSON object with "images",
     ({"annotations": _ann(segmentation=[])}, "Annotation 1 of image 7: it has no segmentation (RLE or polygons)."),
     ({"annotations": _ann(segmentation=None)}, "Annotation 1 of image 7: it has no segmentation (RLE or polygons)."),
     ({"annotations": _ann(segmentation={"size": [10, 10], "counts": "abc"})},
-     "Annotation 1 of image 7: its RLE is [10, 10] but the image is 30x40."),
+     "Annotation 1 of image 7: its RLE size is [10, 10] (height, width) but the image is 40x30 (size [30, 40])."),
     ({"annotations": _ann(segmentation={"counts": "abc"})},
-     "Annotation 1 of image 7: its RLE is None but the image is 30x40."),
+     "Annotation 1 of image 7: its RLE has no size [height, width]."),
     ({"annotations": _ann(segmentation=[[10, 10, "x", 10, 30, 20]])},
      "Annotation 1 of image 7: each polygon must be a list of numbers x, y, x, y, ...; got [10, 10, 'x', 10, 30, 20]."),
     ({"annotations": _ann(category_id=9)}, "Annotation 1: category 9 is not listed."),

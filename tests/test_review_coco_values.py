@@ -168,10 +168,17 @@ def test_rle_counts_that_are_neither_runs_nor_text_are_refused(store, tmp_path, 
              f"text; got {counts!r}.")
 
 
-@pytest.mark.parametrize("size", [7, True, "30x40", None])
-def test_an_rle_size_that_is_not_the_images_is_refused(store, tmp_path, size):
+@pytest.mark.parametrize("size", [7, True, "30x40", [30], [30, "40"], [30.0, 40.5]])
+def test_an_rle_without_a_size_is_refused(store, tmp_path, size):
     _refused(store, tmp_path, _coco(**{"ann.segmentation": {"size": size, "counts": [0, H * W]}}),
-             f"Annotation 1 of image 7: its RLE is {size!r} but the image is {H}x{W}.")
+             f"Annotation 1 of image 7: its RLE size must be [height, width] in whole pixels; got {size!r}.")
+
+
+def test_an_rle_of_another_size_names_both_in_coco_order(store, tmp_path):
+    """COCO writes an RLE's size [height, width]; the image is named width x height like every other message."""
+    _refused(store, tmp_path, _coco(**{"ann.segmentation": {"size": [W, H], "counts": [0, H * W]}}),
+             f"Annotation 1 of image 7: its RLE size is [{W}, {H}] (height, width) but the image is {W}x{H} "
+             f"(size [{H}, {W}]).")
 
 
 @pytest.mark.parametrize("point", ["x", None, [1], True])

@@ -84,8 +84,13 @@ def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarra
     """
     if isinstance(segmentation, dict):
         counts, size = segmentation.get("counts"), segmentation.get("size")
-        if not isinstance(size, (list, tuple)) or list(size) != [height, width]:
-            raise ValueError(f"its RLE is {shown(size)} but the image is {height}x{width}")
+        if size is None:
+            raise ValueError("its RLE has no size [height, width]")
+        if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(is_whole(v) for v in size)):
+            raise ValueError(f"its RLE size must be [height, width] in whole pixels; got {shown(size)}")
+        if [int(v) for v in size] != [height, width]:  # COCO order is [height, width]; messages say W x H
+            raise ValueError(f"its RLE size is {shown(size)} (height, width) but the image is {width}x{height} "
+                             f"(size [{height}, {width}])")
         _check_rle_counts(counts, height, width)
         what = "RLE"
     elif isinstance(segmentation, list) and segmentation:
