@@ -96,7 +96,7 @@ def _open(source: Any, notes: list[str]) -> Image.Image:
     if isinstance(source, Image.Image):
         return source
     if isinstance(source, np.ndarray):
-        return _from_array(source)
+        return _from_array(source, notes)
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
         if not data:
@@ -178,7 +178,7 @@ def _open_stream(stream: io.BytesIO, notes: list[str]) -> Image.Image:
     return img
 
 
-def _from_array(arr: np.ndarray) -> Image.Image:
+def _from_array(arr: np.ndarray, notes: list[str]) -> Image.Image:
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[..., 0]
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
@@ -188,24 +188,34 @@ def _from_array(arr: np.ndarray) -> Image.Image:
     if arr.shape[0] * arr.shape[1] > MAX_DECODED_PIXELS:
         raise _too_large(arr.shape[1], arr.shape[0])
     if arr.dtype != np.uint8:
-        arr = _to_uint8(arr.astype(np.float64))
+        kind = arr.dtype.name
+        arr, reading = _read_as_uint8(arr.astype(np.float64))
+        notes.append(f"{kind} values {reading}")
     return Image.fromarray(arr)
 
 
 def _to_uint8(values: np.ndarray) -> np.ndarray:
-    """Scale any numeric array to uint8 by its own range (16-bit, float, int32 images)."""
+    """Scale any numeric array to uint8 (16-bit, float, int32 images); see :func:`_read_as_uint8`."""
+    return _read_as_uint8(values)[0]
+
+
+def _read_as_uint8(values: np.ndarray) -> tuple[np.ndarray, str]:
+    """(uint8 array, how the values were read). The dtype says little (a float photo may hold 0..1 or 0..255),
+    so the range decides: [0, 1] is scaled by 255, [0, 255] kept, [0, 65535] read as 16-bit (/ 257), anything
+    else stretched from its own min..max (colours then relative to the photo)."""
     if not np.isfinite(values).all():
         raise InvalidImageError("The image contains invalid (NaN or infinite) values.")
     lo, hi = float(values.min()), float(values.max())
     if hi <= 1.0 and lo >= 0.0:
-        scaled = values * 255.0
+        scaled, reading = values * 255.0, "in [0, 1] scaled to 8-bit"
     elif hi <= 255 and lo >= 0:
-        scaled = values
+        scaled, reading = values, "in [0, 255] read as 8-bit"
     elif lo >= 0 and hi <= 65535:
-        scaled = values / 257.0
+        scaled, reading = values / 257.0, "read as 16-bit and narrowed to 8-bit"
     else:
         scaled = (values - lo) / max(hi - lo, 1e-12) * 255.0
-    return np.clip(np.round(scaled), 0, 255).astype(np.uint8)
+        reading = f"from {lo:g} to {hi:g} stretched to 8-bit: colours are relative to the photo's own range"
+    return np.clip(np.round(scaled), 0, 255).astype(np.uint8), reading
 
 
 def _to_rgb(img: Image.Image, notes: list[str]) -> Image.Image:

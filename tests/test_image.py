@@ -169,6 +169,24 @@ def test_a_16_bit_rgb_png_is_noted_like_the_other_conversions(tmp_path, skin_pho
     assert load_image(path).notes == ()
 
 
+@pytest.mark.parametrize("scale, dtype, note", [
+    (257, np.uint16, "uint16 values read as 16-bit and narrowed to 8-bit"),
+    (1 / 255, np.float32, "float32 values in [0, 1] scaled to 8-bit"),
+    (1, np.int32, "int32 values in [0, 255] read as 8-bit"),
+    (1000, np.int64, "int64 values from {lo} to {hi} stretched to 8-bit: colours are relative to the photo's own "
+                     "range"),
+])
+def test_an_array_that_is_not_8_bit_is_noted_with_how_it_was_read(skin_photo, scale, dtype, note):
+    """API callers pass arrays; a file's high bit depth gets a note, so does an array's (the reading is a guess
+    from the dtype and the values' range, and the user should see which guess was made)."""
+    arr = (skin_photo.pixels.astype(np.float64) * scale).astype(dtype)
+    li = load_image(arr)
+    assert li.notes == (note.format(lo=arr.min(), hi=arr.max()),)
+    if scale in (257, 1 / 255, 1):
+        assert np.abs(li.pixels.astype(int) - skin_photo.pixels.astype(int)).max() <= 1
+    assert load_image(skin_photo.pixels).notes == ()  # uint8: nothing to say
+
+
 def test_nan_array_refused():
     arr = np.full((64, 64, 3), np.nan, np.float32)
     with pytest.raises(InvalidImageError, match="NaN"):
