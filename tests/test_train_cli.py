@@ -86,17 +86,23 @@ def test_fusion_user_errors_are_one_line(tmp_path, capsys):
         assert run_main(train_fusion.main, [*argv, *FAST, "--out", str(out)]) == 2
         return _error_line(capsys)
 
-    assert run("--data", f"folder:{tmp_path / 'nope'}") == f"ERROR: Image folder not found: {tmp_path / 'nope'}"
-    assert run("--data", f"manifest:{tmp_path / 'nope.csv'}") == f"ERROR: CSV file not found: {tmp_path / 'nope.csv'}"
+    assert run("--data", f"folder:{tmp_path / 'nope'}") == (f"ERROR: Image folder not found: {tmp_path / 'nope'}; "
+                                                            "check the path given (--data folder:ROOT).")
+    assert run("--data", f"manifest:{tmp_path / 'nope.csv'}") == (f"ERROR: CSV file not found: {tmp_path / 'nope.csv'}"
+                                                                  "; check the path given (--data).")
     assert run("--data", f"scin:{tmp_path}").startswith("ERROR: CSV file not found: ")
     (tmp_path / "flat").mkdir()
     Image.fromarray(make_skin_photo(0, size=(32, 40)).pixels).save(tmp_path / "flat" / "a.png")
-    assert "no images found in root/<label>/ folders" in run("--data", f"folder:{tmp_path / 'flat'}")
+    assert run("--data", f"folder:{tmp_path / 'flat'}") == (
+        f"ERROR: {tmp_path / 'flat'}: no images found in root/<label>/ folders (nothing skipped); put each class's "
+        "images in a subfolder named after the class.")
     bad = tmp_path / "bad"
     bad.mkdir()
     csv_path = _manifest(bad, [("c0", "red")], header="path,case,diagnosis")
     line = run("--data", f"manifest:{csv_path}")
-    assert line.startswith("ERROR: ") and "missing column(s) ['image_path', 'label']" in line
+    assert line == (f"ERROR: {csv_path}: missing column(s) ['image_path', 'label']; found ['path', 'case', "
+                    "'diagnosis']. Name the columns image_path, label in the header row (rename them, or write a CSV "
+                    "that has them).")
     assert run("--data", "nonsense") == "ERROR: --data must be scin:PATH, manifest:PATH.csv or folder:PATH; " \
                                         "got 'nonsense'."
     assert not (out / "cache").exists()
