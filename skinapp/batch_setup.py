@@ -59,7 +59,8 @@ def weights_identity(weights: WeightsInfo) -> str:
     import hashlib
 
     digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
+    for file in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")
+                       and not p.name.endswith((".sha256", ".tmp"))):  # not our own hash stamps
         digest.update(f"{file.relative_to(path).as_posix()} {cached_sha256(file)}\n".encode())
     return f"sha256:{digest.hexdigest()}"
 

@@ -122,6 +122,7 @@ def test_weights_are_identified_by_the_sha256_of_their_file(tmp_path):
     folder.mkdir()
     (folder / "open_clip_model.safetensors").write_bytes(b"clip")
     before = weights_identity(WeightsInfo("clip", True, f"{folder} (open_clip hf-hub format)"))
+    assert weights_identity(WeightsInfo("clip", True, str(folder))) == before, "the hash stamps left are not weights"
     (folder / "open_clip_model.safetensors").write_bytes(b"clip, fine-tuned")
     assert weights_identity(WeightsInfo("clip", True, f"{folder} (open_clip hf-hub format)")) != before
     assert weights_identity(WeightsInfo("clip", True, "hub:somewhere")) == "source:hub:somewhere"
