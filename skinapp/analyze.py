@@ -1,9 +1,11 @@
 """``python -m skinapp.analyze PATHS... --out DIR``: the app's analysis over many photos (see :mod:`skinapp.batch`).
 
 PATHS are photos, folders (searched recursively), globs or CSV lists. The run resumes where it stopped (photos
-with a record in DIR are skipped), keeps going past unreadable photos and broken links (listed in
-``errors.csv``), and under ``torchrun --nproc_per_node N -m skinapp.analyze ...`` (one or several nodes) each
-rank analyses every N-th photo; rank 0 waits for the others and writes the summaries.
+with a record in DIR are skipped) when DIR's ``run.json`` shows the same setup (models' weights, classes, CLIP,
+prompts, phrases; :mod:`skinapp.batch_setup`), and refuses otherwise; ``--restart`` starts over. It keeps going
+past unreadable photos and broken links (listed in ``errors.csv``), and under ``torchrun --nproc_per_node N -m
+skinapp.analyze ...`` (one or several nodes) each rank analyses every N-th photo; rank 0 waits for the others and
+writes the summaries.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from tqdm import tqdm
 from skinapp import model_configs
 from skinapp.batch import IMAGE_SUFFIXES, analyse_photos, collect_photos, shard, write_summaries
 from skinapp.batch_encode import CUDA_BATCH_SIZE, default_batch_size
+from skinapp.batch_setup import SetupMismatchError, check_setup, describe_setup, discard_outputs, write_setup
 from skinapp.cli_types import checked_number
 from skinapp.models import SETUP_ERRORS
 from skinapp.phrases import parse_phrases
@@ -36,7 +39,11 @@ _positive = checked_number(int, lambda n: n >= 1, "not a whole number: {text!r}"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m skinapp.analyze", description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="+", help="photos, folders, globs or CSV lists (column image/path/...)")
-    parser.add_argument("--out", required=True, type=Path, help="output folder (resumed when it exists)")
+    parser.add_argument("--out", required=True, type=Path,
+                        help="output folder (resumed when it exists and its run.json shows the same setup)")
+    parser.add_argument("--restart", action="store_true",
+                        help="discard the results the batch wrote in --out (progress, summaries, overlays, heatmaps, "
+                             "run.json) and start over")
     parser.add_argument("--profile", default="auto", choices=("auto", "tiny", "full"),
                         help="models, as the app's --profile (default auto: full where checkpoints resolve)")
     parser.add_argument("--prompts", default=None, help='concept prompts, e.g. "lesion . arm . leg" (app default)')
@@ -65,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
                              f"{', '.join(IMAGE_SUFFIXES)}).")
         phrases = parse_phrases(args.phrases.read_text()) if args.phrases else None
     except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"ERROR: {exc}", file=sys.stderr)
         return 2
     device = args.device
     if device is None and distributed and torch.cuda.is_available():
@@ -78,6 +85,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if rank == 0:
         log.info("%d photos; models: %s", len(photos), analyzer.describe())
+    setup = describe_setup(analyzer, args.profile, args.prompts, phrases)
+    try:  # every rank checks (read-only) before rank 0 writes anything: all refuse alike, none waits forever
+        if not args.restart:
+            check_setup(args.out, setup)
+    except SetupMismatchError as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return 2
+    if rank == 0:
+        if args.restart:
+            discard_outputs(args.out)
+        write_setup(args.out, setup)
+    if distributed:  # the other ranks start once the folder is cleared and run.json is written
+        torch.distributed.barrier()
     batch_size = args.batch_size or default_batch_size(analyzer.device)
     mine = shard(photos, rank, world)
     t0 = time.perf_counter()

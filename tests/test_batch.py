@@ -66,7 +66,7 @@ def test_a_folder_without_photos_is_a_usage_error_before_models_load(tmp_path, c
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("not a photo")
     assert analyze.main([str(tmp_path / "empty"), "--out", str(tmp_path / "out"), "--profile", "tiny"]) == 2
-    assert capsys.readouterr().err == (f"error: no photos found in {tmp_path / 'empty'} (photo files end in .jpg, "
+    assert capsys.readouterr().err == (f"ERROR: no photos found in {tmp_path / 'empty'} (photo files end in .jpg, "
                                        ".jpeg, .png, .bmp, .tif, .tiff, .webp, .gif).\n")
     assert not (tmp_path / "out").exists()
 
@@ -240,7 +240,7 @@ def test_an_out_that_is_a_file_is_one_usage_error(photos, tmp_path, capsys):
     out = tmp_path / "results.csv"
     out.write_text("kept")
     assert analyze.main([str(photos), "--out", str(out), "--profile", "tiny"]) == 2
-    assert capsys.readouterr().err == f"error: --out {out} is a file; the batch writes a folder there.\n"
+    assert capsys.readouterr().err == f"ERROR: --out {out} is a file; the batch writes a folder there.\n"
     assert out.read_text() == "kept"
 
 

@@ -140,9 +140,13 @@ def test_outputs_and_checkpoint_meta(run):
     assert meta["split_seed"] == 0 and meta["epochs"] == 10 and len(meta["data_hash"]) == 64
     assert meta["metrics_after"]["in_batch_accuracy"] == result.after["in_batch_accuracy"]
     assert meta["text"] == "paper" and meta["view"] == "whole" and meta["protocol"] == "paper"
+    assert list(meta["datasets"]) == ["Derm7pt", "PH2"] and meta["label"] == "fine-tuned (Derm7pt + PH2)"
+    assert sum(meta["datasets"].values()) == meta["n_train"] + meta["n_test"]
     split = json.loads((out / "split.json").read_text())
     assert not set(split["train_cases"]) & set(split["test_cases"])
     report = (out / "report.md").read_text()
+    counts = meta["datasets"]
+    assert f"Data: Derm7pt ({counts['Derm7pt']} images) + PH2 ({counts['PH2']} images)." in report
     for row in ("in-batch image->text matching accuracy (the paper's 'accuracy')", "zero-shot accuracy",
                 "zero-shot F1 (2PR/(P+R))", "zero-shot F1 (mean per class)", "in-batch macro specificity",
                 "CLIP score (mean cosine of matched pairs)", "zero-shot prompt template: `a dermoscopic image of {}`",

@@ -32,30 +32,30 @@ import hashlib
 import json
 import logging
 import math
-import random
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import open_clip
 import torch
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from skinapp.cli_types import non_negative_int, open_fraction, positive_float, positive_int, seed_int
 from skinapp.clip import build_clip, save_clip_checkpoint
-from skinapp.clip.model import whole_photo_preprocess
-from skinapp.image import load_image
+from train.cli import run_main, user_errors, writable_folder
+from train.clip_data import VIEWS, PairDataset, augment_image, collate, training_view  # noqa: F401
 from train.clip_metrics import PAPER_MATCH_BATCH, clip_scores, in_batch_matching, zero_shot_metrics
+from train.clip_report import REPORT_ROWS, datasets_used, json_safe, markdown_report, write_reports  # noqa: F401
 from train.common import DistInfo, cleanup_distributed, init_distributed, seed_everything, unwrap
 from train.data.derm7pt import read_derm7pt
 from train.data.ph2 import read_ph2
 from train.data.text import TEXT_BUILDERS, LesionRecord
-from train.metrics import confusion_matrix, plot_curve_panels
-from train.splits import split_by_case
+from train.metrics import confusion_matrix
+from train.splits import check_split_classes, count_mixed_label_cases, split_by_case
 
 log = logging.getLogger(__name__)
 
@@ -108,73 +108,6 @@ class FinetuneResult:
     epoch_seconds: list[float] = field(default_factory=list)
 
 
-def augment_image(image: Image.Image, rng: random.Random, degrees: float = 15.0) -> Image.Image:
-    """Random horizontal/vertical flips, a multiple of 90 degrees, then a small rotation in [-degrees, degrees]."""
-    if rng.random() < 0.5:
-        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    if rng.random() < 0.5:
-        image = image.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
-    quarter = rng.randrange(4)
-    if quarter:
-        image = image.transpose((Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180,
-                                 Image.Transpose.ROTATE_270)[quarter - 1])
-    if degrees > 0:
-        image = image.rotate(rng.uniform(-degrees, degrees), resample=Image.Resampling.BILINEAR)
-    return image
-
-
-#: ``--view`` choices. "whole": the letterboxed whole photo, exactly what the app explains
-#: (:func:`skinapp.clip.model.whole_photo_preprocess`); "centre_crop": open_clip's eval transform.
-VIEWS = ("whole", "centre_crop")
-
-
-def training_view(view: str, bundle: Any) -> Any:
-    """The image transform CLIP is fine-tuned and evaluated on (PIL image -> [3, S, S]); see :data:`VIEWS`."""
-    if view == "whole":
-        return whole_photo_preprocess(bundle.image_size)
-    if view == "centre_crop":
-        return bundle.preprocess
-    raise ValueError(f"Unknown view {view!r}; choose from {VIEWS}")
-
-
-class PairDataset(Dataset):
-    """Records -> (image [3, S, S] float, text str, class index int).
-
-    With ``augment`` the image is flipped/rotated and the criteria phrases are shuffled; without,
-    the image is only preprocessed and the text has its phrases in canonical order. ``text``: "paper"
-    (:func:`train.data.text.build_paper_text`) or "ours" (:func:`train.data.text.build_text`).
-    """
-
-    def __init__(self, records: Sequence[LesionRecord], class_names: Sequence[str], preprocess: Any,
-                 augment: bool = False, rotation_degrees: float = 15.0, text: str = "paper"):
-        if text not in TEXT_BUILDERS:
-            raise ValueError(f"Unknown text builder {text!r}; choose from {sorted(TEXT_BUILDERS)}")
-        self.records = list(records)
-        self.index = {name: i for i, name in enumerate(class_names)}
-        self.preprocess = preprocess
-        self.augment = augment
-        self.rotation_degrees = rotation_degrees
-        self.build_text = TEXT_BUILDERS[text]
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, str, int]:
-        record = self.records[i]
-        image = load_image(record.image_path).pil()
-        text = self.build_text(record.label, record.criteria)
-        if self.augment:
-            rng = random.Random(int(torch.randint(0, 2**31 - 1, (1,))))  # torch RNG: seeded per worker
-            image = augment_image(image, rng, self.rotation_degrees)
-            text = self.build_text(record.label, record.criteria, rng)
-        return self.preprocess(image), text, self.index[record.label]
-
-
-def collate(batch: list[tuple[torch.Tensor, str, int]]) -> tuple[torch.Tensor, list[str], torch.Tensor]:
-    images, texts, labels = zip(*batch)
-    return torch.stack(images), list(texts), torch.tensor(labels)
-
-
 def records_hash(records: Sequence[LesionRecord]) -> str:
     """SHA-256 over (case, image file name and size, label, text) of every record: identifies the data."""
     rows = sorted((r.case_id, r.image_path.name, r.image_path.stat().st_size, r.label, r.text) for r in records)
@@ -202,10 +135,15 @@ def split_records(records: Sequence[LesionRecord], class_names: Sequence[str], t
 
     The paper's split has no validation part (``val_fraction`` 0): exactly ``train_fraction`` of the cases of
     each class (rounded) train, the rest are the test records.
+
+    Raises:
+        ValueError: a part would be empty, or a class would have no case in the train or the test part.
     """
     index = {name: i for i, name in enumerate(class_names)}
-    split = split_by_case([r.case_id for r in records], [index[r.label] for r in records], train_fraction, seed,
-                          val_fraction=0.0)
+    case_ids, labels = [r.case_id for r in records], [index[r.label] for r in records]
+    count_mixed_label_cases(case_ids, labels)
+    split = split_by_case(case_ids, labels, train_fraction, seed, val_fraction=0.0)
+    check_split_classes(split, case_ids, labels, class_names, train_fraction, seed)
     train_ids = set(split.train.tolist())
     return ([r for i, r in enumerate(records) if i in train_ids],
             [r for i, r in enumerate(records) if i not in train_ids])
@@ -281,10 +219,13 @@ def finetune(config: ClipFinetuneConfig, records: Sequence[LesionRecord] | None 
 def _finetune(config: ClipFinetuneConfig, records: Sequence[LesionRecord] | None, dist: DistInfo,
               device: torch.device) -> FinetuneResult | None:
     seed_everything(config.seed + dist.rank)
-    if records is None:
-        records = read_records(config.derm7pt, config.ph2, config.labels, config.derm7pt_images)
-    class_names = sorted({r.label for r in records})
-    train_records, test_records = split_records(records, class_names, config.train_fraction, config.seed)
+    if dist.is_main:
+        writable_folder(config.out)  # before any training: the outputs must have a place
+    with user_errors():
+        if records is None:
+            records = read_records(config.derm7pt, config.ph2, config.labels, config.derm7pt_images)
+        class_names = sorted({r.label for r in records})
+        train_records, test_records = split_records(records, class_names, config.train_fraction, config.seed)
     log.info("%d records, %d classes; train %d / test %d images", len(records), len(class_names),
              len(train_records), len(test_records))
     bundle = build_clip(config.profile, config.checkpoint, device=device, seed=config.seed)
@@ -346,11 +287,11 @@ def _write_outputs(config: ClipFinetuneConfig, model: open_clip.CLIP, model_conf
                    test_records: Sequence[LesionRecord], class_names: list[str], before: dict[str, Any],
                    after: dict[str, Any], history: dict[str, list[float]], epoch_seconds: list[float]
                    ) -> FinetuneResult:
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = writable_folder(config.out)
     settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()}
-    meta = _json_safe({
-        "label": "fine-tuned (Derm7pt + PH2)", "class_names": class_names,
+    datasets = datasets_used(records)
+    meta = json_safe({
+        "label": f"fine-tuned ({' + '.join(datasets)})", "datasets": datasets, "class_names": class_names,
         "prompts": [config.prompt.format(c) for c in class_names], "prompt_template": config.prompt,
         "metrics_before": before, "metrics_after": after, "data_hash": records_hash(records),
         "split_seed": config.seed, "epochs": config.epochs, "label_scheme": config.labels,
@@ -363,65 +304,15 @@ def _write_outputs(config: ClipFinetuneConfig, model: open_clip.CLIP, model_conf
     checkpoint = save_clip_checkpoint(model, out / CHECKPOINT_NAME, model_config, meta)
     split = {"seed": config.seed, "train_cases": sorted({r.case_id for r in train_records}),
              "test_cases": sorted({r.case_id for r in test_records})}
-    (out / "split.json").write_text(json.dumps(split, indent=1))
     summary = {"before": before, "after": after, "history": history, "epoch_seconds": epoch_seconds,
-               "class_names": class_names, "data_hash": meta["data_hash"], "settings": settings,
-               "checkpoint": str(checkpoint)}
-    (out / "metrics.json").write_text(json.dumps(_json_safe(summary), indent=1, allow_nan=False))
-    (out / "report.md").write_text(markdown_report(before, after, class_names, config, epoch_seconds,
-                                                   len(train_records), len(test_records)))
-    plot_curve_panels(history, out / "curves.png", title=f"CLIP fine-tuning ({config.profile})")
+               "class_names": class_names, "datasets": datasets, "data_hash": meta["data_hash"],
+               "settings": settings, "checkpoint": str(checkpoint)}
+    write_reports(out, config, summary, split, class_names, len(train_records), len(test_records))
     log.info("saved %s; in-batch matching accuracy (batch %d) %.4f -> %.4f; zero-shot accuracy %.4f -> %.4f",
              checkpoint, after["in_batch_size"], before["in_batch_accuracy"], after["in_batch_accuracy"],
              before["zero_shot_accuracy"], after["zero_shot_accuracy"])
     return FinetuneResult(checkpoint=checkpoint, model=model, before=before, after=after, history=history,
                           epoch_seconds=epoch_seconds)
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN / inf (e.g. the train loss before training) -> None, so the JSON files stay standard JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
-
-
-#: Rows of the report: (name shown, metric key). In-batch rows first: they are the paper's quantities.
-REPORT_ROWS = (
-    ("in-batch image->text matching accuracy (the paper's 'accuracy')", "in_batch_accuracy"),
-    ("in-batch text->image matching accuracy", "in_batch_t2i_accuracy"),
-    ("in-batch macro precision", "in_batch_precision"), ("in-batch macro recall = sensitivity", "in_batch_recall"),
-    ("in-batch F1 (2PR/(P+R))", "in_batch_f1_paper"), ("in-batch macro specificity", "in_batch_specificity"),
-    ("contrastive loss (same batches)", "loss"),
-    ("CLIP score (mean cosine of matched pairs)", "clip_score"),
-    ("CLIPScore, torchmetrics (100 max(cos, 0))", "clipscore_torchmetrics"),
-    ("zero-shot accuracy", "zero_shot_accuracy"), ("zero-shot macro precision", "zero_shot_precision"),
-    ("zero-shot macro recall = sensitivity", "zero_shot_recall"), ("zero-shot F1 (2PR/(P+R))", "zero_shot_f1_paper"),
-    ("zero-shot F1 (mean per class)", "zero_shot_f1_macro_per_class"),
-    ("zero-shot macro specificity", "zero_shot_specificity"),
-)
-
-
-def markdown_report(before: dict[str, Any], after: dict[str, Any], class_names: Sequence[str],
-                    config: ClipFinetuneConfig, epoch_seconds: Sequence[float], n_train: int, n_test: int) -> str:
-    """A Markdown table of the metrics before and after fine-tuning, each named; the settings that define them."""
-    lines = ["# CLIP fine-tuning report", "",
-             f"Protocol `{config.protocol}`; profile `{config.profile}`, base `{config.checkpoint or 'random init'}`, "
-             f"{config.epochs} epochs, batch {config.batch_size}, Adam lr {config.lr}, split seed {config.seed}; "
-             f"train {n_train} / test {n_test} images; {len(class_names)} classes (`{config.labels}`); text "
-             f"`{config.text}`; image view `{config.view}`.", "",
-             f"In-batch metrics: test pairs in batches of {after.get('in_batch_size', config.match_batch_size)} "
-             f"(seeded random order, seed {config.seed}); zero-shot prompt template: `{config.prompt}`.", "",
-             "| metric (test split) | before | after |", "|---|---|---|"]
-    lines += [f"| {name} | {before[key]:.4f} | {after[key]:.4f} |" for name, key in REPORT_ROWS
-              if key in before and key in after]
-    if epoch_seconds:
-        lines += ["", f"Mean time per epoch: {np.mean(epoch_seconds):.2f} s."]
-    lines += ["", "Classes: " + ", ".join(class_names), ""]
-    return "\n".join(lines)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> ClipFinetuneConfig:
@@ -431,24 +322,25 @@ def parse_args(argv: Sequence[str] | None = None) -> ClipFinetuneConfig:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--profile", choices=("tiny", "full"), default="full")
     p.add_argument("--checkpoint", help="pretrained CLIP weights (e.g. OpenAI ViT-B-16); random init when absent")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-5)
-    p.add_argument("--seed", type=int, default=0, help="seeds the split, the init and the augmentation")
+    p.add_argument("--epochs", type=positive_int, default=30)
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--lr", type=positive_float, default=1e-5)
+    p.add_argument("--seed", type=seed_int, default=0, help="seeds the split, the init and the augmentation")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--labels", choices=("merged", "subtypes"), default="merged",
                    help="merged: melanoma subtypes -> melanoma (17 classes); subtypes: keep them (22)")
     p.add_argument("--derm7pt-images", nargs="+", choices=("derm", "clinic"), default=["derm"])
-    p.add_argument("--train-fraction", type=float, default=0.75)
+    p.add_argument("--train-fraction", type=open_fraction, default=0.75,
+                   help="share of the cases that train, strictly between 0 and 1 (the rest test)")
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help="zero-shot prompt template with one {}")
-    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    p.add_argument("--workers", type=non_negative_int, default=2, help="DataLoader worker processes")
     p.add_argument("--protocol", choices=sorted(PROTOCOLS), default="paper",
                    help="preset of --text / --view / --match-batch-size (docs/protocols.md); options override")
     p.add_argument("--text", choices=sorted(TEXT_BUILDERS), default=None,
                    help="paper: diagnosis + all criteria in the data sets' words; ours: present criteria only")
     p.add_argument("--view", choices=VIEWS, default=None,
                    help="whole: the letterboxed whole photo the app explains; centre_crop: open_clip's eval crop")
-    p.add_argument("--match-batch-size", type=int, default=None,
+    p.add_argument("--match-batch-size", type=positive_int, default=None,
                    help="pairs per batch of the in-batch matching metric (the paper: 64)")
     a = p.parse_args(argv)
     for key, value in PROTOCOLS[a.protocol].items():
@@ -469,4 +361,4 @@ def main(argv: Sequence[str] | None = None) -> FinetuneResult | None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

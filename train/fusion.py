@@ -1,31 +1,7 @@
 """Train and evaluate the fusion classifier (and its ablations / image baselines) with the paper's protocol.
 
-    python -m train.fusion --data scin:/data/scin --variant cross_attention --train-ratio 0.5 --seeds 0,1,2,3,4
-    torchrun --nproc_per_node 4 -m train.fusion --data manifest:/data/ntd.csv --profile full ...
-
-``--data`` is ``scin:ROOT`` (official SCIN layout), ``manifest:CSV`` (``image_path,case_id,label``)
-or ``folder:ROOT`` (``ROOT/<label>/<image>``). ``--variant`` and ``--train-ratio`` take comma lists;
-one table row per (ratio, variant), mean +- std over ``--seeds``. Concepts (and, in the fast mode, ViT
-tokens) are computed once per image into ``--cache`` (resumable).
-
-``--protocol`` picks a preset (:data:`PROTOCOLS`, documented in docs/protocols.md); single options override it:
-
-* ``paper`` (default): the paper's settings. ``--mode end_to_end`` (the ViT is fine-tuned with the fusion
-  head on image batches, "we train all model parts simultaneously"; bf16 autocast on CUDA), a plain
-  train/test split with exactly ``r`` of the cases training, a fixed number of epochs and the LAST epoch's
-  weights (``--selection last``), padded concepts competing in top-k pooling (``--pool-padded all``) and
-  ImageNet-pretrained baselines.
-* ``fast``: cached ViT tokens (frozen ViT, ``--mode cached``: epochs take seconds); a validation part carved
-  from the HELD-OUT cases (``--val-fraction`` of them; never the reported test cases) chooses the epoch by
-  accuracy (``--selection val_accuracy``); real concepts first in pooling (``--pool-padded real_first``).
-
-Every table row says how it was produced: ``training_mode``, ``init`` (pretrained / from scratch) and
-``selection``. F1 is reported twice, each named: ``f1_paper`` (2PR/(P+R) of macro P and R, the paper's)
-and ``f1_macro_per_class``.
-
-Per run, ``OUT/<variant>_r<ratio>_s<seed>/`` gets the kept checkpoint (``fusion.safetensors`` + ``fusion.json``;
-end-to-end runs also ``global_encoder.safetensors``, the fine-tuned ViT), ``confusion.png`` and
-``curves.png``; ``OUT`` gets ``metrics_per_seed.csv``, ``metrics.csv`` and ``metrics.md``.
+The command line (``python -m train.fusion``), its presets and outputs are described in :mod:`train.fusion_cli`
+and docs/protocols.md; results tables are written by :mod:`train.fusion_report`.
 """
 
 from __future__ import annotations
@@ -35,6 +11,7 @@ import copy
 import hashlib
 import json
 import logging
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -50,9 +27,7 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from tqdm import tqdm
 
 from skinapp.checkpoints import sha256_file
-from skinapp.concepts.types import DEFAULT_PROMPTS
 from skinapp.fusion import (
-    BASELINES,
     FUSION_VARIANTS,
     PREPROCESSING,
     build_baseline,
@@ -62,14 +37,17 @@ from skinapp.fusion import (
     mil_loss,
     save_fusion_checkpoint,
 )
+from train.cli import run_main, user_errors, writable_folder
 from train.common import DistInfo, cleanup_distributed, init_distributed, unwrap
 from train.data.manifest import LabelledImages, SkipLog
 from train.feature_cache import FeatureCache
+from train.fusion_cli import MODES, PROTOCOLS, SELECTIONS, parse_args  # noqa: F401  (re-exported)
 from train.fusion_data import (  # noqa: F401  (re-exported: train.fusion is the public entry point)
     EndToEndFusion,
     FusionData,
     assemble,
     baseline_checkpoints,
+    checked_split,
     end_to_end_batch,
     fusion_batch,
     image_tensors,
@@ -78,27 +56,12 @@ from train.fusion_data import (  # noqa: F401  (re-exported: train.fusion is the
     make_extractor,
     split_summary,
 )
-from train.metrics import (
-    METRICS,
-    classification_metrics,
-    confusion_matrix,
-    plot_confusion,
-    plot_curves,
-    summarise,
-    write_table,
-)
-from train.splits import Split, split_by_case
+from train.fusion_report import write_results, write_run_report
+from train.metrics import METRICS, classification_metrics, confusion_matrix
+from train.splits import Split, check_class_images, count_mixed_label_cases
 
 log = logging.getLogger("train.fusion")
 
-#: Presets of ``--protocol`` (configs as data); see docs/protocols.md for the paper's wording of each.
-PROTOCOLS: dict[str, dict[str, Any]] = {
-    "paper": {"mode": "end_to_end", "selection": "last", "val_fraction": 0.0, "pool_padded": "all"},
-    "fast": {"mode": "cached", "selection": "val_accuracy", "val_fraction": 0.2, "pool_padded": "real_first"},
-}
-MODES = ("cached", "end_to_end")
-#: Epoch selection: the last epoch (no validation), or the best validation accuracy / paper-F1 epoch.
-SELECTIONS = ("last", "val_accuracy", "val_f1_paper")
 _SELECTION_LABELS = {"last": "last epoch", "val_accuracy": "best val accuracy", "val_f1_paper": "best val F1"}
 
 
@@ -244,55 +207,6 @@ def image_forward(model: nn.Module, inputs: Sequence[torch.Tensor]) -> torch.Ten
     return model(inputs[0])
 
 
-# ----------------------------------------------------------------------------------------------- CLI
-
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m train.fusion", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True, help="scin:ROOT | manifest:CSV | folder:ROOT")
-    p.add_argument("--variant", default="cross_attention",
-                   help=f"comma list of {sorted(FUSION_VARIANTS)} and/or baselines {list(BASELINES)}")
-    p.add_argument("--train-ratio", default="0.5", help="comma list of train/total case ratios")
-    p.add_argument("--seeds", default="0,1,2,3,4")
-    p.add_argument("--protocol", choices=sorted(PROTOCOLS), default="paper",
-                   help="preset of mode/selection/val-fraction/pool-padded (docs/protocols.md); options override")
-    p.add_argument("--mode", choices=MODES, default=None,
-                   help="end_to_end: fine-tune the ViT with the head (paper); cached: frozen ViT, cached tokens")
-    p.add_argument("--selection", choices=SELECTIONS, default=None,
-                   help="last: weights of the last epoch (paper); val_*: best epoch on the validation cases")
-    p.add_argument("--val-fraction", type=float, default=None,
-                   help="share of the HELD-OUT cases used for validation (never trained on, never tested on)")
-    p.add_argument("--pool-padded", choices=("real_first", "all"), default=None,
-                   help="top-k pooling: padded copies compete (all, paper) or only fill (real_first)")
-    p.add_argument("--baseline-checkpoint", action="append", default=[], metavar="NAME=PATH",
-                   help="ImageNet weights of a baseline, e.g. resnet50=checkpoints/resnet50.a1_in1k.safetensors "
-                        "(default in --profile full: the manifest entries resnet50_a1_in1k / vit_b16_augreg2 "
-                        "when present; without weights the run is labelled 'from scratch')")
-    p.add_argument("--profile", choices=("tiny", "full"), default="full")
-    p.add_argument("--config", default=None, help="fusion config name (default: scin for SCIN, ntd otherwise; "
-                                                   "tiny for the tiny profile)")
-    p.add_argument("--n-concepts", type=int, default=None)
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--concepts", choices=("grounded", "fallback"), default="grounded")
-    p.add_argument("--prompts", default=",".join(DEFAULT_PROMPTS))
-    p.add_argument("--vit-checkpoint", default=None, help="timm ViT-B/16 weights (.safetensors/.pth)")
-    p.add_argument("--sam-checkpoint", default=None)
-    p.add_argument("--dino-checkpoint", default=None)
-    p.add_argument("--text-encoder", default=None, help="local bert-base-uncased folder for Grounding DINO (full)")
-    p.add_argument("--classes", default=None, help="comma list fixing the class list (and its order)")
-    p.add_argument("--cache", default=None, help="feature cache folder (default OUT/cache)")
-    p.add_argument("--out", default="runs/fusion")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
-    args = p.parse_args(argv)
-    for key, value in PROTOCOLS[args.protocol].items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    return args
-
-
 def _save_baseline(model: nn.Module, path: Path, meta: dict[str, Any]) -> None:
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     path.with_suffix(".json").write_text(json.dumps({**meta, "sha256": sha256_file(path)}, indent=2, default=str))
@@ -310,16 +224,16 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
 
 def _main(args: argparse.Namespace, dist_info: DistInfo, device: torch.device) -> list[dict]:
     rank, world = dist_info.rank, dist_info.world_size
-    variants = [v.strip() for v in args.variant.split(",") if v.strip()]
-    for v in variants:
-        if v not in FUSION_VARIANTS and v not in BASELINES:
-            raise SystemExit(f"Unknown variant {v!r}; choose from {sorted(FUSION_VARIANTS)} or {list(BASELINES)}.")
-    ratios = [float(r) for r in args.train_ratio.split(",")]
-    seeds = [int(s) for s in args.seeds.split(",")]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    variants, ratios, seeds = args.variant, args.train_ratio, args.seeds
+    out = writable_folder(args.out)
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
-    data = load_data(args.data, classes)
+    with user_errors():  # refused before any model pass: the data, its classes and every planned split
+        data = load_data(args.data, classes)
+        check_class_images(data.labels, data.class_names, data.source)
+        count_mixed_label_cases(data.case_ids, data.labels)
+        for ratio in ratios:
+            for seed in seeds:
+                checked_split(data.case_ids, data.labels, data.class_names, ratio, seed, args.val_fraction)
     skips = data.skipped
     config_name = args.config or ("tiny" if args.profile == "tiny" else
                                   "scin" if args.data.startswith("scin:") else "ntd")
@@ -349,13 +263,7 @@ def _main(args: argparse.Namespace, dist_info: DistInfo, device: torch.device) -
                                out, rank, memo)
                 rows.append(row)
     if rank == 0:
-        import pandas as pd
-
-        pd.DataFrame(rows).to_csv(out / "metrics_per_seed.csv", index=False)
-        summary = summarise(rows)
-        write_table(summary, out / "metrics.csv", out / "metrics.md")
-        log.info("results:\n%s", (out / "metrics.md").read_text())
-        log.info("skipped: %s", skips.summary())
+        write_results(rows, out, skips)
     return rows
 
 
@@ -371,7 +279,7 @@ def _one_run(variant: str, ratio: float, seed: int, args: argparse.Namespace, da
     finetuned_vit = None
     if variant in FUSION_VARIANTS:
         fd = fusion_data
-        split = split_by_case(fd.case_ids, fd.labels.tolist(), ratio, seed, args.val_fraction)
+        split = checked_split(fd.case_ids, fd.labels.tolist(), data.class_names, ratio, seed, args.val_fraction)
         sizes = split_summary(split, fd.case_ids, ratio)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -402,7 +310,7 @@ def _one_run(variant: str, ratio: float, seed: int, args: argparse.Namespace, da
         images, kept = images_for(data, encoder, fusion_data, memo)
         labels = torch.tensor([data.labels[i] for i in kept])
         case_ids = [data.records[i].case_id for i in kept]
-        split = split_by_case(case_ids, labels.tolist(), ratio, seed, args.val_fraction)
+        split = checked_split(case_ids, labels.tolist(), data.class_names, ratio, seed, args.val_fraction)
         sizes = split_summary(split, case_ids, ratio)
         model = build_baseline(variant, n_classes, args.profile, seed, memo["baseline_checkpoints"][variant])
 
@@ -441,17 +349,9 @@ def _one_run(variant: str, ratio: float, seed: int, args: argparse.Namespace, da
             save_fusion_checkpoint(model.cpu(), run_dir / "fusion.safetensors", meta)
         else:
             _save_baseline(model.cpu(), run_dir / f"{variant}.safetensors", {**meta, "variant": variant})
-        plot_confusion(result.confusion, data.class_names, run_dir / "confusion.png", desc)
-        plot_curves(result.history, run_dir / "curves.png", desc)
-        log.info("%s [%s, %s, %s]: %s (kept epoch %d, %.3f s/epoch)", desc, mode, init, selection,
-                 ", ".join(f"{k} {v:.3f}" for k, v in test_metrics.items()), result.best_epoch,
-                 result.epoch_seconds)
+        write_run_report(result, data.class_names, run_dir, desc, mode, init, selection, test_metrics)
     return row
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except ValueError as exc:  # bad data or arguments: one clear line, no traceback
-        log.error("%s", exc)
-        raise SystemExit(2) from None
+    sys.exit(run_main(main))

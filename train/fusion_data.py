@@ -17,11 +17,12 @@ from tqdm import tqdm
 from skinapp.checkpoints import CheckpointMissing, resolve
 from skinapp.fusion import BASELINE_CHECKPOINTS, BASELINES, pad_concepts
 from skinapp.image import InvalidImageError, load_image
+from train.cli import user_errors
 from train.data.folder import load_folder
 from train.data.manifest import LabelledImages, SkipLog, load_manifest
 from train.data.scin import load_scin
 from train.feature_cache import CachedFeatures
-from train.splits import Split
+from train.splits import Split, check_split_classes, split_by_case
 
 log = logging.getLogger("train.fusion")
 
@@ -187,3 +188,13 @@ def images_for(data: LabelledImages, encoder: Any, fusion_data: FusionData | Non
         # unreadable files are already counted when the fusion variants cached their features
         memo["images"] = image_tensors(data, encoder, data.skipped if fusion_data is None else SkipLog())
     return memo["images"]
+
+
+def checked_split(case_ids: Sequence[str], labels: Sequence[int], class_names: Sequence[str], ratio: float,
+                  seed: int, val_fraction: float) -> Split:
+    """:func:`train.splits.split_by_case`, refused (a :class:`train.cli.UserError`) when a part would be empty
+    or a class would have no case in the train or the test part (its metrics would be NaN)."""
+    with user_errors():
+        split = split_by_case(case_ids, labels, ratio, seed, val_fraction)
+        check_split_classes(split, case_ids, labels, class_names, ratio, seed)
+    return split

@@ -6,11 +6,14 @@ held-out side, never from the training cases. See docs/protocols.md.
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -75,3 +78,55 @@ def split_by_case(case_ids: Sequence[str], labels: Sequence[int], train_ratio: f
 
     return Split(indices(parts["train"]), indices(parts["val"]), indices(parts["test"]),
                  {k: frozenset(v) for k, v in parts.items()})
+
+
+def check_class_images(labels: Sequence[int], class_names: Sequence[str], source: str = "the data") -> None:
+    """Refuse a class without images (e.g. a --classes name the data lacks): its metrics would be NaN.
+
+    Raises:
+        ValueError: naming each empty class and the images per class found.
+    """
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(class_names))
+    empty = [name for name, n in zip(class_names, counts) if n == 0]
+    if empty:
+        found = ", ".join(f"{name} {n}" for name, n in zip(class_names, counts) if n)
+        raise ValueError(f"class(es) {', '.join(map(repr, empty))} have no images in {source} (images per class: "
+                         f"{found}); check the spelling in --classes, leave them out, or add their images.")
+
+
+def check_split_classes(split: Split, case_ids: Sequence[str], labels: Sequence[int], class_names: Sequence[str],
+                        train_ratio: float, seed: int) -> None:
+    """Refuse a split in which a class has no image in the train or in the test part (NaN / garbage metrics).
+
+    Raises:
+        ValueError: naming the class, its cases and images in all and in each part, and what to do.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    cases = np.asarray(case_ids, dtype=object)
+    parts = {"all": np.ones(len(labels), bool), "train": np.zeros(len(labels), bool),
+             "test": np.zeros(len(labels), bool)}
+    parts["train"][split.train] = True
+    parts["test"][split.test] = True
+    for index, name in enumerate(class_names):
+        mine = labels == index
+        missing = [part for part in ("train", "test") if not (mine & parts[part]).any()]
+        if missing:
+            counts = ", ".join(f"{len(set(cases[mine & where]))} cases / {int((mine & where).sum())} images "
+                               f"{part}" for part, where in parts.items())
+            raise ValueError(f"class {name!r} has no case in the {missing[0]} split (train ratio {train_ratio}, "
+                             f"seed {seed}; {counts}); add cases of it, choose another train ratio, or leave "
+                             "the class out.")
+
+
+def count_mixed_label_cases(case_ids: Sequence[str], labels: Sequence[int]) -> int:
+    """How many cases hold images with different labels (legitimate: one patient, two lesions); logged as a
+    WARNING, since such a case is split by the label of its first image."""
+    seen: dict[str, set[int]] = defaultdict(set)
+    for case, label in zip(case_ids, labels):
+        seen[case].add(int(label))
+    mixed = sum(len(v) > 1 for v in seen.values())
+    if mixed:
+        log.warning("%d of %d cases have images with different labels (e.g. one patient, two lesions); each image "
+                    "keeps its own label, and the case goes to the split of its first image's label.",
+                    mixed, len(seen))
+    return mixed

@@ -12,7 +12,7 @@ def load_folder(root: str | Path, class_names: Sequence[str] | None = None) -> L
     """Read ``root/<label>/<image>`` (image suffixes: IMAGE_SUFFIXES, any case); other files are logged and skipped."""
     root = Path(root)
     if not root.is_dir():
-        raise ValueError(f"Image folder not found: {root}")
+        raise ValueError(f"Image folder not found: {root}; check the path given (--data folder:ROOT).")
     skips = SkipLog()
     records: list[ImageRecord] = []
     for label_dir in sorted(p for p in root.iterdir() if p.is_dir()):
@@ -26,5 +26,6 @@ def load_folder(root: str | Path, class_names: Sequence[str] | None = None) -> L
             records.append(ImageRecord(path, rel, label_dir.name, rel))
     records, names = check_classes(records, class_names, skips)
     if not records:
-        raise ValueError(f"{root}: no images found in root/<label>/ folders ({skips.summary()}).")
+        raise ValueError(f"{root}: no images found in root/<label>/ folders ({skips.summary()}); put each class's "
+                         "images in a subfolder named after the class.")
     return LabelledImages(records, names, skips, f"folder:{root}")

@@ -83,7 +83,7 @@ def read_csv_rows(path: Path, required: Sequence[str], skips: SkipLog) -> Iterat
         ValueError: the file is missing, empty, or lacks a required column.
     """
     if not path.is_file():
-        raise ValueError(f"CSV file not found: {path}")
+        raise ValueError(f"CSV file not found: {path}; check the path given (--data).")
     with path.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f)
         header = next(reader, None)
@@ -92,7 +92,8 @@ def read_csv_rows(path: Path, required: Sequence[str], skips: SkipLog) -> Iterat
         header = [h.strip() for h in header]
         missing = [c for c in required if c not in header]
         if missing:
-            raise ValueError(f"{path}: missing column(s) {missing}; found {header}.")
+            raise ValueError(f"{path}: missing column(s) {missing}; found {header}. Name the columns "
+                             f"{', '.join(required)} in the header row (rename them, or write a CSV that has them).")
         for values in reader:
             line = reader.line_num
             if not any(v.strip() for v in values):
