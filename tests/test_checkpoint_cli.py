@@ -218,17 +218,29 @@ def test_verify_checks_a_trained_checkpoint_and_its_vit_against_its_sidecar(toy,
     code, lines, _ = _run(toy, capsys, "verify", "toy_fusion")
     assert (code, lines) == (EXIT_OK, [
         f"toy_fusion: {weights}: verified against f.json (sha256 {_sha(weights.read_bytes())})",
+        f"toy_fusion: {side}: matches the class names, configuration and ViT bound into f.safetensors",
         f"toy_fusion: {vit}: verified against f.json (sha256 {_sha(good_vit)})"])
 
     vit.write_bytes(good_vit[:-1] + bytes([good_vit[-1] ^ 1]))
     code, lines, _ = _run(toy, capsys, "verify", "toy_fusion")
-    assert code == EXIT_FAILED and lines[1] == (f"toy_fusion: {vit}: SHA-256 MISMATCH with f.json (it records "
+    assert code == EXIT_FAILED and lines[2] == (f"toy_fusion: {vit}: SHA-256 MISMATCH with f.json (it records "
                                                 f"{_sha(good_vit)}) (sha256 {_sha(vit.read_bytes())})")
     vit.unlink()
     code, lines, _ = _run(toy, capsys, "verify", "toy_fusion")
-    assert code == EXIT_FAILED and lines[1] == f"toy_fusion: {vit}: missing (named by f.json)"
+    assert code == EXIT_FAILED and lines[2] == f"toy_fusion: {vit}: missing (named by f.json)"
     vit.write_bytes(good_vit)
     assert _run(toy, capsys, "verify", "toy_fusion")[0] == EXIT_OK
+
+    side.write_text(json.dumps({**json.loads(good_side), "class_names": ["b", "a"]}))  # the weights' hash still fits
+    code, lines, _ = _run(toy, capsys, "verify", "toy_fusion")
+    assert code == EXIT_FAILED and lines[1].startswith(f"toy_fusion: {side}: REFUSED by the app: f.json does not "
+                                                       "match the checkpoint f.safetensors it describes: class_names")
+    state = ckpt.load_tensors(weights)  # the format of an older skinapp: no binding in the header
+    save_file(state, str(weights))
+    side.write_text(json.dumps({**json.loads(good_side), "sha256": _sha(weights.read_bytes())}))
+    code, lines, _ = _run(toy, capsys, "verify", "toy_fusion")
+    assert code == EXIT_UNVERIFIED and lines[1].startswith(f"toy_fusion: {side}: UNVERIFIED: {weights} was saved by "
+                                                           "an older skinapp")
 
     side.write_text(json.dumps({**json.loads(good_side), "sha256": "0" * 64}))
     code, lines, _ = _run(toy, capsys, "verify", "toy_fusion")

@@ -2,7 +2,8 @@
 
 ``<name>.json`` beside ``<name>.safetensors`` records the weights' SHA-256 (``"sha256"``); an end-to-end fusion
 classifier's also names its fine-tuned ViT file beside it and that file's SHA-256 (``"global_encoder": {"file",
-"sha256"}``). :func:`sidecar_checks` recomputes both, for ``python -m skinapp.checkpoints verify``.
+"sha256"}``). :func:`sidecar_checks` recomputes both, for ``python -m skinapp.checkpoints verify``, and checks a
+fusion classifier's sidecar against the class names, configuration and ViT bound into its weights' header.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ def sidecar_checks(st: EntryStatus) -> list[SidecarCheck] | None:
                                                              "run again)")]
     meta = meta if isinstance(meta, dict) else {}
     checks = [_check(path, meta.get("sha256"), side.name)]
+    if st.entry.kind == "fusion" and checks[0].state is FileState.VERIFIED:
+        checks.append(_binding_check(path, side))
     encoder = meta.get("global_encoder")
     if isinstance(encoder, dict) and isinstance(encoder.get("file"), str):  # the end-to-end fine-tuned ViT
         checks.append(_check(path.parent / encoder["file"], encoder.get("sha256"), side.name))
@@ -57,3 +60,15 @@ def _check(path: Path, expected: object, sidecar: str) -> SidecarCheck:
         return SidecarCheck(path, FileState.MISMATCH, digest, f"SHA-256 MISMATCH with {sidecar} (it records "
                                                               f"{expected})")
     return SidecarCheck(path, FileState.VERIFIED, digest, f"verified against {sidecar}")
+
+
+def _binding_check(path: Path, side: Path) -> SidecarCheck:
+    """The fusion classifier's sidecar against the binding in its weights' header (what the app checks on load)."""
+    from skinapp.fusion.checkpoint import check_binding  # torch and timm: only for this check
+
+    bound, why = check_binding(path)
+    if bound:
+        return SidecarCheck(side, FileState.VERIFIED, None, f"matches the class names, configuration and ViT bound "
+                                                            f"into {path.name}")
+    state = FileState.UNPINNED if bound is None else FileState.MISMATCH
+    return SidecarCheck(side, state, None, ("UNVERIFIED: " if bound is None else "REFUSED by the app: ") + why)

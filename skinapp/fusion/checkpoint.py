@@ -137,13 +137,11 @@ def load_fusion_checkpoint(path: str | Path) -> tuple[FusionBase, dict[str, Any]
         raise TrainedCheckpointError(f"{path} does not match the SHA-256 in {side.name}: the file is damaged or "
                                      "changed since training. Copy both files from the training run again.")
     saved = _saved_binding(path)
-    expected = _checked_binding(meta, side)
-    if saved != expected:
-        differ = [key for key in expected if saved.get(key) != expected[key]]
-        raise TrainedCheckpointError(
-            f"{side.name} does not match the checkpoint {path.name} it describes: {', '.join(differ)} differ "
-            f"(the weights were saved with {_shown(saved, differ)}; the sidecar says {_shown(expected, differ)}). "
-            "The sidecar was edited or belongs to another run: copy the pair from the same training run again.")
+    if saved is None:
+        raise _older(path)
+    problem = _binding_problem(saved, meta, path)
+    if problem is not None:
+        raise problem
     try:
         model = build_fusion(meta["variant"], len(meta["class_names"]), meta["config"])
         model.load_state_dict(load_file(str(path)), strict=True)
@@ -228,8 +226,26 @@ def _read_sidecar(side: Path) -> dict[str, Any]:
     return meta
 
 
-def _saved_binding(path: Path) -> dict[str, Any]:
-    """The binding in the safetensors header; TrainedCheckpointError when unreadable or absent (older skinapp)."""
+def check_binding(path: str | Path) -> tuple[bool | None, str]:
+    """Whether the sidecar of the (SHA-256-checked) fusion checkpoint ``path`` matches the binding in its header.
+
+    Returns (True, "") when it does; (None, why) when the file has no binding (an older skinapp: not verifiable);
+    (False, why) when they differ or either cannot be read. For ``python -m skinapp.checkpoints verify``.
+    """
+    path = Path(path)
+    try:
+        saved = _saved_binding(path)
+        if saved is None:
+            return None, str(_older(path))
+        problem = _binding_problem(saved, _read_sidecar(sidecar_path(path)), path)
+    except TrainedCheckpointError as exc:
+        return False, str(exc)
+    return (True, "") if problem is None else (False, str(problem))
+
+
+def _saved_binding(path: Path) -> dict[str, Any] | None:
+    """The binding in the safetensors header; None when absent (an older skinapp); TrainedCheckpointError when
+    the file cannot be read."""
     try:
         with safe_open(str(path), framework="numpy") as handle:
             text = (handle.metadata() or {}).get(BINDING_KEY)
@@ -237,20 +253,31 @@ def _saved_binding(path: Path) -> dict[str, Any]:
     except (SafetensorError, ValueError, OSError) as exc:
         raise TrainedCheckpointError(f"{path} cannot be read as safetensors ({exc}): it is damaged; copy it from "
                                      "the training run again.") from exc
-    if not isinstance(saved, dict):
-        raise TrainedCheckpointError(
-            f"{path} was saved by an older skinapp: its class names, configuration and global ViT are not bound "
-            "into the weights file, so an edited sidecar or the wrong ViT could not be detected. Retrain it with "
-            f"{_RETRAIN}; the new run's files are checked on every load.")
-    return saved
+    return saved if isinstance(saved, dict) else None
 
 
-def _checked_binding(meta: dict[str, Any], side: Path) -> dict[str, Any]:
+def _older(path: Path) -> TrainedCheckpointError:
+    return TrainedCheckpointError(
+        f"{path} was saved by an older skinapp: its class names, configuration and global ViT are not bound into "
+        "the weights file, so an edited sidecar or the wrong ViT could not be detected. Retrain it with "
+        f"{_RETRAIN}; the new run's files are checked on every load.")
+
+
+def _binding_problem(saved: dict[str, Any], meta: dict[str, Any], path: Path) -> TrainedCheckpointError | None:
+    """Why the sidecar ``meta`` does not match the ``saved`` binding of ``path``; None when it does."""
+    side = sidecar_path(path)
     try:
-        return _binding(meta)
-    except (ValueError, TypeError) as exc:
-        raise TrainedCheckpointError(f"{side.name}: {exc} The sidecar was edited or is damaged; copy the run's "
-                                     "fusion.json again.") from exc
+        expected = _binding(meta)
+    except (ValueError, TypeError, KeyError) as exc:
+        return TrainedCheckpointError(f"{side.name}: {exc} The sidecar was edited or is damaged; copy the run's "
+                                      "fusion.json again.")
+    if saved == expected:
+        return None
+    differ = [key for key in expected if saved.get(key) != expected[key]]
+    return TrainedCheckpointError(
+        f"{side.name} does not match the checkpoint {path.name} it describes: {', '.join(differ)} differ "
+        f"(the weights were saved with {_shown(saved, differ)}; the sidecar says {_shown(expected, differ)}). "
+        "The sidecar was edited or belongs to another run: copy the pair from the same training run again.")
 
 
 def _shown(binding: dict[str, Any], keys: list[str]) -> str:
