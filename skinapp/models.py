@@ -10,12 +10,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
+from safetensors import SafetensorError
 
 from skinapp import checkpoints as ckpt
 from skinapp.clip.convert_hf import load_hf_clip
@@ -25,12 +26,14 @@ from skinapp.concepts.detector import build_detector
 from skinapp.concepts.extractor import GroundedSamExtractor
 from skinapp.concepts.fallback import ColourConceptExtractor
 from skinapp.concepts.segmenter import build_segmenter
-from skinapp.fusion import build_fusion, build_global_encoder, load_fusion_checkpoint
+from skinapp.fusion import build_fusion, build_global_encoder, load_fusion_checkpoint, load_fusion_encoder
+from skinapp.fusion.checkpoint import needs_vit_file
 from skinapp.fusion.encoders import GlobalEncoder
 from skinapp.model_configs import ModelConfigError
 from skinapp.provenance import WeightsInfo, untrained
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: Class names of the demo-mode (untrained) fusion model: the five SCIN conditions of the paper.
 DEMO_CLASS_NAMES: tuple[str, ...] = ("Eczema", "Allergic Contact Dermatitis", "Urticaria", "Insect Bite",
@@ -170,11 +173,26 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
     return dev
 
 
-#: What building the models raises for a set-up the user must fix (a missing, damaged or tampered checkpoint, a bad
-#: manifest, an unreadable ``SKINAPP_MODEL_CONFIGS``, a device this machine does not have): ``python app.py`` and
+#: What building the models raises for a set-up the user must fix (a missing, damaged or tampered checkpoint, an
+#: explicit checkpoint path that does not hold it, a trained checkpoint that cannot be used, a bad manifest, an
+#: unreadable ``SKINAPP_MODEL_CONFIGS``, a device this machine does not have): ``python app.py`` and
 #: ``python -m skinapp.analyze`` say it in one log line and exit with status 2.
 SETUP_ERRORS = (ckpt.CheckpointMissing, ckpt.ChecksumMismatchError, ckpt.UnsafeCheckpointError, ckpt.ManifestError,
-                ModelConfigError, DeviceError)
+                ckpt.TrainedCheckpointError, ModelConfigError, DeviceError)
+
+
+def _load_checked(name: str, path: Path, load: Callable[[], T]) -> T:
+    """``load()``, with any failure to read checkpoint ``name`` at ``path`` said as a TrainedCheckpointError."""
+    try:
+        return load()
+    except SETUP_ERRORS:
+        raise
+    except (ValueError, OSError, RuntimeError, KeyError, TypeError, SafetensorError) as exc:
+        why = " ".join(str(exc).split())  # one line
+        raise ckpt.TrainedCheckpointError(
+            f"Checkpoint {name!r} ({path}) cannot be loaded: {why}. It is damaged or not in the format skinapp "
+            f"reads: copy it again from where it came from, or remove it (unset {ckpt.get_entry(name).env_var}) "
+            "to start without it.") from exc
 
 
 def load_models(profile: str = "auto", device: str | torch.device | None = None, sam_variant: str = "vit_b",
@@ -208,6 +226,8 @@ def load_models(profile: str = "auto", device: str | torch.device | None = None,
         try:
             return ckpt.resolve(name, path=paths.get(name), download=False)
         except ckpt.CheckpointMissing as exc:
+            if exc.explicit:  # a path the user gave that does not hold it: never a silent demo model
+                raise ckpt.CheckpointMissing(exc.explicit, name, exc.looked_in, explicit=exc.explicit) from None
             if profile == "full" and not optional:
                 raise
             reasons[stage].append(missing_reason(name, exc))
@@ -225,15 +245,18 @@ def load_models(profile: str = "auto", device: str | torch.device | None = None,
     else:
         reasons["analysis"].append("Concepts come from the weight-free colour extractor (demo mode).")
         extractor = ColourConceptExtractor(max_concepts=30)
-    # Global encoder + fusion: a trained fusion checkpoint decides the encoder profile.
+    # Global encoder + fusion: a trained fusion checkpoint runs only with the ViT it was trained with (its own
+    # fine-tuned file, the frozen ViT file whose SHA-256 it records, or the same random init).
     fusion_path = find(FUSION_CHECKPOINT, "analysis")
-    vit_path = find(GLOBAL_CHECKPOINT, "analysis")
-    if fusion_path is not None and vit_path is not None:
-        fusion, meta = load_fusion_checkpoint(fusion_path)
+    fusion, meta = load_fusion_checkpoint(fusion_path) if fusion_path is not None else (None, None)
+    vit_path = find(GLOBAL_CHECKPOINT, "analysis") if meta is None or needs_vit_file(meta) else None
+    if fusion is not None and (vit_path is not None or not needs_vit_file(meta)):
+        global_encoder = load_fusion_encoder(fusion_path, meta, vit_path)
         class_names: Sequence[str] = list(meta["class_names"])
-        vit_profile = "full" if int(fusion.config["global_dim"]) == 768 else "tiny"
-        global_encoder = build_global_encoder(vit_profile, checkpoint=vit_path if vit_profile == "full" else None)
     else:
+        if fusion is not None:
+            reasons["analysis"].append(f"{FUSION_CHECKPOINT} waits for the ViT it was trained with "
+                                       f"({GLOBAL_CHECKPOINT}, SHA-256 {meta['global_encoder']['sha256']}).")
         reasons["analysis"].append("The diagnosis comes from an untrained demo fusion model (tiny profile).")
         with seeded():
             fusion = build_fusion("cross_attention", len(DEMO_CLASS_NAMES), "tiny")
@@ -251,7 +274,7 @@ def load_models(profile: str = "auto", device: str | torch.device | None = None,
         if refusal:
             reasons["clip"].append(refusal)
             continue
-        bundle = load_clip_entry(name, path, dev)
+        bundle = _load_checked(name, path, lambda name=name, path=path: load_clip_entry(name, path, dev))
         clips[f"{choice}: {bundle.label}"] = bundle
     if not clips:
         with seeded():

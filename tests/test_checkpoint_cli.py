@@ -200,3 +200,57 @@ def test_help_names_each_command_and_option(argv, expected, capsys, monkeypatch)
     text = " ".join(capsys.readouterr().out.split())  # argparse's column alignment aside
     for line in expected:
         assert " ".join(line.split()) in text, f"{line!r} not in: {text}"
+
+
+def test_verify_checks_a_trained_checkpoint_and_its_vit_against_its_sidecar(toy, capsys):
+    """Our fusion classifier has no pin in the manifest: its sidecar's SHA-256 (and the end-to-end ViT's) is checked."""
+    from skinapp.fusion import build_fusion, build_global_encoder, global_encoder_meta, save_fusion_checkpoint
+    from skinapp.fusion.checkpoint import save_file
+
+    directory = toy["dir"]
+    vit = directory / "global_encoder.safetensors"
+    save_file({k: v.contiguous() for k, v in build_global_encoder("tiny", seed=4).vit.state_dict().items()}, str(vit))
+    weights = save_fusion_checkpoint(build_fusion("cross_attention", 2, "tiny"), directory / "f.safetensors",
+                                     {"class_names": ["a", "b"],
+                                      "global_encoder": global_encoder_meta("tiny", fine_tuned=vit)})
+    side = weights.with_suffix(".json")
+    good_side, good_vit = side.read_text(), vit.read_bytes()
+    code, lines, _ = _run(toy, capsys, "verify", "toy_fusion")
+    assert (code, lines) == (EXIT_OK, [
+        f"toy_fusion: {weights}: verified against f.json (sha256 {_sha(weights.read_bytes())})",
+        f"toy_fusion: {side}: matches the class names, configuration and ViT bound into f.safetensors",
+        f"toy_fusion: {vit}: verified against f.json (sha256 {_sha(good_vit)})"])
+
+    vit.write_bytes(good_vit[:-1] + bytes([good_vit[-1] ^ 1]))
+    code, lines, _ = _run(toy, capsys, "verify", "toy_fusion")
+    assert code == EXIT_FAILED and lines[2] == (f"toy_fusion: {vit}: SHA-256 MISMATCH with f.json (it records "
+                                                f"{_sha(good_vit)}) (sha256 {_sha(vit.read_bytes())})")
+    vit.unlink()
+    code, lines, _ = _run(toy, capsys, "verify", "toy_fusion")
+    assert code == EXIT_FAILED and lines[2] == f"toy_fusion: {vit}: missing (named by f.json)"
+    vit.write_bytes(good_vit)
+    assert _run(toy, capsys, "verify", "toy_fusion")[0] == EXIT_OK
+
+    side.write_text(json.dumps({**json.loads(good_side), "class_names": ["b", "a"]}))  # the weights' hash still fits
+    code, lines, _ = _run(toy, capsys, "verify", "toy_fusion")
+    assert code == EXIT_FAILED and lines[1].startswith(f"toy_fusion: {side}: REFUSED by the app: f.json does not "
+                                                       "match the checkpoint f.safetensors it describes: class_names")
+    state = ckpt.load_tensors(weights)  # the format of an older skinapp: no binding in the header
+    save_file(state, str(weights))
+    side.write_text(json.dumps({**json.loads(good_side), "sha256": _sha(weights.read_bytes())}))
+    code, lines, _ = _run(toy, capsys, "verify", "toy_fusion")
+    assert code == EXIT_UNVERIFIED and lines[1].startswith(f"toy_fusion: {side}: UNVERIFIED: {weights} was saved by "
+                                                           "an older skinapp")
+
+    side.write_text(json.dumps({**json.loads(good_side), "sha256": "0" * 64}))
+    code, lines, _ = _run(toy, capsys, "verify", "toy_fusion")
+    assert code == EXIT_FAILED and lines[0].startswith(f"toy_fusion: {weights}: SHA-256 MISMATCH with f.json (it "
+                                                       f"records {'0' * 64})")
+    side.write_text(json.dumps({k: v for k, v in json.loads(good_side).items() if k != "sha256"}))
+    code, lines, _ = _run(toy, capsys, "verify", "toy_fusion")
+    assert code == EXIT_UNVERIFIED and lines[0].startswith(f"toy_fusion: {weights}: present, UNVERIFIED (f.json "
+                                                           "records no SHA-256)")
+    side.unlink()
+    code, lines, _ = _run(toy, capsys, "verify", "toy_fusion")
+    assert code == EXIT_FAILED and lines == [f"toy_fusion: {side}: missing (the JSON sidecar recording the weights' "
+                                             "SHA-256; copy it from the training run)"]

@@ -170,8 +170,10 @@ def test_a_file_that_is_not_a_mapping_is_refused(tmp_path):
     assert str(err.value) == f"{path} holds a list, not a state dict (mapping)"
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a torch file at all")
-    with pytest.raises(ckpt.UnsafeCheckpointError, match=r"could not be loaded with torch.load\(weights_only=True\)"):
+    with pytest.raises(ckpt.UnsafeCheckpointError) as err:
         ckpt.load_state_dict(garbage)
+    assert str(err.value).startswith(f"{garbage} was refused: it holds no state dict a safe load can read (it is "
+                                     "damaged, or pickles Python objects rather than tensors). ")
 
 
 def test_safetensors_are_read_to_the_cpu_by_suffix(tmp_path):
@@ -214,9 +216,40 @@ def test_a_pickle_is_refused_even_when_torch_is_told_to_allow_it(tmp_path, monke
         ckpt.load_state_dict(evil)
     assert not marker.exists()
     message = str(err.value)
-    assert message.startswith(f"{evil} could not be loaded with torch.load(weights_only=True): ")
-    assert message.endswith(". If it holds pickled objects or TorchScript it would run code when loaded, so it is "
-                            "refused; convert it to a state dict or safetensors from a trusted source.")
+    assert message == (f"{evil} was refused: it holds a Python object or function (exec) besides tensors. A safe "
+                       "load (torch.load with weights_only=True) does not read code or objects, because loading them "
+                       "would run code from the file. Do not load it any other way; use a safetensors file or a "
+                       "weights-only state dict from a trusted source instead (e.g. the publisher's download: "
+                       "python -m skinapp.checkpoints download NAME).")
+
+
+def test_refusals_never_pass_on_torchs_advice_to_turn_the_safe_load_off(tmp_path):
+    """torch.load's own message says 'Re-running torch.load with weights_only set to False will likely succeed'
+    and how to allow-list the object: advice that runs the file's code. None of it reaches the user."""
+    import datetime
+    import warnings
+
+    evil = tmp_path / "dated.pth"  # a harmless object, but not one a weights-only load rebuilds
+    torch.save({"w": torch.ones(1), "saved": datetime.date(2026, 1, 2)}, evil)
+    script = tmp_path / "script.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.script(torch.nn.Linear(2, 2)).save(str(script))
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a torch file at all")
+    for path, what in ((evil, "a Python object or function (datetime.date) besides tensors"),
+                       (script, "a TorchScript program, not a state dict"),
+                       (garbage, "no state dict a safe load can read")):
+        with pytest.raises(ckpt.UnsafeCheckpointError) as err, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ckpt.load_state_dict(path)
+        message = str(err.value)
+        assert f"it holds {what}" in message, message
+        for advice in ("weights_only=False", "weights_only` set to `False", "add_safe_globals", "safe_globals",
+                       "trusted source.\n", "WeightsUnpickler"):
+            assert advice not in message, (path.name, advice)
+        assert "use a safetensors file or a weights-only state dict from a trusted source" in message
+        assert err.value.__cause__ is None and err.value.__suppress_context__  # not even in a traceback
 
 
 def test_a_single_file_entry_checks_a_renamed_copy_and_logs_the_check(files, tmp_path, caplog):

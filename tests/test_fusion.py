@@ -14,6 +14,7 @@ from skinapp.fusion import (
     build_fusion,
     build_global_encoder,
     fusion_config,
+    global_encoder_meta,
     load_fusion_checkpoint,
     mil_loss,
     pad_concepts,
@@ -223,7 +224,8 @@ def test_global_encoder_loads_a_timm_checkpoint(tmp_path):
 
 def test_checkpoint_round_trip_and_tamper_check(tmp_path):
     model = build_fusion("concat_feature", C, CFG).eval()
-    path = save_fusion_checkpoint(model, tmp_path / "f.safetensors", {"class_names": ["a", "b", "c"]})
+    path = save_fusion_checkpoint(model, tmp_path / "f.safetensors",
+                                  {"class_names": ["a", "b", "c"], "global_encoder": global_encoder_meta("tiny")})
     loaded, meta = load_fusion_checkpoint(path)
     assert meta["variant"] == "concat_feature" and meta["top_k"] == CFG["top_k"] and len(meta["sha256"]) == 64
     tokens, concepts, mask = _inputs()
@@ -235,7 +237,10 @@ def test_checkpoint_round_trip_and_tamper_check(tmp_path):
     with pytest.raises(ValueError, match="SHA-256"):
         load_fusion_checkpoint(path)
     with pytest.raises(ValueError, match="class_names"):
-        save_fusion_checkpoint(model, tmp_path / "g.safetensors", {"class_names": ["a"]})
+        save_fusion_checkpoint(model, tmp_path / "g.safetensors",
+                               {"class_names": ["a"], "global_encoder": global_encoder_meta("tiny")})
+    with pytest.raises(ValueError, match="must say which ViT the model was trained with"):
+        save_fusion_checkpoint(model, tmp_path / "g.safetensors", {"class_names": ["a", "b", "c"]})
 
 
 @pytest.mark.parametrize("name", ["resnet50", "vit_b16"])

@@ -16,7 +16,14 @@ from PIL import Image
 from safetensors.torch import save_file
 
 import skinapp.checkpoints as ckpt
-from skinapp.fusion import build_baseline, build_fusion, fusion_config, load_fusion_checkpoint, topk_pool
+from skinapp.fusion import (
+    build_baseline,
+    build_fusion,
+    fusion_config,
+    load_fusion_checkpoint,
+    load_fusion_encoder,
+    topk_pool,
+)
 from skinapp.synthetic import make_skin_photo
 from train import fusion as train_fusion
 from train.metrics import metrics_from_confusion, summarise, write_table
@@ -247,11 +254,16 @@ def test_paper_protocol_end_to_end_command(tmp_path, caplog):
         ("cross_attention", "end_to_end", "ViT from scratch"), ("resnet50", "end_to_end", "from scratch")]
     md = (out / "metrics.md").read_text()
     assert "F1 (paper: 2PR/(P+R))" in md and "F1 (mean per class)" in md and "from scratch" in md
-    # the head was trained with its own ViT: loading it alone says so
-    caplog.set_level(logging.WARNING)
+    # the head was trained with its own ViT: it records that file's SHA-256 and runs with it, never another ViT
     _, meta = load_fusion_checkpoint(run / "fusion.safetensors")
     assert meta["global_encoder"]["fine_tuned"] and meta["training_mode"] == "end_to_end"
-    assert "trained end to end with a fine-tuned ViT (global_encoder.safetensors" in caplog.text
+    own = run / "global_encoder.safetensors"
+    assert meta["global_encoder"]["file"] == own.name
+    assert meta["global_encoder"]["sha256"] == hashlib.sha256(own.read_bytes()).hexdigest()
+    encoder = load_fusion_encoder(run / "fusion.safetensors", meta, vit_checkpoint=None)
+    saved = ckpt.load_tensors(own)
+    assert all(torch.equal(encoder.vit.state_dict()[k], v) for k, v in saved.items())
+    assert not encoder.weights.trained and "from a random init" in encoder.weights.source  # fine-tuned from scratch
 
 
 def test_mixed_precision_only_on_cuda():

@@ -33,7 +33,14 @@ from skinapp.concepts import detector as detector_mod
 from skinapp.concepts import segmenter as segmenter_mod
 from skinapp.concepts.extractor import GroundedSamExtractor
 from skinapp.concepts.text_encoder import write_tiny_text_encoder
-from skinapp.fusion import build_fusion, fusion_config, load_fusion_checkpoint, predict, save_fusion_checkpoint
+from skinapp.fusion import (
+    build_fusion,
+    fusion_config,
+    global_encoder_meta,
+    load_fusion_checkpoint,
+    predict,
+    save_fusion_checkpoint,
+)
 from skinapp.fusion import encoders as encoders_mod
 from skinapp.models import load_models
 from skinapp.pipeline import Analyzer
@@ -80,7 +87,7 @@ def _write_checkpoints(directory: Path, fusion_dir: Path) -> dict[str, Path]:
     fusion = build_fusion("cross_attention", len(CLASS_NAMES), fusion_config("tiny", global_dim=768))
     files["fusion_classifier"] = save_fusion_checkpoint(
         fusion, fusion_dir / "fusion_classifier.safetensors",
-        {"class_names": CLASS_NAMES, "global_encoder": {"profile": "full"}})
+        {"class_names": CLASS_NAMES, "global_encoder": global_encoder_meta("full", files["vit_b16_augreg2"])})
     pretrained = clip_model.build_clip("full", seed=105).model
     files["clip_vit_b16_openai"] = directory / "clip_vit_b16_openai.safetensors"
     save_file({k: v.contiguous() for k, v in pretrained.state_dict().items()}, str(files["clip_vit_b16_openai"]))

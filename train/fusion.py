@@ -34,6 +34,7 @@ from skinapp.fusion import (
     build_fusion,
     build_global_encoder,
     fusion_config,
+    global_encoder_meta,
     mil_loss,
     save_fusion_checkpoint,
 )
@@ -337,15 +338,15 @@ def _one_run(variant: str, ratio: float, seed: int, args: argparse.Namespace, da
                 "data_hash": data_hash, "metrics": test_metrics, "train_ratio": ratio, "seed": seed,
                 "best_epoch": result.best_epoch, "epochs": args.epochs, "lr": args.lr, "protocol": args.protocol,
                 "training_mode": mode, "init": init, "selection": selection, "split": sizes,
-                "global_encoder": {"profile": args.profile, "weights": encoder.weights.describe(),
-                                   "trained": encoder.weights.trained, "fine_tuned": finetuned_vit is not None},
+                "global_encoder": {"weights": encoder.weights.describe(), "trained": encoder.weights.trained,
+                                   **global_encoder_meta(args.profile, args.vit_checkpoint)},
                 "concepts": args.concepts}
         if variant in FUSION_VARIANTS:
             if finetuned_vit is not None:
                 vit_path = run_dir / "global_encoder.safetensors"
                 save_file({k: v.detach().contiguous().cpu() for k, v in finetuned_vit.state_dict().items()},
                           str(vit_path))
-                meta["global_encoder"].update(file=vit_path.name, sha256=sha256_file(vit_path))
+                meta["global_encoder"].update(global_encoder_meta(args.profile, fine_tuned=vit_path))
             save_fusion_checkpoint(model.cpu(), run_dir / "fusion.safetensors", meta)
         else:
             _save_baseline(model.cpu(), run_dir / f"{variant}.safetensors", {**meta, "variant": variant})

@@ -19,6 +19,7 @@ from skinapp.checkpoints._errors import (
     ChecksumMismatchError,
     DownloadError,
     ManifestError,
+    TrainedCheckpointError,
     UnreachableError,
     UnsafeCheckpointError,
 )
@@ -49,6 +50,7 @@ __all__ = [
     "FileStatus",
     "HubFile",
     "ManifestError",
+    "TrainedCheckpointError",
     "UnreachableError",
     "UnsafeCheckpointError",
     "checkpoint_dir",

@@ -17,12 +17,16 @@ class CheckpointMissing(FileNotFoundError):  # noqa: N818 (public name fixed by 
     Attributes:
         name: the manifest name, e.g. "sam_vit_b".
         looked_in: the places searched, in resolution order.
+        explicit: when an explicit path (argument or ``SKINAPP_<NAME>``) did not hold it: one line naming the
+            path (and the variable) and what to do; None when it was looked for in the usual places.
     """
 
-    def __init__(self, message: str, name: str, looked_in: list[str] | tuple[str, ...] = ()):
+    def __init__(self, message: str, name: str, looked_in: list[str] | tuple[str, ...] = (),
+                 explicit: str | None = None):
         super().__init__(message)
         self.name = name
         self.looked_in = tuple(looked_in)
+        self.explicit = explicit
 
     def __str__(self) -> str:
         return str(self.args[0])
@@ -68,3 +72,11 @@ class UnreachableError(DownloadError):
 
 class UnsafeCheckpointError(ValueError):
     """A checkpoint file could not be loaded safely (it needs code execution, or is not a state dict)."""
+
+
+class TrainedCheckpointError(ValueError):
+    """A trained checkpoint (the fusion classifier, a fine-tuned CLIP) cannot be used as it is: damaged, its
+    sidecar edited or missing, saved by an older skinapp, or needing a global encoder the app does not have.
+
+    The message names the file, says what is wrong and what to do.
+    """

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -70,13 +71,27 @@ def _torch_load(path: Path) -> dict[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError) as err:
-        raise UnsafeCheckpointError(
-            f"{path} could not be loaded with torch.load(weights_only=True): {err}. If it holds pickled "
-            "objects or TorchScript it would run code when loaded, so it is refused; convert it to a state "
-            "dict or safetensors from a trusted source.") from err
+        # torch's own message advises retrying with weights_only=False, which would run the file's code: never
+        # passed on; the refusal is said in our words, naming the offending object when torch names one
+        raise UnsafeCheckpointError(unsafe_message(path, str(err))) from None
     if not isinstance(obj, Mapping):
         raise UnsafeCheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict (mapping)")
     return dict(obj)
+
+
+def unsafe_message(path: Path, torch_text: str) -> str:
+    """Why ``path`` was refused by a safe load, in our words (``torch_text``: what torch.load raised)."""
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", torch_text)
+    if found:
+        what = f"a Python object or function ({found.group(1)}) besides tensors"
+    elif "TorchScript" in torch_text:
+        what = "a TorchScript program, not a state dict"
+    else:
+        what = "no state dict a safe load can read (it is damaged, or pickles Python objects rather than tensors)"
+    return (f"{path} was refused: it holds {what}. A safe load (torch.load with weights_only=True) does not "
+            "read code or objects, because loading them would run code from the file. Do not load it any other "
+            "way; use a safetensors file or a weights-only state dict from a trusted source instead (e.g. the "
+            "publisher's download: python -m skinapp.checkpoints download NAME).")
 
 
 def _auto_spec(path: Path, name: str | None) -> FileSpec | None:

@@ -102,7 +102,8 @@ def resolve(name: str, path: str | os.PathLike | None = None, download: bool = F
     looked = [f"{source}: {location} ({_describe_missing(entry, missing)})"]
     if source != "checkpoint dir":
         raise CheckpointMissing(_missing_message(entry, looked, "The explicit path was used, so nothing else "
-                                                 "was tried."), entry.name, looked)
+                                                 "was tried."), entry.name, looked,
+                                explicit=_explicit_reason(entry, source, location, missing))
     looked.insert(0, f"${entry.env_var}: not set")
     if entry.on_hub:
         looked.append(f"Hugging Face cache: {_hub.hub_cache_dir()} (not there)")
@@ -305,6 +306,15 @@ def _files_at(entry: Entry, location: Path) -> list[tuple[FileSpec, Path]]:
 
 def _missing(entry: Entry, location: Path) -> list[str]:
     return [spec.filename for spec, p in _files_at(entry, location) if not p.is_file()]
+
+
+def _explicit_reason(entry: Entry, source: str, location: Path, missing: list[str]) -> str:
+    """One line: the explicit path that does not hold ``entry`` (naming its variable) and what to do."""
+    what = f"{location}: {_describe_missing(entry, missing)}"
+    if source.startswith("$"):
+        return (f"{entry.env_var}={os.environ.get(entry.env_var, '')} does not hold checkpoint {entry.name!r} "
+                f"({what}). Point {entry.env_var} at the checkpoint, or unset it to use the checkpoint directory.")
+    return f"The path given for checkpoint {entry.name!r} does not hold it ({what})."
 
 
 def _describe_missing(entry: Entry, missing: list[str]) -> str:

@@ -2,6 +2,8 @@
 
 Exit codes: 0 success; 1 a file is missing, has the wrong SHA-256, or a download failed; 2 usage error
 (unknown name, bad manifest); 3 (verify) files present but some have no pinned SHA-256 to check against.
+``verify`` checks our trained checkpoints (no pins in the manifest) against the SHA-256 their JSON sidecars record,
+and an end-to-end fusion classifier's fine-tuned ViT file too; a missing sidecar counts as a missing file.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from skinapp.checkpoints._errors import CheckpointMissing, ChecksumMismatchError
 from skinapp.checkpoints._hashing import FileState, sha256_file
 from skinapp.checkpoints._manifest import checkpoint_dir, manifest, offline, use_manifest
 from skinapp.checkpoints._resolve import EntryStatus, download, status
+from skinapp.checkpoints._sidecar import SidecarCheck, sidecar_checks
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNVERIFIED = 0, 1, 2, 3
 
@@ -86,11 +89,15 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         if not st.present and args.skip_missing:
             print(f"{name}: skipped (missing)")
             continue
-        for f in st.files:
-            print(f"{name}: {f.path}: {f.state.value}" + (f" (sha256 {f.sha256})" if f.sha256 else ""))
-        missing |= not st.present
-        mismatched |= st.mismatched
-        unverified |= any(f.state is FileState.UNPINNED for f in st.files)
+        checks = sidecar_checks(st)  # our trained checkpoints: against the SHA-256 their sidecars record
+        if checks is None:
+            checks = [SidecarCheck(f.path, f.state, f.sha256, f.state.value) for f in st.files]
+        for c in checks:
+            print(f"{name}: {c.path}: {c.text}" + (f" (sha256 {c.sha256})" if c.sha256 else ""))
+        states = {c.state for c in checks}
+        missing |= FileState.MISSING in states
+        mismatched |= FileState.MISMATCH in states
+        unverified |= FileState.UNPINNED in states
     if missing or mismatched:
         return EXIT_FAILED
     return EXIT_UNVERIFIED if unverified else EXIT_OK
