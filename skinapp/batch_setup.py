@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from skinapp.checkpoints._hashing import cached_sha256
+from skinapp.checkpoints import cached_sha256
 from skinapp.concepts.prompts import normalise_prompts
 from skinapp.provenance import WeightsInfo
 
@@ -47,7 +47,7 @@ def weights_identity(weights: WeightsInfo) -> str:
     """``sha256:<hex>`` of the weights' file (a folder: of its files' names and digests), or ``untrained``.
 
     Trained weights whose file cannot be found are identified by their source text (``source:<text>``).
-    Hashes are cached per file version (:func:`skinapp.checkpoints._hashing.cached_sha256`).
+    Hashes are cached per file version (:func:`skinapp.checkpoints.cached_sha256`).
     """
     if not weights.trained:
         return "untrained"

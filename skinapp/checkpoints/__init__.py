@@ -23,7 +23,7 @@ from skinapp.checkpoints._errors import (
     UnreachableError,
     UnsafeCheckpointError,
 )
-from skinapp.checkpoints._hashing import FileState, sha256_file
+from skinapp.checkpoints._hashing import FileState, cached_sha256, sha256_file
 from skinapp.checkpoints._loading import load_state_dict, load_tensors
 from skinapp.checkpoints._manifest import (
     Entry,
@@ -53,6 +53,7 @@ __all__ = [
     "TrainedCheckpointError",
     "UnreachableError",
     "UnsafeCheckpointError",
+    "cached_sha256",
     "checkpoint_dir",
     "download",
     "get_entry",
