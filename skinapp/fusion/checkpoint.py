@@ -21,8 +21,7 @@ from typing import Any
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from skinapp.checkpoints import TrainedCheckpointError, sha256_file
-from skinapp.checkpoints._hashing import cached_sha256
+from skinapp.checkpoints import TrainedCheckpointError, cached_sha256, sha256_file
 from skinapp.fusion.encoders import VIT_PROFILES, GlobalEncoder, build_global_encoder
 from skinapp.fusion.variants import FusionBase, build_fusion
 from skinapp.provenance import WeightsInfo
