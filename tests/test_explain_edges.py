@@ -37,8 +37,8 @@ from tests.test_explain import naive_grad_eclip_multihead, naive_gradcam, naive_
 
 
 def test_minmax_scales_each_slice_on_its_own():
-    x = torch.tensor([[1.0, 3.0, 5.0], [10.0, 20.0, 40.0], [7.0, 7.0, 7.0]])
-    expected = torch.tensor([[0.0, 0.5, 1.0], [0.0, 1 / 3, 1.0], [0.0, 0.0, 0.0]])
+    x = torch.tensor([[1.0, 3.0, 5.0], [10.0, 20.0, 40.0], [7.0, 7.0, 7.0], [0.0, 1e-4, 2e-4]])
+    expected = torch.tensor([[0.0, 0.5, 1.0], [0.0, 1 / 3, 1.0], [0.0, 0.0, 0.0], [0.0, 0.5, 1.0]])
     torch.testing.assert_close(minmax(x, dim=-1), expected)
     # along the other dimension: each column on its own
     torch.testing.assert_close(minmax(x.T, dim=0), expected.T)
@@ -104,6 +104,8 @@ def test_blend_is_one_minus_alpha_image_plus_alpha_colour():
     assert tuple(out[0, 0]) == (75, 75, 107) and tuple(out[0, 2]) == (107, 75, 75)
     # 0.75 * (10, 200, 40) + 0.25 * (0, 0, 128) = (7.5, 150, 62) -> 8 (round half to even), 150, 62
     assert tuple(out[1, 0]) == (8, 150, 62)
+    np.testing.assert_array_equal(blend(image, heat), blend(image, heat, alpha=0.5))  # the default: half and half
+    assert tuple(blend(image, heat)[0, 0]) == (50, 50, 114)
     np.testing.assert_array_equal(blend(image, heat, alpha=0.0), image)
     np.testing.assert_array_equal(blend(image, heat, alpha=1.0), colourise(heat))
 
@@ -144,6 +146,32 @@ def test_denormalise_takes_one_image_with_or_without_batch_and_clips_to_bytes():
     np.testing.assert_array_equal(out[..., 0], [[0, 255], [0, 255]])
     assert np.all(out[..., 1] == 128) and np.all(out[..., 2] == 51)
     np.testing.assert_array_equal(denormalise_to_uint8(x[None], mean, std), out)
+
+
+def test_local_entropy_is_in_bits_down_to_a_radius_of_one_pixel():
+    """Radius 1 is the 5-pixel cross; on a checkerboard the centre differs from its 4 neighbours:
+    H = -(1/5 log2 1/5 + 4/5 log2 4/5) = 0.7219 bits everywhere inside."""
+    board = (np.indices((9, 9)).sum(0) % 2 * 200).astype(np.uint8)
+    expected = -(0.2 * np.log2(0.2) + 0.8 * np.log2(0.8))
+    np.testing.assert_allclose(local_entropy(board, 1)[1:-1, 1:-1], expected, atol=1e-6)
+    assert np.all(local_entropy(np.full((9, 9), 77, np.uint8), 1) == 0)
+
+
+def test_entropy_weight_uses_the_normalisation_it_is_given():
+    """The pipeline passes the preprocess's own mean / std: the same photo normalised two ways gives one weight."""
+    rgb = make_skin_photo(seed=2).pixels[:64, :64]
+    pixels = torch.from_numpy(rgb).permute(2, 0, 1).float() / 255
+    clip_mean, clip_std = open_clip.constants.OPENAI_DATASET_MEAN, open_clip.constants.OPENAI_DATASET_STD
+    other_mean, other_std = (0.2, 0.7, 0.4), (0.9, 0.1, 0.3)
+
+    def normalised(mean, std):
+        return ((pixels - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None])[None]
+
+    reference = entropy_weight(normalised(clip_mean, clip_std), (4, 4))  # open_clip's constants are the default
+    assert reference.max() == 1 and reference.min() == 0
+    other = entropy_weight(normalised(other_mean, other_std), (4, 4), mean=other_mean, std=other_std)
+    torch.testing.assert_close(other, reference)
+    assert not torch.equal(entropy_weight(normalised(other_mean, other_std), (4, 4)), reference)
 
 
 def test_entropy_refusals_say_what_is_wrong():
@@ -283,4 +311,9 @@ def test_unknown_variants_and_a_missing_entropy_weight_are_refused(tiny):
     with pytest.raises(ValueError, match=r"^MedGrad E-CLIP needs the entropy weight: run the image pass with "
                                          r"entropy_radius set\.$"):
         MedGradECLIP()(ctx)
-    assert GradECLIP()(ctx).shape == (1, 14, 14)  # the other methods do not need it
+    # the other methods do not need it; their defaults are the reference Grad-CAM and multi-head Grad E-CLIP
+    t = F.normalize(ctx.text[0], dim=-1)
+    image = ip.image
+    torch.testing.assert_close(GradCAM()(ctx)[0].flatten(), naive_gradcam(tiny, image, t), atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(GradECLIP()(ctx)[0].flatten(), naive_grad_eclip_multihead(tiny, image, t),
+                               atol=1e-6, rtol=1e-4)
