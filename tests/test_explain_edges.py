@@ -289,7 +289,9 @@ def test_a_resnet_tower_is_refused_with_its_type(tiny):
 def test_unsupported_blocks_and_pooling_are_refused_with_the_reason(tiny):
     custom = copy.deepcopy(tiny)
     custom.visual.transformer.resblocks[-1].attn = nn.Identity()
-    with pytest.raises(ValueError, match=r"packed nn\.MultiheadAttention \(custom/qk-norm blocks are not supported\)"):
+    with pytest.raises(ValueError, match=r"^The last vision block must be open_clip's ResidualAttentionBlock with "
+                                         r"a packed nn\.MultiheadAttention \(custom/qk-norm blocks are not "
+                                         r"supported\)\.$"):
         LastBlock(custom)
     for attr, value in (("pool_type", "avg"), ("attn_pool", nn.Identity())):
         pooled = copy.deepcopy(tiny)
