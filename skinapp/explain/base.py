@@ -78,10 +78,7 @@ class LastBlock:
         self.visual = visual
         self.block = block
         self.heads = int(attn.num_heads)
-        self.width = int(attn.embed_dim)
         self.grid = tuple(int(g) for g in visual.grid_size)
-        self.n_tokens = 1 + self.grid[0] * self.grid[1]
-        self.final_ln_after_pool = bool(getattr(visual, "final_ln_after_pool", False))
 
         def f32(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t.detach().float()
