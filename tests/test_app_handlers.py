@@ -67,6 +67,28 @@ def test_build_demo_has_named_endpoints(handlers):
     assert not any(type(b).__name__ == "State" for b in demo.blocks.values()), "no per-session photo state"
 
 
+def test_a_new_photo_is_never_dropped_nor_given_the_previous_photos_heatmaps(handlers):
+    """Gradio's default trigger_mode "once" skips a chained model step while its previous run is queued: a photo
+    uploaded during an analysis was never analysed, the previous photo's results stayed under it (found in a
+    browser tryout; the browser test uploads two photos 0.3 s apart). And explain / concept-score work pending for
+    the previous photo must be cancelled by a new photo, or its heatmaps land under the new one."""
+    demo = build_demo(handlers.analyzer, handlers.store)
+    config = demo.get_config_file()
+    ids = {b["props"].get("elem_id"): b["id"] for b in config["components"] if b.get("props", {}).get("elem_id")}
+    deps = config["dependencies"]
+    model_steps = {name: [d for d in deps if d["queue"] and ids[name] in d["outputs"]]
+                   for name in ("analyse-status", "explain-status", "concept-status")}
+    assert all(len(steps) >= 1 for steps in model_steps.values()), model_steps
+    for name, steps in model_steps.items():
+        assert {d["trigger_mode"] for d in steps} == {"always_last"}, name
+    earlier_work = {d["id"] for name in ("explain-status", "concept-status") for d in model_steps[name]}
+    for event in ("upload", "clear"):  # Gradio adds the cancelling as a dependency of its own on the same trigger
+        on_it = [d for d in deps if [ids["photo"], event] in [list(t) for t in d["targets"]]]
+        assert any(ids["analyse-status"] in d["outputs"] for d in on_it), f"{event} clears the outputs"
+        cancelled = {i for d in on_it for i in d["cancels"]}
+        assert earlier_work <= cancelled, (event, cancelled, earlier_work)
+
+
 def test_analyze_outputs_carry_the_banner_and_the_photo_key(handlers, photo_path):
     out = _analyse(handlers, photo_path)
     annotated, label, fig, decisive, text, banner, key, table = out[:8]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -105,6 +106,8 @@ def _upload(driver, path) -> None:
 REAL_PHOTO = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "pad_ufes_20" / "images" / \
     "PAT_1516_1765_530.jpg"
 REAL_PHOTO = REAL_PHOTO.resolve()
+#: Another real photo (PAD-UFES-20): its analysis takes longer than the 0.3 s before the next upload.
+SLOW_PHOTO = (REAL_PHOTO.parent / "PAT_2097_4557_241.jpg").resolve()
 
 
 def test_issue15_sequences_in_chromium(browser, tmp_path):
@@ -183,8 +186,17 @@ def test_issue15_sequences_in_chromium(browser, tmp_path):
         _wait(browser, 60).until(lambda d: f"Reopened review of photo {key_a}" in _text(d, "review-status"))
         _screenshot(browser, "after-review.png", tmp_path)
 
-        # clicking an example photo analyses it: every status switches to its key
+        # a photo uploaded while another is being analysed is analysed too (it was dropped: the first photo's
+        # results stayed under it), and its results replace the first one's
         _tab(browser, "Analyse")
+        photo_d = SLOW_PHOTO if SLOW_PHOTO.is_file() else example_paths()[2]  # still analysing at the 2nd upload
+        _upload(browser, photo_d)
+        time.sleep(0.3)
+        _upload(browser, photo_a)
+        _wait(browser).until(lambda d: f"Analysed photo {key_a}" in _text(d, "analyse-status"))
+        assert key_a in _text(browser, "diagnosis") and key_a in _text(browser, "analysis-details")
+
+        # clicking an example photo analyses it: every status switches to its key
         thumbs = _wait(browser, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".gallery-item, button.gallery"))
         thumbs[1].click()
         _wait(browser).until(lambda d: key_c in _text(d, "analysis-details"))

@@ -182,6 +182,8 @@ def build_demo(analyzer: Analyzer, store: ReviewStore, *, gpu: Callable[[Callabl
             add_workbench(wb, agree, h.error_text, review_key, table, reviewer, note, saved, save_btn, review_status)
 
         model_events = {"concurrency_id": "models", "concurrency_limit": model_concurrency}
+        # chained model steps: a new request while one runs is served when it ends, with the inputs then shown
+        latest_wins = {**model_events, "trigger_mode": "always_last"}
         analyse_outputs = [annotated, diagnosis, cam_plot, decisive_img, decisive_txt, banner, review_key, table,
                            review_image, review_status, details, analyse_status]
         cleared = [*analyse_outputs, gallery, sims, explain_banner, explain_status]
@@ -194,43 +196,51 @@ def build_demo(analyzer: Analyzer, store: ReviewStore, *, gpu: Callable[[Callabl
             event.failure(h.error_text(action, len(others)), None, [*others, status], api_visibility="private",
                           queue=False, show_progress="hidden")
 
-        def analyse_after(trigger, api_name: str | None) -> None:
-            """Clear every photo-derived output, then analyse; a failure stays next to the button."""
-            names = {"api_name": api_name} if api_name else {"api_visibility": "private"}
-            event = trigger(lambda: h.cleared("Analysing\u2026"), None, cleared, api_visibility="private",
-                            queue=False, show_progress="hidden")
-            trigger(_no_concept_scores, None, [concept_plot, concept_pick, concept_status], api_visibility="private",
-                    queue=False, show_progress="hidden")  # the concept panel is photo-derived too
-            event = event.then(wrap(h.analyze), analyse_inputs, analyse_outputs, **names, **model_events)
-            on_failure(event, "analyze", analyse_outputs, analyse_status)
-
-        analyse_after(analyse_btn.click, "analyze")
-        analyse_after(image.upload, None)
-        image.clear(lambda: h.cleared(""), None, cleared, api_visibility="private", queue=False)
-        image.clear(_no_concept_scores, None, [concept_plot, concept_pick, concept_status], api_visibility="private",
-                    queue=False)
-        if photo_examples is not None:  # clicking an example photo analyses it too
-            analyse_after(photo_examples.load_input_event.then, None)
-
         explain = explain_btn.click(lambda: (None, None, "", "Explaining\u2026"), None,
                                     [gallery, sims, explain_banner, explain_status], api_visibility="private",
                                     queue=False, show_progress="hidden")
         explain = explain.then(wrap(h.explain), [image, phrases, clip_choice],
-                               [gallery, sims, explain_banner, explain_status], api_name="explain", **model_events)
+                               [gallery, sims, explain_banner, explain_status], api_name="explain", **latest_wins)
         on_failure(explain, "explain", [gallery, sims, explain_banner, explain_status], explain_status)
 
         scores = concept_btn.click(lambda: _no_concept_scores("Scoring\u2026"), None,
                                    [concept_plot, concept_pick, concept_status], api_visibility="private",
                                    queue=False, show_progress="hidden")
         scores = scores.then(wrap(h.concept_scores), [image, concept_list, clip_choice],
-                             [concept_plot, concept_pick, concept_status], api_name="concept_scores", **model_events)
+                             [concept_plot, concept_pick, concept_status], api_name="concept_scores", **latest_wins)
         on_failure(scores, "concept_scores", [concept_plot, concept_pick, concept_status], concept_status)
         picked = concept_pick.input(lambda: (None, None, "", "Explaining\u2026"), None,
                                     [gallery, sims, explain_banner, explain_status], api_visibility="private",
                                     queue=False, show_progress="hidden")
         picked = picked.then(wrap(h.explain_concept), [image, concept_pick, clip_choice],
-                             [gallery, sims, explain_banner, explain_status], api_visibility="private", **model_events)
+                             [gallery, sims, explain_banner, explain_status], api_visibility="private", **latest_wins)
         on_failure(picked, "explain", [gallery, sims, explain_banner, explain_status], explain_status)
+
+        # A new photo (upload, button, example, clear) cancels explain / concept-score work still pending for the
+        # previous one, so its heatmaps never land under the new photo. A photo uploaded while an analysis runs is
+        # analysed when that one ends ("always_last" on the chained model steps: Gradio's default "once" skips a
+        # chained step whose last run is still queued, which left the previous photo's results under the new one
+        # for good); until then the panels are titled with the photo they show.
+        earlier_photo_work = [explain, scores, picked]
+
+        def analyse_after(trigger, api_name: str | None) -> None:
+            """Clear every photo-derived output, then analyse; a failure stays next to the button."""
+            names = {"api_name": api_name} if api_name else {"api_visibility": "private"}
+            event = trigger(lambda: h.cleared("Analysing\u2026"), None, cleared, api_visibility="private",
+                            queue=False, show_progress="hidden", cancels=earlier_photo_work)
+            trigger(_no_concept_scores, None, [concept_plot, concept_pick, concept_status], api_visibility="private",
+                    queue=False, show_progress="hidden")  # the concept panel is photo-derived too
+            event = event.then(wrap(h.analyze), analyse_inputs, analyse_outputs, **names, **latest_wins)
+            on_failure(event, "analyze", analyse_outputs, analyse_status)
+
+        analyse_after(analyse_btn.click, "analyze")
+        analyse_after(image.upload, None)
+        image.clear(lambda: h.cleared(""), None, cleared, api_visibility="private", queue=False,
+                    cancels=earlier_photo_work)
+        image.clear(_no_concept_scores, None, [concept_plot, concept_pick, concept_status], api_visibility="private",
+                    queue=False)
+        if photo_examples is not None:  # clicking an example photo analyses it too
+            analyse_after(photo_examples.load_input_event.then, None)
 
         table.change(_concept_choices, [table], [pick], api_visibility="private", queue=False)
         apply_btn.click(_apply_verdict, [table, pick, decision, new_label, comment], [table],
