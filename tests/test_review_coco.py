@@ -373,9 +373,34 @@ def test_command_without_a_store_is_refused_before_one_is_created(store, tmp_pat
     assert exit_info.value.code == 2
     err = " ".join(capsys.readouterr().err.split())  # argparse wraps the usage line to the terminal's width
     assert err == ("usage: python -m skinapp.review.coco_import [-h] [--data-dir DATA_DIR] [--reviewer REVIEWER] "
-                   "file python -m skinapp.review.coco_import: error: no review store in data/reviews: name the "
-                   "app's data folder with --data-dir DIR (or $SKINAPP_DATA_DIR)")
+                   "file python -m skinapp.review.coco_import: error: " + NO_STORE.format(folder="data/reviews"))
     assert not (tmp_path / "elsewhere" / "data").exists()
+
+
+NO_STORE = ("no review store in {folder}: check --data-dir DIR (or $SKINAPP_DATA_DIR); it must name the app's "
+            "data folder, where the app creates its store when it starts")
+
+
+def test_an_export_zip_into_a_folder_without_a_store_is_refused_and_creates_nothing(tmp_path, capsys):
+    """Found by a new user: a typo in --data-dir made the zip's import create a stray store and report success,
+    while a JSON file was refused there."""
+    from skinapp.image import content_key
+    from skinapp.review.export import export_zip
+
+    photo = np.random.default_rng(3).integers(0, 256, (H, W, 3), dtype=np.uint8)
+    mine = ReviewStore(tmp_path / "mine")
+    mine.save(content_key(photo), photo, np.ones((1, H, W), bool), [ConceptReview(0, "lesion", 0.5, (0, 0, W, H),
+                                                                                  "accept")])
+    archive = export_zip(mine, tmp_path / "exports")
+    for folder in (tmp_path / "typo", tmp_path / "empty"):
+        if folder.name == "empty":
+            folder.mkdir()
+        with pytest.raises(SystemExit) as exit_info:
+            main([str(archive), "--data-dir", str(folder)])
+        assert exit_info.value.code == 2
+        err = " ".join(capsys.readouterr().err.split())
+        assert err.endswith("coco_import: error: " + NO_STORE.format(folder=folder))
+        assert not folder.exists() or not any(folder.iterdir())
 
 
 def test_our_export_zip_imports_into_another_store_with_its_photos(tmp_path, capsys):
@@ -390,10 +415,9 @@ def test_our_export_zip_imports_into_another_store_with_its_photos(tmp_path, cap
     mine.save(key, photo, np.ones((1, H, W), bool), [ConceptReview(0, "lesion", 0.5, (0, 0, W, H), "relabel",
                                                                    label="scar", comment="old")], reviewer="dr z")
     archive = export_zip(mine, tmp_path / "exports")
-    # a folder with no store yet: the zip brings its photos, so the store is created (a JSON file is refused there)
-    assert main([str(archive), "--data-dir", str(tmp_path / "other")]) == 0
+    other = ReviewStore(tmp_path / "other")  # as the app creates it at start: empty, the zip brings the photo
+    assert main([str(archive), "--data-dir", str(other.data_dir)]) == 0
     assert capsys.readouterr() == (f"{key[:12]}: version 1, 1 concept\n", "")
-    other = ReviewStore(tmp_path / "other")
     review = other.load(key)
     assert (review.reviewer, [(c.phrase, c.decision, c.label, c.comment) for c in review.concepts]) == (
         "dr z", [("lesion", "relabel", "scar", "old")])

@@ -20,7 +20,8 @@ FILE may also be our export zip (:mod:`skinapp.review.coco_zip`): its ``annotati
 the store lacks is taken from its ``images/<key>.png`` when the pixels give that key.
 
 Command line: ``python -m skinapp.review.coco_import FILE [--data-dir DIR] [--reviewer NAME]`` (exit 0 when
-imported, 1 with the reason on stderr when refused, 2 when there is no review store in the data folder).
+imported, 1 with the reason on stderr when refused, 2 when there is no review store in the data folder: the
+command imports only into an existing store, which the app creates when it starts, zip or JSON alike).
 """
 
 from __future__ import annotations
@@ -297,11 +298,11 @@ def main(argv: list[str] | None = None) -> int:
                                                        "the reviewer the file records for each image)")
     args = parser.parse_args(argv)
     folder = Path(args.data_dir) if args.data_dir else default_data_dir()
-    # Opening creates the store: fine for an export zip (it brings its photos), pointless for a JSON file, whose
-    # photos must already be in the store.
-    if not has_store(folder) and not is_archive(args.file):
-        parser.error(f"no review store in {folder}: name the app's data folder with --data-dir DIR "
-                     "(or $SKINAPP_DATA_DIR)")
+    # Opening would create a store: the command imports only into the app's (which creates it when it starts), so
+    # a mistyped folder is refused, for a zip (which brings its photos) as for a JSON file.
+    if not has_store(folder):
+        parser.error(f"no review store in {folder}: check --data-dir DIR (or $SKINAPP_DATA_DIR); it must name the "
+                     "app's data folder, where the app creates its store when it starts")
     store = ReviewStore(folder)
     try:
         done = import_coco(store, args.file, reviewer=args.reviewer)
