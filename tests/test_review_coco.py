@@ -362,6 +362,17 @@ def test_a_json_array_or_a_missing_file_is_refused_in_words(store, tmp_path, cap
     assert "secret-name" not in caplog.text
 
 
+def test_command_names_a_missing_file_in_its_own_words(store, tmp_path, capsys):
+    """Found by a new user: the command said the screen's "The COCO file was not found: choose it again."."""
+    missing = tmp_path / "absent.json"
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(missing), "--data-dir", str(store.data_dir)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.endswith(f"coco_import: error: COCO file not found: {missing}\n") and "choose it" not in err
+    assert [v.revision for v in store.versions(KEY)] == [1]
+
+
 def test_command_without_a_store_is_refused_before_one_is_created(store, tmp_path, monkeypatch, capsys):
     """Found by a new user: without --data-dir and no ./data/reviews the command created an empty store, then
     said the photo "matches no saved photo"."""

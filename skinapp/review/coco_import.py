@@ -20,8 +20,9 @@ FILE may also be our export zip (:mod:`skinapp.review.coco_zip`): its ``annotati
 the store lacks is taken from its ``images/<key>.png`` when the pixels give that key.
 
 Command line: ``python -m skinapp.review.coco_import FILE [--data-dir DIR] [--reviewer NAME]`` (exit 0 when
-imported, 1 with the reason on stderr when refused, 2 when there is no review store in the data folder: the
-command imports only into an existing store, which the app creates when it starts, zip or JSON alike).
+imported, 1 with the reason on stderr when refused, 2 when FILE is missing or there is no review store in the
+data folder: the command imports only into an existing store, which the app creates when it starts, zip or JSON
+alike).
 """
 
 from __future__ import annotations
@@ -82,6 +83,10 @@ def _image_key(image: dict[str, Any], known: set[str], archive: ExportArchive | 
     return key, pixels
 
 
+class CocoFileNotFoundError(ValueError):
+    """The COCO file (or zip) does not exist; its message is the screen's. The command says it its own way."""
+
+
 #: What a file that is not a COCO object is told.
 NOT_COCO = 'Not a COCO annotation file: it must be a JSON object with "images", "annotations" and "categories" lists.'
 #: Highest concept number an imported annotation may carry (``attributes.concept_index``, as our export writes).
@@ -94,7 +99,7 @@ def _read_coco(path: str | Path, text: bytes | None = None) -> tuple[list[dict],
     try:
         coco = json.loads(Path(path).read_bytes() if text is None else text)
     except FileNotFoundError:
-        raise ValueError("The COCO file was not found: choose it again.") from None
+        raise CocoFileNotFoundError("The COCO file was not found: choose it again.") from None
     except OSError as exc:
         raise ValueError(f"The COCO file could not be read ({exc.strerror or type(exc).__name__}).") from None
     except json.JSONDecodeError as exc:
@@ -306,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     store = ReviewStore(folder)
     try:
         done = import_coco(store, args.file, reviewer=args.reviewer)
+    except CocoFileNotFoundError:
+        parser.error(f"COCO file not found: {args.file}")  # the path the user typed (the screen's words name none)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
