@@ -195,7 +195,8 @@ def test_import_matches_keys_in_any_case_and_keeps_scores_boxes_prompts_and_imag
     assert merged.sum() == mask_utils.area(mask_utils.merge(mask_utils.frPyObjects(
         annotations[1]["segmentation"], 10, 20))) and merged[0, 0] and merged[6, 12] and not merged[6, 6]
     assert store.load_mask(KEY, 1, second.version).sum() == 6
-    assert caplog.messages == ["Imported 3 annotations over 2 photos from COCO; 0 images without annotations skipped"]
+    assert caplog.messages == ["Imported 3 annotations over 2 photos from COCO; 0 photos unchanged (already their "
+                               "latest version), 0 images without annotations skipped"]
 
 
 def test_compressed_rle_counts_may_be_bytes_or_text():
@@ -433,8 +434,8 @@ def test_our_export_zip_imports_into_another_store_with_its_photos(tmp_path, cap
     assert (review.reviewer, [(c.phrase, c.decision, c.label, c.comment) for c in review.concepts]) == (
         "dr z", [("lesion", "relabel", "scar", "old")])
     assert np.array_equal(other.load_photo(key), photo) and other.load_mask(key, 0).all()
-    assert main([str(archive), "--data-dir", str(other.data_dir)]) == 0  # now known: a second version
-    assert capsys.readouterr().out == f"{key[:12]}: version 2, 1 concept\n"
+    assert main([str(archive), "--data-dir", str(other.data_dir)]) == 0  # now known, and the same: no version 2
+    assert capsys.readouterr().out == f"{key[:12]}: unchanged, already version 1\n"
 
 
 def test_a_zip_photo_whose_content_is_not_its_key_is_refused(store, tmp_path):
