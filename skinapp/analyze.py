@@ -36,6 +36,26 @@ log = logging.getLogger("skinapp.analyze")
 _positive = checked_number(int, lambda n: n >= 1, "not a whole number: {text!r}", "must be at least 1; got {value}")
 
 
+def read_phrases(path: Path) -> list[str]:
+    """The Explain phrases of a UTF-8 text file, one per line (:func:`skinapp.phrases.parse_phrases`).
+
+    Raises:
+        ValueError: "--phrases PATH: ..." -- file not found, cannot be read, not UTF-8 text, or no usable phrase.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ValueError(f"--phrases {path}: file not found") from None
+    except OSError as exc:
+        raise ValueError(f"--phrases {path}: cannot be read ({exc.strerror or type(exc).__name__})") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"--phrases {path}: not UTF-8 text") from None
+    try:
+        return parse_phrases(text)
+    except ValueError as exc:
+        raise ValueError(f"--phrases {path}: {exc}") from None
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m skinapp.analyze", description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="+", help="photos, folders, globs or CSV lists (column image/path/...)")
@@ -70,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         if not photos:
             raise ValueError(f"no photos found in {', '.join(map(str, args.paths))} (photo files end in "
                              f"{', '.join(IMAGE_SUFFIXES)}).")
-        phrases = parse_phrases(args.phrases.read_text()) if args.phrases else None
+        phrases = read_phrases(args.phrases) if args.phrases else None
     except (FileNotFoundError, ValueError) as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return 2
