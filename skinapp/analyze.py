@@ -25,6 +25,8 @@ from skinapp.batch import IMAGE_SUFFIXES, analyse_photos, collect_photos, shard,
 from skinapp.batch_encode import CUDA_BATCH_SIZE, default_batch_size
 from skinapp.batch_setup import SetupMismatchError, check_setup, describe_setup, discard_outputs, write_setup
 from skinapp.cli_types import checked_number
+from skinapp.concepts.prompts import normalise_prompts
+from skinapp.concepts.types import DEFAULT_PROMPTS
 from skinapp.models import SETUP_ERRORS
 from skinapp.phrases import parse_phrases
 from skinapp.pipeline import Analyzer
@@ -34,6 +36,23 @@ log = logging.getLogger("skinapp.analyze")
 
 #: argparse type: a whole number >= 1.
 _positive = checked_number(int, lambda n: n >= 1, "not a whole number: {text!r}", "must be at least 1; got {value}")
+
+
+def _prompts(text: str) -> str:
+    """argparse type of --prompts: the text as typed, once :func:`normalise_prompts` finds phrases in it.
+
+    An empty or blank value is refused, unlike the app's Analyse box (whose "" means the defaults): on a command
+    line the defaults come from leaving the option out, and an empty value is most often a shell variable that
+    expanded to nothing, which must not run (and record in run.json) other prompts than the ones meant.
+    """
+    if not text.strip():
+        raise argparse.ArgumentTypeError('empty: give concept prompts, e.g. "lesion . arm", or leave --prompts out '
+                                         "for the app's default prompts")
+    try:
+        normalise_prompts(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def read_phrases(path: Path) -> list[str]:
@@ -66,7 +85,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "run.json) and start over")
     parser.add_argument("--profile", default="auto", choices=("auto", "tiny", "full"),
                         help="models, as the app's --profile (default auto: full where checkpoints resolve)")
-    parser.add_argument("--prompts", default=None, help='concept prompts, e.g. "lesion . arm . leg" (app default)')
+    parser.add_argument("--prompts", type=_prompts, default=None,
+                        help='concept prompts, e.g. "lesion . arm . leg"; leave it out for the app\'s default prompts '
+                             f'({" . ".join(DEFAULT_PROMPTS)}); an empty value is refused')
     parser.add_argument("--phrases", type=Path, default=None,
                         help="a text file of diagnostic phrases, one per line: adds heatmaps/ and phrases.csv")
     parser.add_argument("--no-overlays", action="store_true", help="skip overlays/ (faster, less disk)")

@@ -43,3 +43,34 @@ def test_a_phrases_folder_or_an_empty_phrases_file_is_named(photos, tmp_path, ca
     latin.write_bytes("r\xe9seau pigmentaire".encode("latin-1"))
     assert _refused(capsys, tmp_path, str(photos), "--phrases", str(latin)) == (
         f"ERROR: --phrases {latin}: not UTF-8 text\n")
+
+
+@pytest.mark.parametrize("value, says", [
+    ("", "argument --prompts: empty: give concept prompts, e.g. \"lesion . arm\", or leave --prompts out for the "
+         "app's default prompts"),
+    ("   ", "argument --prompts: empty: give concept prompts"),
+    (" . , ", "argument --prompts: No prompt phrases were given (e.g. 'lesion', 'leg')."),
+    ("123", "argument --prompts: '123' is not a prompt: use words, e.g. 'lesion' or 'leg'."),
+])
+def test_an_empty_or_wordless_prompts_is_a_usage_error_not_the_default(value, says, capsys):
+    """Found by a new user: ``--prompts ""`` silently ran with the default prompts."""
+    with pytest.raises(SystemExit) as done:
+        analyze.parse_args(["p.jpg", "--out", "o", "--prompts", value])
+    assert done.value.code == 2 and says in " ".join(capsys.readouterr().err.split())
+
+
+def test_prompts_given_are_kept_as_typed():
+    assert analyze.parse_args(["p.jpg", "--out", "o", "--prompts", "Lesion . arm"]).prompts == "Lesion . arm"
+    assert analyze.parse_args(["p.jpg", "--out", "o"]).prompts is None
+
+
+def _help(capsys) -> str:
+    with pytest.raises(SystemExit):
+        analyze.parse_args(["--help"])
+    return " ".join(capsys.readouterr().out.split())
+
+
+def test_help_says_how_to_get_the_default_prompts(capsys):
+    assert ("concept prompts, e.g. \"lesion . arm . leg\"; leave it out for the app's default prompts "
+            "(lesion . ") in _help(capsys)
+    assert "an empty value is refused" in _help(capsys)
