@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from skinapp import model_configs
-from skinapp.batch import IMAGE_SUFFIXES, analyse_photos, collect_photos, shard, write_summaries
+from skinapp.batch import CSV_PATH_COLUMNS, IMAGE_SUFFIXES, analyse_photos, collect_photos, shard, write_summaries
 from skinapp.batch_encode import CUDA_BATCH_SIZE, default_batch_size
 from skinapp.batch_setup import SetupMismatchError, check_setup, describe_setup, discard_outputs, write_setup
 from skinapp.cli_types import checked_number
@@ -77,7 +77,10 @@ def read_phrases(path: Path) -> list[str]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m skinapp.analyze", description=__doc__.split("\n\n")[0])
-    parser.add_argument("paths", nargs="+", help="photos, folders, globs or CSV lists (column image/path/...)")
+    parser.add_argument("paths", nargs="+",
+                        help="photos, folders, globs or CSV lists (first row: the column names; the photo path is "
+                             f"read from the first column named {', '.join(CSV_PATH_COLUMNS)}, else from the first "
+                             "column; paths relative to the CSV's folder)")
     parser.add_argument("--out", required=True, type=Path,
                         help="output folder (resumed when it exists and its run.json shows the same setup)")
     parser.add_argument("--restart", action="store_true",

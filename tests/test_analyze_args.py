@@ -3,11 +3,16 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from PIL import Image
 
 from skinapp import analyze
+from skinapp.batch import collect_photos
 from skinapp.synthetic import make_skin_photo
+
+RECOGNISED = "image, image_path, path, photo, file"
 
 
 @pytest.fixture
@@ -74,3 +79,32 @@ def test_help_says_how_to_get_the_default_prompts(capsys):
     assert ("concept prompts, e.g. \"lesion . arm . leg\"; leave it out for the app's default prompts "
             "(lesion . ") in _help(capsys)
     assert "an empty value is refused" in _help(capsys)
+
+
+def test_help_says_which_csv_column_is_read(capsys):
+    assert ("CSV lists (first row: the column names; the photo path is read from the first column named "
+            f"{RECOGNISED}, else from the first column; paths relative to the CSV's folder)") in _help(capsys)
+
+
+def test_a_csv_whose_photo_column_names_no_existing_file_is_refused_naming_the_column(photos, tmp_path, capsys):
+    """Found by a new user: a CSV without a recognised column silently used its first column, and every row then
+    failed as a missing photo."""
+    listing = tmp_path / "cases.csv"
+    listing.write_text("case_id,filename\n17,p1.png\n18,p2.png\n")
+    message = (f"{listing}: none of its 2 rows names an existing file in column 'case_id' (paths are relative to the "
+               f"CSV's folder); the photo column is the first column named {RECOGNISED}, else the first column.")
+    with pytest.raises(ValueError) as refused:
+        collect_photos([listing])
+    assert str(refused.value) == message
+    assert _refused(capsys, tmp_path, str(listing)) == f"ERROR: {message}\n"
+
+
+def test_a_csv_with_one_existing_photo_among_missing_ones_is_kept(photos, tmp_path):
+    """Some missing rows are the photos' fault (errors.csv lists them), not the column's."""
+    listing = tmp_path / "cases.csv"
+    rel = os.path.relpath(photos / "p1.png", tmp_path)
+    listing.write_text(f"name,label\n{rel},x\ngone.png,y\n")
+    assert collect_photos([listing]) == [tmp_path / "gone.png", photos / "p1.png"]
+    header_only = tmp_path / "none.csv"
+    header_only.write_text("image,label\n")
+    assert collect_photos([header_only]) == []
