@@ -21,10 +21,12 @@ import torch
 from tqdm import tqdm
 
 from skinapp import model_configs
-from skinapp.batch import IMAGE_SUFFIXES, analyse_photos, collect_photos, shard, write_summaries
+from skinapp.batch import CSV_PATH_COLUMNS, IMAGE_SUFFIXES, analyse_photos, collect_photos, shard, write_summaries
 from skinapp.batch_encode import CUDA_BATCH_SIZE, default_batch_size
 from skinapp.batch_setup import SetupMismatchError, check_setup, describe_setup, discard_outputs, write_setup
 from skinapp.cli_types import checked_number
+from skinapp.concepts.prompts import normalise_prompts
+from skinapp.concepts.types import DEFAULT_PROMPTS
 from skinapp.models import SETUP_ERRORS
 from skinapp.phrases import parse_phrases
 from skinapp.pipeline import Analyzer
@@ -36,9 +38,49 @@ log = logging.getLogger("skinapp.analyze")
 _positive = checked_number(int, lambda n: n >= 1, "not a whole number: {text!r}", "must be at least 1; got {value}")
 
 
+def _prompts(text: str) -> str:
+    """argparse type of --prompts: the text as typed, once :func:`normalise_prompts` finds phrases in it.
+
+    An empty or blank value is refused, unlike the app's Analyse box (whose "" means the defaults): on a command
+    line the defaults come from leaving the option out, and an empty value is most often a shell variable that
+    expanded to nothing, which must not run (and record in run.json) other prompts than the ones meant.
+    """
+    if not text.strip():
+        raise argparse.ArgumentTypeError('empty: give concept prompts, e.g. "lesion . arm", or leave --prompts out '
+                                         "for the app's default prompts")
+    try:
+        normalise_prompts(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def read_phrases(path: Path) -> list[str]:
+    """The Explain phrases of a UTF-8 text file, one per line (:func:`skinapp.phrases.parse_phrases`).
+
+    Raises:
+        ValueError: "--phrases PATH: ..." -- file not found, cannot be read, not UTF-8 text, or no usable phrase.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ValueError(f"--phrases {path}: file not found") from None
+    except OSError as exc:
+        raise ValueError(f"--phrases {path}: cannot be read ({exc.strerror or type(exc).__name__})") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"--phrases {path}: not UTF-8 text") from None
+    try:
+        return parse_phrases(text)
+    except ValueError as exc:
+        raise ValueError(f"--phrases {path}: {exc}") from None
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m skinapp.analyze", description=__doc__.split("\n\n")[0])
-    parser.add_argument("paths", nargs="+", help="photos, folders, globs or CSV lists (column image/path/...)")
+    parser.add_argument("paths", nargs="+",
+                        help="photos, folders, globs or CSV lists (first row: the column names; the photo path is "
+                             f"read from the first column named {', '.join(CSV_PATH_COLUMNS)}, else from the first "
+                             "column; paths relative to the CSV's folder)")
     parser.add_argument("--out", required=True, type=Path,
                         help="output folder (resumed when it exists and its run.json shows the same setup)")
     parser.add_argument("--restart", action="store_true",
@@ -46,7 +88,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "run.json) and start over")
     parser.add_argument("--profile", default="auto", choices=("auto", "tiny", "full"),
                         help="models, as the app's --profile (default auto: full where checkpoints resolve)")
-    parser.add_argument("--prompts", default=None, help='concept prompts, e.g. "lesion . arm . leg" (app default)')
+    parser.add_argument("--prompts", type=_prompts, default=None,
+                        help='concept prompts, e.g. "lesion . arm . leg"; leave it out for the app\'s default prompts '
+                             f'({" . ".join(DEFAULT_PROMPTS)}); an empty value is refused')
     parser.add_argument("--phrases", type=Path, default=None,
                         help="a text file of diagnostic phrases, one per line: adds heatmaps/ and phrases.csv")
     parser.add_argument("--no-overlays", action="store_true", help="skip overlays/ (faster, less disk)")
@@ -70,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         if not photos:
             raise ValueError(f"no photos found in {', '.join(map(str, args.paths))} (photo files end in "
                              f"{', '.join(IMAGE_SUFFIXES)}).")
-        phrases = parse_phrases(args.phrases.read_text()) if args.phrases else None
+        phrases = read_phrases(args.phrases) if args.phrases else None
     except (FileNotFoundError, ValueError) as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return 2

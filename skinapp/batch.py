@@ -48,15 +48,32 @@ def _file_or_broken_link(path: Path) -> bool:
     return path.is_file() or (path.is_symlink() and not path.exists())
 
 
+def _csv_photos(path: Path) -> list[Path]:
+    """The photo paths a CSV list names (see :func:`collect_photos`); ValueError when it names some but none exists
+    (the wrong column, most likely)."""
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        column = next((c for c in CSV_PATH_COLUMNS if c in (reader.fieldnames or [])),
+                      (reader.fieldnames or [None])[0])
+        listed = [path.parent / row[column] for row in reader if row.get(column)]
+    if listed and not any(map(_file_or_broken_link, listed)):
+        raise ValueError(f"{path}: none of its {len(listed)} rows names an existing file in column {column!r} (paths "
+                         "are relative to the CSV's folder); the photo column is the first column named "
+                         f"{', '.join(CSV_PATH_COLUMNS)}, else the first column.")
+    return listed
+
+
 def collect_photos(sources: Iterable[str | Path]) -> list[Path]:
     """Photo paths from files, folders (recursive), globs and CSV lists, sorted and de-duplicated.
 
-    A CSV's paths are relative to the CSV's folder; its column is the first of :data:`CSV_PATH_COLUMNS`
-    present, else the first column. Broken symlinks are listed like photos: their analysis fails and
-    ``errors.csv`` says they are broken links.
+    A CSV's first row names its columns; its paths are relative to the CSV's folder; its column is the first of
+    :data:`CSV_PATH_COLUMNS` present, else the first column. Broken symlinks are listed like photos: their
+    analysis fails and ``errors.csv`` says they are broken links.
 
     Raises:
         FileNotFoundError: a source that is neither a file, a folder nor a glob with matches.
+        ValueError: a CSV whose rows name paths of which none exists (naming the column read and the recognised
+            column names).
     """
     found: list[Path] = []
     for source in map(str, sources):
@@ -64,11 +81,7 @@ def collect_photos(sources: Iterable[str | Path]) -> list[Path]:
         if path.is_dir():
             found += [p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and _file_or_broken_link(p)]
         elif path.is_file() and path.suffix.lower() == ".csv":
-            with path.open(newline="") as f:
-                reader = csv.DictReader(f)
-                column = next((c for c in CSV_PATH_COLUMNS if c in (reader.fieldnames or [])),
-                              (reader.fieldnames or [None])[0])
-                found += [path.parent / row[column] for row in reader if row.get(column)]
+            found += _csv_photos(path)
         elif _file_or_broken_link(path):
             found.append(path)
         elif glob.has_magic(source) and glob.glob(source, recursive=True):

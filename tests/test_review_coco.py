@@ -195,7 +195,8 @@ def test_import_matches_keys_in_any_case_and_keeps_scores_boxes_prompts_and_imag
     assert merged.sum() == mask_utils.area(mask_utils.merge(mask_utils.frPyObjects(
         annotations[1]["segmentation"], 10, 20))) and merged[0, 0] and merged[6, 12] and not merged[6, 6]
     assert store.load_mask(KEY, 1, second.version).sum() == 6
-    assert caplog.messages == ["Imported 3 annotations over 2 photos from COCO; 0 images without annotations skipped"]
+    assert caplog.messages == ["Imported 3 annotations over 2 photos from COCO; 0 photos unchanged (already their "
+                               "latest version), 0 images without annotations skipped"]
 
 
 def test_compressed_rle_counts_may_be_bytes_or_text():
@@ -362,6 +363,17 @@ def test_a_json_array_or_a_missing_file_is_refused_in_words(store, tmp_path, cap
     assert "secret-name" not in caplog.text
 
 
+def test_command_names_a_missing_file_in_its_own_words(store, tmp_path, capsys):
+    """Found by a new user: the command said the screen's "The COCO file was not found: choose it again."."""
+    missing = tmp_path / "absent.json"
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(missing), "--data-dir", str(store.data_dir)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.endswith(f"coco_import: error: COCO file not found: {missing}\n") and "choose it" not in err
+    assert [v.revision for v in store.versions(KEY)] == [1]
+
+
 def test_command_without_a_store_is_refused_before_one_is_created(store, tmp_path, monkeypatch, capsys):
     """Found by a new user: without --data-dir and no ./data/reviews the command created an empty store, then
     said the photo "matches no saved photo"."""
@@ -373,9 +385,34 @@ def test_command_without_a_store_is_refused_before_one_is_created(store, tmp_pat
     assert exit_info.value.code == 2
     err = " ".join(capsys.readouterr().err.split())  # argparse wraps the usage line to the terminal's width
     assert err == ("usage: python -m skinapp.review.coco_import [-h] [--data-dir DATA_DIR] [--reviewer REVIEWER] "
-                   "file python -m skinapp.review.coco_import: error: no review store in data/reviews: name the "
-                   "app's data folder with --data-dir DIR (or $SKINAPP_DATA_DIR)")
+                   "file python -m skinapp.review.coco_import: error: " + NO_STORE.format(folder="data/reviews"))
     assert not (tmp_path / "elsewhere" / "data").exists()
+
+
+NO_STORE = ("no review store in {folder}: check --data-dir DIR (or $SKINAPP_DATA_DIR); it must name the app's "
+            "data folder, where the app creates its store when it starts")
+
+
+def test_an_export_zip_into_a_folder_without_a_store_is_refused_and_creates_nothing(tmp_path, capsys):
+    """Found by a new user: a typo in --data-dir made the zip's import create a stray store and report success,
+    while a JSON file was refused there."""
+    from skinapp.image import content_key
+    from skinapp.review.export import export_zip
+
+    photo = np.random.default_rng(3).integers(0, 256, (H, W, 3), dtype=np.uint8)
+    mine = ReviewStore(tmp_path / "mine")
+    mine.save(content_key(photo), photo, np.ones((1, H, W), bool), [ConceptReview(0, "lesion", 0.5, (0, 0, W, H),
+                                                                                  "accept")])
+    archive = export_zip(mine, tmp_path / "exports")
+    for folder in (tmp_path / "typo", tmp_path / "empty"):
+        if folder.name == "empty":
+            folder.mkdir()
+        with pytest.raises(SystemExit) as exit_info:
+            main([str(archive), "--data-dir", str(folder)])
+        assert exit_info.value.code == 2
+        err = " ".join(capsys.readouterr().err.split())
+        assert err.endswith("coco_import: error: " + NO_STORE.format(folder=folder))
+        assert not folder.exists() or not any(folder.iterdir())
 
 
 def test_our_export_zip_imports_into_another_store_with_its_photos(tmp_path, capsys):
@@ -390,16 +427,15 @@ def test_our_export_zip_imports_into_another_store_with_its_photos(tmp_path, cap
     mine.save(key, photo, np.ones((1, H, W), bool), [ConceptReview(0, "lesion", 0.5, (0, 0, W, H), "relabel",
                                                                    label="scar", comment="old")], reviewer="dr z")
     archive = export_zip(mine, tmp_path / "exports")
-    # a folder with no store yet: the zip brings its photos, so the store is created (a JSON file is refused there)
-    assert main([str(archive), "--data-dir", str(tmp_path / "other")]) == 0
+    other = ReviewStore(tmp_path / "other")  # as the app creates it at start: empty, the zip brings the photo
+    assert main([str(archive), "--data-dir", str(other.data_dir)]) == 0
     assert capsys.readouterr() == (f"{key[:12]}: version 1, 1 concept\n", "")
-    other = ReviewStore(tmp_path / "other")
     review = other.load(key)
     assert (review.reviewer, [(c.phrase, c.decision, c.label, c.comment) for c in review.concepts]) == (
         "dr z", [("lesion", "relabel", "scar", "old")])
     assert np.array_equal(other.load_photo(key), photo) and other.load_mask(key, 0).all()
-    assert main([str(archive), "--data-dir", str(other.data_dir)]) == 0  # now known: a second version
-    assert capsys.readouterr().out == f"{key[:12]}: version 2, 1 concept\n"
+    assert main([str(archive), "--data-dir", str(other.data_dir)]) == 0  # now known, and the same: no version 2
+    assert capsys.readouterr().out == f"{key[:12]}: unchanged, already version 1\n"
 
 
 def test_a_zip_photo_whose_content_is_not_its_key_is_refused(store, tmp_path):

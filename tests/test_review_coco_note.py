@@ -36,8 +36,9 @@ def test_our_export_imports_back_with_its_note_and_a_mention_of_the_import(tmp_p
     [version] = import_coco(store, export_coco(store, tmp_path / "out")).saved
     assert (version.revision, version.reviewer, version.note) == (
         2, "dr z", "border unclear, see dermoscopy (imported from COCO)")
-    [again] = import_coco(store, export_coco(store, tmp_path / "out2")).saved  # no second mention
-    assert (again.revision, again.note) == (3, "border unclear, see dermoscopy (imported from COCO)")
+    again = import_coco(store, export_coco(store, tmp_path / "out2"))  # no second mention: the same version
+    assert again.saved == [] and [(r.revision, r.note) for r in again.unchanged] == [
+        (2, "border unclear, see dermoscopy (imported from COCO)")]
 
 
 def test_an_export_zip_into_another_store_keeps_the_note_and_the_callers_note_wins(tmp_path):
@@ -91,7 +92,7 @@ def test_the_command_and_the_review_tab_keep_the_note(tmp_path, capsys):
 
     handlers = WorkbenchHandlers.__new__(WorkbenchHandlers)  # only import_coco: no models, no app
     handlers.bench = SimpleNamespace(store=store)
-    status = handlers.import_coco(SimpleNamespace(name=str(path)), "")
+    status = handlers.import_coco(SimpleNamespace(name=str(path)), "dr y")  # another reviewer: a new version
     assert status == f"Imported photo `{key[:12]}` as version 3 (1 concept)."
-    assert (store.load(key).reviewer, store.load(key).note) == ("dr z",
+    assert (store.load(key).reviewer, store.load(key).note) == ("dr y",
                                                                 "border unclear, see dermoscopy (imported from COCO)")

@@ -14,18 +14,22 @@ review is left as it is. Each version is saved under the reviewer given, else th
 image (our exports do), else none; with the note given, else the one the file records followed by "(imported
 from COCO)" (:func:`imported_note`). The decision, phrase, label, comment and concept number our export records per
 annotation (``attributes``) are read back and checked; an annotation without them is an accepted concept named
-by its category.
+by its category. A photo whose latest version the file repeats whole (masks, concepts, reviewer, note: e.g. the
+same file imported twice) is not saved again (:attr:`CocoImport.unchanged`).
 
 FILE may also be our export zip (:mod:`skinapp.review.coco_zip`): its ``annotations.json`` is imported, and a photo
 the store lacks is taken from its ``images/<key>.png`` when the pixels give that key.
 
 Command line: ``python -m skinapp.review.coco_import FILE [--data-dir DIR] [--reviewer NAME]`` (exit 0 when
-imported, 1 with the reason on stderr when refused, 2 when there is no review store in the data folder).
+imported, 1 with the reason on stderr when refused, 2 when FILE is missing or there is no review store in the
+data folder: the command imports only into an existing store, which the app creates when it starts, zip or JSON
+alike).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import re
@@ -43,7 +47,7 @@ from skinapp.review.coco_segmentation import decode_segmentation
 from skinapp.review.coco_values import bbox_of, is_id, score_of, shown, text_of, whole_size
 from skinapp.review.coco_zip import ExportArchive, is_archive
 from skinapp.review.store import ConceptReview, Review, ReviewStore, default_data_dir, has_store
-from skinapp.review.validation import DECISIONS, MAX_NOTE_CHARS, checked_signature
+from skinapp.review.validation import DECISIONS, MAX_NOTE_CHARS, checked_concepts, checked_signature
 from skinapp.wording import counted
 
 log = logging.getLogger(__name__)
@@ -56,10 +60,23 @@ class CocoImport:
     Attributes:
         saved: the new review versions, in the file's image order.
         skipped: photo keys of the images without annotations (nothing saved for them), in the file's order.
+        unchanged: the photos' latest versions that the file repeats whole (nothing saved for them), in its order.
     """
 
     saved: list[Review]
     skipped: list[str]
+    unchanged: list[Review] = dataclasses.field(default_factory=list)
+
+    def lines(self, quote: str = "") -> list[str]:
+        """One line per photo, for the command and the Review tab: saved ("<key>: version N, k concepts"), then
+        unchanged ("<key>: unchanged, already version N"), then skipped ("<key>: skipped, no annotations"); the
+        key is its first 12 characters, between ``quote`` (e.g. a backtick for Markdown)."""
+        def shown(key: str) -> str:
+            return f"{quote}{key[:12]}{quote}"
+        return ([f"{shown(r.image_key)}: version {r.revision}, {counted(len(r.concepts), 'concept')}"
+                 for r in self.saved]
+                + [f"{shown(r.image_key)}: unchanged, already version {r.revision}" for r in self.unchanged]
+                + [f"{shown(key)}: skipped, no annotations" for key in self.skipped])
 
 
 def _image_key(image: dict[str, Any], known: set[str], archive: ExportArchive | None) -> tuple[str, Any]:
@@ -81,6 +98,10 @@ def _image_key(image: dict[str, Any], known: set[str], archive: ExportArchive | 
     return key, pixels
 
 
+class CocoFileNotFoundError(ValueError):
+    """The COCO file (or zip) does not exist; its message is the screen's. The command says it its own way."""
+
+
 #: What a file that is not a COCO object is told.
 NOT_COCO = 'Not a COCO annotation file: it must be a JSON object with "images", "annotations" and "categories" lists.'
 #: Highest concept number an imported annotation may carry (``attributes.concept_index``, as our export writes).
@@ -93,7 +114,7 @@ def _read_coco(path: str | Path, text: bytes | None = None) -> tuple[list[dict],
     try:
         coco = json.loads(Path(path).read_bytes() if text is None else text)
     except FileNotFoundError:
-        raise ValueError("The COCO file was not found: choose it again.") from None
+        raise CocoFileNotFoundError("The COCO file was not found: choose it again.") from None
     except OSError as exc:
         raise ValueError(f"The COCO file could not be read ({exc.strerror or type(exc).__name__}).") from None
     except json.JSONDecodeError as exc:
@@ -234,6 +255,22 @@ def imported_note(recorded: str) -> str:
     return f"{recorded} {mention}"
 
 
+def _same_as(latest: Review | None, store: ReviewStore, masks: np.ndarray, concepts: list[ConceptReview], who: str,
+             what: str) -> bool:
+    """Whether saving would repeat ``latest`` whole: reviewer, note, each concept as the store keeps it (box clipped
+    to the photo) and each concept's mask."""
+    if latest is None or (latest.reviewer, latest.note) != (who, what):
+        return False
+    stored = checked_concepts([dataclasses.replace(c) for c in concepts], len(masks), latest.width, latest.height)
+    if stored != latest.concepts:
+        return False
+    try:
+        return all(np.array_equal(store.load_mask(latest.image_key, c.index, latest.version), masks[c.index])
+                   for c in stored)
+    except FileNotFoundError:  # a mask file gone: save anew rather than claim the version is there
+        return False
+
+
 def import_coco(store: ReviewStore, path: str | Path, reviewer: str = "", note: str | None = None) -> CocoImport:
     """Save the annotations of each image in the COCO file as a new version of that photo's review.
 
@@ -259,10 +296,11 @@ def _import(store: ReviewStore, text: bytes | None, path: str | Path, archive: E
             reviewer: str, note: str) -> CocoImport:
     images, annotations, names = _read_coco(path, text)
     known = {r.image_key for r in store.list_reviews()}
-    planned, skipped = [], []
+    planned, skipped, unchanged = [], [], []
     for image in images:
         key, pixels = _image_key(image, known, archive)
-        review = store.load(key) or Review(key, pixels.shape[1], pixels.shape[0], [])
+        latest = store.load(key)
+        review = latest or Review(key, pixels.shape[1], pixels.shape[0], [])
         size = (whole_size(image, "height"), whole_size(image, "width"))
         if size != (review.height, review.width):
             raise ValueError(f"COCO image {image.get('id')} is {size[1]}x{size[0]} but photo {key[:12]} is "
@@ -278,14 +316,18 @@ def _import(store: ReviewStore, text: bytes | None, path: str | Path, archive: E
             who, what = checked_signature(who, what)
         except ValueError as exc:
             raise ValueError(f"COCO image {image.get('id')}: {exc}") from None
+        if _same_as(latest, store, masks, concepts, who, what):
+            unchanged.append(latest)
+            continue
         planned.append((key, pixels, masks, concepts, who, what, review.prompts))
-    if not planned:
+    if not planned and not unchanged:
         raise ValueError("The COCO file has no annotations: nothing to import.")
     saved = [store.save(key, store.load_photo(key) if pixels is None else pixels, masks, concepts, reviewer=who,
                         note=what, prompts=prompts) for key, pixels, masks, concepts, who, what, prompts in planned]
-    log.info("Imported %d annotations over %d photos from COCO; %d images without annotations skipped",
-             sum(len(p[3]) for p in planned), len(saved), len(skipped))
-    return CocoImport(saved, skipped)
+    log.info("Imported %d annotations over %d photos from COCO; %d photos unchanged (already their latest version), "
+             "%d images without annotations skipped", sum(len(p[3]) for p in planned), len(saved), len(unchanged),
+             len(skipped))
+    return CocoImport(saved, skipped, unchanged)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -297,23 +339,23 @@ def main(argv: list[str] | None = None) -> int:
                                                        "the reviewer the file records for each image)")
     args = parser.parse_args(argv)
     folder = Path(args.data_dir) if args.data_dir else default_data_dir()
-    # Opening creates the store: fine for an export zip (it brings its photos), pointless for a JSON file, whose
-    # photos must already be in the store.
-    if not has_store(folder) and not is_archive(args.file):
-        parser.error(f"no review store in {folder}: name the app's data folder with --data-dir DIR "
-                     "(or $SKINAPP_DATA_DIR)")
+    # Opening would create a store: the command imports only into the app's (which creates it when it starts), so
+    # a mistyped folder is refused, for a zip (which brings its photos) as for a JSON file.
+    if not has_store(folder):
+        parser.error(f"no review store in {folder}: check --data-dir DIR (or $SKINAPP_DATA_DIR); it must name the "
+                     "app's data folder, where the app creates its store when it starts")
     store = ReviewStore(folder)
     try:
         done = import_coco(store, args.file, reviewer=args.reviewer)
+    except CocoFileNotFoundError:
+        parser.error(f"COCO file not found: {args.file}")  # the path the user typed (the screen's words name none)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     finally:
         store.close()
-    for review in done.saved:
-        print(f"{review.image_key[:12]}: version {review.revision}, {counted(len(review.concepts), 'concept')}")
-    for key in done.skipped:
-        print(f"{key[:12]}: skipped, no annotations")
+    for line in done.lines():
+        print(line)
     return 0
 
 
