@@ -96,6 +96,8 @@ def test_analyze_outputs_carry_the_banner_and_the_photo_key(handlers, photo_path
     assert len(annotations) == len(table) >= 1
     assert UNTRAINED_WARNING in banner and 'role="alert"' in banner and len(banner) < 600, "one concise banner"
     assert UNTRAINED_WARNING in label.label and UNTRAINED_WARNING in text
+    # untrained: no big headline class over the bars (it read like a diagnosis: "Urticaria" on every phone photo)
+    assert label.show_heading is False
     assert UNTRAINED_WARNING in fig.axes[0].get_title()
     assert isinstance(decisive.value, dict) or decisive.value is not None
     assert len(key) == 64 and ":" not in key

@@ -197,7 +197,8 @@ class Handlers:
             gr.AnnotatedImage(value=(result.image.pixels, masks),
                               label=f"Concepts ({len(result.concepts)}) \u00b7 photo {k}"
                               + (" \u2014 untrained" if untrained else "")),
-            gr.Label(value=result.class_probabilities(), label=label_title),
+            # untrained: the bars without the big headline class, which reads like a diagnosis
+            gr.Label(value=result.class_probabilities(), label=label_title, show_heading=not untrained),
             fig,
             gr.Image(value=result.decisive_image, label=f"Decisive concept \u00b7 photo {k}"),
             f"Photo `{k}`: {result.decisive_text}",
