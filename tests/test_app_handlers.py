@@ -89,6 +89,17 @@ def test_a_new_photo_is_never_dropped_nor_given_the_previous_photos_heatmaps(han
         assert earlier_work <= cancelled, (event, cancelled, earlier_work)
 
 
+def test_clip_info_does_not_call_the_offered_demo_model_refused(handlers):
+    """The demo CLIP is offered (untrained, said so); it was listed as 'not offered: Phrase heatmaps come from
+    an untrained demo CLIP model'. Refusals word themselves ('<name>: refused, ...')."""
+    from skinapp.ui.blocks import clip_info
+
+    assert clip_info(handlers.analyzer) == (
+        "CLIP weights for Explain and concept scores:\n\n"
+        f"- **{next(iter(handlers.analyzer.clips))}**: licence n/a (random demo weights)\n"
+        "- Phrase heatmaps come from an untrained demo CLIP model (tiny profile).")
+
+
 def test_analyze_outputs_carry_the_banner_and_the_photo_key(handlers, photo_path):
     out = _analyse(handlers, photo_path)
     annotated, label, fig, decisive, text, banner, key, table = out[:8]

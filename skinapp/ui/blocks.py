@@ -310,10 +310,10 @@ def _no_concept_scores(status: str = "") -> tuple:
 
 
 def clip_info(analyzer: Analyzer) -> str:
-    """Markdown: each offered CLIP choice with its licence, and each one not offered with the reason."""
+    """Markdown: each offered CLIP choice with its licence, then the notes (untrained demo, refused checkpoints)."""
     lines = [f"- **{choice}**: licence {bundle.licence or 'n/a (random demo weights)'}"
              for choice, bundle in analyzer.clips.items()]
-    lines += [f"- not offered: {html.escape(reason)}" for reason in analyzer.reasons.get("clip", [])]
+    lines += [f"- {html.escape(reason)}" for reason in analyzer.reasons.get("clip", [])]  # refusals say "refused"
     return "CLIP weights for Explain and concept scores:\n\n" + "\n".join(lines)
 
 
