@@ -63,8 +63,11 @@ def test_banner_names_each_untrained_model_once_and_the_fix():
         '<div class="untrained-banner" role="alert" style="background:#b00020;color:#fff;padding:8px 14px;'
         'border-radius:6px;"><b style="font-size:1.15em;">&#9888; UNTRAINED WEIGHTS \u2014 NOT A DIAGNOSIS</b>'
         '<span style="font-size:0.9em;margin-left:10px;">Untrained: fusion, vit &lt;tiny&gt;. How to fix: README '
-        '\u2192 Real weights (python -m skinapp.checkpoints download ...)</span></div>')
+        '\u2192 Real weights (python -m skinapp.checkpoints download ...); the fusion classifier is trained, not '
+        'downloaded: README \u2192 Training</span></div>')
     assert "Untrained:" not in banner_html(UNTRAINED_WARNING, (WeightsInfo("sam", True, "x"),))
+    # a download fixes everything else: no training clause without an untrained fusion classifier
+    assert "Training" not in banner_html(UNTRAINED_WARNING, (untrained("vit"),))
 
 
 def test_without_a_banner_the_weights_used_are_one_quiet_line():
@@ -427,3 +430,25 @@ def test_imported_masks_are_not_counted_as_edited_by_hand(handlers):
                 ConceptReview(1, "arm", 0.9, (0, 0, 4, 4), "accept", provenance="painted")]
     status = handlers.saved_outputs(Review("ab" * 32, 8, 8, concepts, revision=3, updated_at=0.0))[0]
     assert status.endswith(": 2 accept, 0 reject, 0 relabel, 0 pending; 1 edited by hand, 1 imported.")
+
+
+def test_the_download_offer_says_when_the_diagnosis_stays_untrained(monkeypatch):
+    """The official checkpoints do not include our fusion classifier: after the download the diagnosis is still
+    untrained, and the button's text must say so (a new user expected a real diagnosis after it)."""
+    from skinapp import provisioning
+    from skinapp.ui.blocks import _download_offer
+
+    monkeypatch.setattr(provisioning, "blocker", lambda names: None)
+    monkeypatch.setattr(provisioning, "download_size", lambda names: 3 * 2**20)
+    demo = SimpleNamespace(mode="demo", reasons={}, analysis_weights=(untrained("fusion"), untrained("vit")))
+    monkeypatch.setattr(provisioning, "missing", lambda variant: ["sam_vit_b", "vit_b16_augreg2"])
+    assert _download_offer(demo, "vit_b") == (True, (
+        "Downloads 2 official checkpoints (3 MiB): sam_vit_b, vit_b16_augreg2. The diagnosis stays untrained after "
+        "it: the fusion classifier is trained, not downloaded (README \u2192 Training)."))
+    # a release that serves a fusion classifier too (or one already trained): nothing more to say
+    monkeypatch.setattr(provisioning, "missing", lambda variant: ["sam_vit_b", "fusion_classifier"])
+    assert _download_offer(demo, "vit_b")[1] == (
+        "Downloads 2 official checkpoints (3 MiB): sam_vit_b, fusion_classifier.")
+    trained = SimpleNamespace(mode="demo", reasons={}, analysis_weights=(WeightsInfo("fusion", True, "f"),))
+    monkeypatch.setattr(provisioning, "missing", lambda variant: ["sam_vit_b"])
+    assert _download_offer(trained, "vit_b")[1] == "Downloads 1 official checkpoint (3 MiB): sam_vit_b."

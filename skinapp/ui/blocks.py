@@ -26,6 +26,7 @@ from skinapp import provisioning
 from skinapp.concept_scores import DEFAULT_CONCEPTS
 from skinapp.concepts.types import DEFAULT_PROMPTS
 from skinapp.examples import example_paths
+from skinapp.models import FUSION_CHECKPOINT
 from skinapp.phrases import SUGGESTED_PHRASES
 from skinapp.pipeline import Analyzer
 from skinapp.provenance import banner_text
@@ -36,6 +37,7 @@ from skinapp.ui.components import photo_input, quiet_validation
 from skinapp.ui.handlers import BLANK_TITLES, REVIEW_COLUMNS, Handlers, banner_html
 from skinapp.ui.workbench_blocks import add_workbench
 from skinapp.ui.workbench_handlers import WorkbenchHandlers
+from skinapp.wording import counted
 
 CSS = """
 .untrained-banner, .untrained-banner * { color: #fff !important; }
@@ -283,7 +285,11 @@ def _download_offer(analyzer: Analyzer, sam_variant: str) -> tuple[bool, str]:
     if why_not:
         return False, f"The real models cannot be downloaded here: {why_not}."
     failed = " ".join(analyzer.reasons.get("download", []))  # the start-up download that failed, and why
-    offer = f"Downloads {len(names)} official checkpoints ({size:,.0f} MiB): {', '.join(names)}."
+    offer = f"Downloads {counted(len(names), 'official checkpoint')} ({size:,.0f} MiB): {', '.join(names)}."
+    fusion_trained = any(w.name == "fusion" and w.trained for w in analyzer.analysis_weights)
+    if not fusion_trained and FUSION_CHECKPOINT not in names:  # ours to train: no download brings it
+        offer += (" The diagnosis stays untrained after it: the fusion classifier is trained, not downloaded "
+                  "(README \u2192 Training).")
     return True, f"{failed} {offer}".strip()
 
 

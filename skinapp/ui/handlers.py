@@ -59,6 +59,8 @@ BLANK_TITLES = {"concepts": "Concepts", "diagnosis": "Diagnosis", "decisive": "D
                 "review_image": "Photo with numbered concepts",
                 "gallery": "photo / Grad-CAM / Grad E-CLIP / MedGrad E-CLIP"}
 WEIGHTS_HELP = "README \u2192 Real weights (python -m skinapp.checkpoints download ...)"
+#: Added when the fusion classifier is untrained: no download brings it.
+TRAINING_HELP = "; the fusion classifier is trained, not downloaded: README \u2192 Training"
 
 def find_review(store: ReviewStore, key: Any) -> str:
     """The full key of the saved review ``key`` names: the full key, or a unique prefix of 8+ hex characters (the
@@ -94,7 +96,7 @@ def banner_html(banner: str, weights: tuple[WeightsInfo, ...]) -> str:
     return (f'<div class="untrained-banner" role="alert" style="background:#b00020;color:#fff;padding:8px 14px;'
             f'border-radius:6px;"><b style="font-size:1.15em;">&#9888; {html.escape(banner.splitlines()[0])}</b>'
             f'<span style="font-size:0.9em;margin-left:10px;">{which}How to fix: {html.escape(WEIGHTS_HELP)}'
-            f'</span></div>')
+            f'{html.escape(TRAINING_HELP) if "fusion" in bad else ""}</span></div>')
 
 
 def review_table(concepts) -> pd.DataFrame:
