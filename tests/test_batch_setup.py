@@ -11,12 +11,20 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from PIL import Image
 
 from skinapp import analyze
-from skinapp.batch_setup import SetupMismatchError, check_setup, discard_outputs, weights_identity, write_setup
+from skinapp.batch_setup import (
+    SetupMismatchError,
+    check_setup,
+    describe_setup,
+    discard_outputs,
+    weights_identity,
+    write_setup,
+)
 from skinapp.concepts.types import DEFAULT_PROMPTS
 from skinapp.provenance import WeightsInfo
 from skinapp.synthetic import make_skin_photo
@@ -162,3 +170,76 @@ def test_two_ranks_refuse_another_setup_together_and_restart_together(photos, tm
                    for line in (out / f"progress.rank{r}.jsonl").read_text().splitlines()]
     assert sorted(photos_done) == sorted(str(p) for p in photos.iterdir()), "each photo once, after the restart"
     assert json.loads((out / "run.json").read_text())["prompts"] == ["lesion", "leg"]
+
+
+def _analyzer(tmp_path: Path) -> SimpleNamespace:
+    """What describe_setup reads of an Analyzer: two CLIP choices (the batch explains with the first), trained
+    DermLIP weights in a file, an untrained analysis model."""
+    dermlip = tmp_path / "dermlip.safetensors"
+    dermlip.write_bytes(b"dermlip weights")
+    clips = {"DermLIP": SimpleNamespace(weights=WeightsInfo("dermlip", True, str(dermlip))),
+             "CLIP": SimpleNamespace(weights=WeightsInfo("clip", False, "random init (tiny profile)"))}
+    return SimpleNamespace(clip_choices=["DermLIP", "CLIP"], clips=clips, class_names=("mel", "nev"),
+                           analysis_weights=[WeightsInfo("fusion", False, "random init")],
+                           default_prompts=("lesion", "arm"), device="cpu")
+
+
+def test_run_json_names_the_clip_model_the_phrases_use_with_its_weights(tmp_path):
+    """With Explain phrases the batch scores them with the analyzer's first CLIP choice; run.json names it and
+    the SHA-256 of its weights file, so a resume with other CLIP weights is refused."""
+    analyzer = _analyzer(tmp_path)
+    setup = describe_setup(analyzer, "auto", None, ["blue veil", "dots"])
+    assert setup == {"class_names": ["mel", "nev"], "models": {"fusion": "untrained"},
+                     "clip": {"choice": "DermLIP",
+                              "weights": "sha256:" + hashlib.sha256(b"dermlip weights").hexdigest()},
+                     "prompts": ["lesion", "arm"], "phrases": ["blue veil", "dots"], "profile": "auto",
+                     "device": "cpu"}
+    assert describe_setup(analyzer, "auto", "Leg. arm", None)["clip"] is None, "no phrases: no CLIP model used"
+    assert describe_setup(analyzer, "auto", "Leg. arm", None)["prompts"] == ["leg", "arm"]
+    assert describe_setup(analyzer, "auto", "", None)["prompts"] == ["lesion", "arm"], "blank --prompts: defaults"
+
+
+def test_an_empty_progress_file_is_no_result_but_one_record_is(tmp_path):
+    setup = {"class_names": ["a"], "prompts": ["lesion"]}
+    (tmp_path / "notes.txt").write_text("mine")
+    check_setup(tmp_path, setup)  # an existing folder without batch results is a fine --out
+    (tmp_path / "progress.rank1.jsonl").write_text("")  # a rank that stopped before its first photo
+    check_setup(tmp_path, setup)  # nothing recorded: nothing to mix, no refusal
+    (tmp_path / "progress.rank0.jsonl").write_text("\n")
+    with pytest.raises(SetupMismatchError, match="holds results but no run.json"):
+        check_setup(tmp_path, setup)
+
+
+def test_run_json_is_written_into_missing_folders_one_field_per_line(tmp_path):
+    out = tmp_path / "runs" / "today"
+    setup = {"class_names": ["a", "b"], "prompts": ["lesion"], "clip": None}
+    write_setup(out, setup)
+    text = (out / "run.json").read_text()
+    assert json.loads(text) == setup
+    assert '\n "class_names": [' in text and '\n "clip": null' in text, "readable and diffable by hand"
+    assert [p.name for p in out.iterdir()] == ["run.json"], "no temporary file left"
+
+
+def test_restart_of_a_folder_not_yet_there_removes_nothing(tmp_path, caplog):
+    assert discard_outputs(tmp_path / "new") == 0
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "predictions.csv").write_text("x")
+    (tmp_path / "progress.rank0.jsonl").write_text("{}\n")
+    with caplog.at_level(logging.INFO, logger="skinapp.batch_setup"):
+        assert discard_outputs(tmp_path) == 2
+    assert [r.getMessage() for r in caplog.records] == ["--restart: removed 2 files of the earlier run"]
+
+
+def test_a_weights_folder_is_identified_by_its_weight_files_only(tmp_path):
+    """Hidden files (a hub's .lock, .DS_Store) and a partial download (*.tmp) are not weights: they leave the
+    identity as it was; a new weights file changes it."""
+    folder = tmp_path / "dermlip"
+    folder.mkdir()
+    (folder / "open_clip_model.safetensors").write_bytes(b"clip")
+    info = WeightsInfo("clip", True, str(folder))
+    before = weights_identity(info)
+    (folder / ".DS_Store").write_bytes(b"finder")
+    (folder / "open_clip_config.json.tmp").write_bytes(b"half a download")
+    assert weights_identity(info) == before
+    (folder / "open_clip_config.json").write_bytes(b"{}")
+    assert weights_identity(info) != before

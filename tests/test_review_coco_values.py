@@ -201,3 +201,25 @@ def test_text_that_is_not_json_is_refused_with_where_and_not_pythons_words(store
         import_coco(store, path)
     assert str(err.value) == ("Not a COCO annotation file: it is not valid JSON (the first error is at line 2, "
                               "column 12).")
+
+
+@pytest.mark.parametrize("length, cut", [(59, False), (60, False), (61, True), (62, True)])
+def test_a_value_is_quoted_whole_up_to_60_characters(store, tmp_path, length, cut):
+    """The quotation is cut only past 60 characters: a text score whose quotation (with its two quote marks) is 60
+    characters long is quoted whole; one of 61 is cut to 59 characters and "…"."""
+    score = "x" * (length - 2)
+    quoted = "'" + score + "'"
+    assert len(quoted) == length
+    got = quoted[:59] + "…" if cut else quoted
+    _refused(store, tmp_path, _coco(**{"ann.score": score}),
+             f"Annotation 1 of image 7: its score must be a number from 0 to 1; got {got}.")
+
+
+def test_an_integer_too_large_for_a_float_keeps_its_sign():
+    """as_float's contract (a JSON integer beyond a float's range is +-inf, not an OverflowError); its callers only
+    need "not finite", but the sign is part of the documented value."""
+    from skinapp.review.coco_values import as_float
+
+    assert as_float(HUGE) == float("inf")
+    assert as_float(-HUGE) == float("-inf")
+    assert as_float(-7) == -7.0 and as_float(10**300) == 1e300

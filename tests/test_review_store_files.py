@@ -64,6 +64,8 @@ def _concept(index=0, decision="accept", **kw) -> ConceptReview:
     ([_concept(label="nevus")],  # found by a new user: kept silently, never used
      "Concept 0 ('lesion'): a new label is used only with 'relabel' (the decision is 'accept'): choose 'relabel' "
      "or clear the label."),
+    ([_concept(1, "reject", label="nevus")], "Concept 1 ('lesion'): a new label is used only with 'relabel' (the "
+                                              "decision is 'reject'): choose 'relabel' or clear the label."),
     ([_concept(comment="x" * 5001)], "Concept 0: label (200) or comment (5000 characters) too long."),
     ([_concept(provenance="guessed")],
      "Concept 0: provenance must be one of model, refined, painted, added, imported; got 'guessed'."),

@@ -104,3 +104,20 @@ def test_a_schema0_store_is_migrated_and_keeps_its_review_as_a_version(tmp_path,
     assert np.array_equal(store.load_mask(KEY, 0, ""), _masks()[0])
     assert np.array_equal(store.load_mask(KEY, 0), _masks(shift=3)[0])
     assert [c.provenance for c in store.load(KEY).concepts] == ["painted", "added"]
+
+
+def test_a_verdict_given_numpy_numbers_is_saved_as_plain_numbers(tmp_path):
+    """Verdicts built from arrays carry numpy numbers (np.int64 index from np.flatnonzero, np.float32 score); the
+    save keeps them as plain int / float and a fresh store reads them back the same."""
+    store = ReviewStore(tmp_path)
+    pixels = np.full((20, 30, 3), 90, np.uint8)
+    masks = np.zeros((2, 20, 30), bool)
+    masks[1, 5:10, 5:10] = True
+    index = np.flatnonzero(masks.any(axis=(1, 2)))[0]
+    verdict = ConceptReview(index, "lesion", np.float32(0.5), (np.int64(5), 5, 10, 10), "accept")
+    saved = store.save("ef" * 32, pixels, masks, [verdict])
+    for review in (saved, ReviewStore(tmp_path).load("ef" * 32)):
+        concept = review.concepts[0]
+        assert (type(concept.index), concept.index) == (int, 1)
+        assert (type(concept.score), concept.score) == (float, 0.5)
+        assert concept.box == (5.0, 5.0, 10.0, 10.0) and {type(v) for v in concept.box} == {float}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,10 +15,11 @@ import pytest
 from PIL import Image
 from synthetic_derm import make_derm7pt
 
+import train.cli as train_cli_module
 import train.clip as train_clip
 import train.fusion as train_fusion
 from skinapp.synthetic import make_skin_photo
-from train.cli import UserError, run_main, user_errors
+from train.cli import UserError, run_main, user_errors, writable_folder
 from train.clip_report import datasets_used, describe_datasets
 from train.data.text import LesionRecord
 
@@ -235,3 +237,53 @@ def test_commands_end_a_user_error_with_one_line_and_status_2(module, tmp_path):
     assert "Traceback" not in proc.stderr
     what = "Image folder not found" if module == "train.fusion" else "Derm7pt: no meta/meta.csv"
     assert proc.stderr.strip().splitlines()[-1].startswith(f"ERROR: {what}")
+
+
+# ------------------------------------------------------------------------------------------ writable_folder
+
+def test_out_is_created_with_its_missing_parents(tmp_path):
+    out = tmp_path / "runs" / "2026" / "fusion"
+    assert writable_folder(str(out)) == out
+    assert out.is_dir()
+    assert writable_folder(out) == out, "an existing folder is fine"
+
+
+def test_out_that_cannot_be_created_says_why(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    out = tmp_path / "file" / "out"  # below a file: the OS refuses with "Not a directory"
+
+    def main(argv):
+        writable_folder(out)
+
+    assert run_main(main, []) == 2
+    assert _error_line(capsys) == (f"ERROR: --out {out} cannot be created (Not a directory); give a folder you can "
+                                   "write to.")
+
+
+@pytest.mark.parametrize("mode, refused", [(0o500, True), (0o600, True), (0o300, False), (0o700, False)])
+def test_out_without_write_or_search_permission_is_refused(tmp_path, monkeypatch, capsys, mode, refused):
+    """Files can be written in a folder only with both its write (w) and search (x) permission. root bypasses
+    permissions, so there the owner's bits are checked as the OS checks them for a user who owns the folder."""
+    out = tmp_path / "out"
+    out.mkdir()
+    out.chmod(mode)
+    if os.geteuid() == 0:
+        monkeypatch.setattr(train_cli_module.os, "access",
+                            lambda path, wanted: (os.stat(path).st_mode >> 6) & wanted == wanted)
+    try:
+        if refused:
+            assert run_main(lambda argv: writable_folder(out, "--cache"), []) == 2
+            assert _error_line(capsys) == (f"ERROR: --cache {out} is not writable (Permission denied); give a "
+                                           "folder you can write to.")
+        else:
+            assert writable_folder(out) == out
+    finally:
+        out.chmod(0o700)
+
+
+def test_an_error_without_words_is_named_by_its_kind(capsys):
+    def missing(argv):
+        raise FileNotFoundError()
+
+    assert run_main(missing, []) == 2
+    assert _error_line(capsys) == "ERROR: FileNotFoundError"
