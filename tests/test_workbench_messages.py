@@ -301,3 +301,31 @@ def test_edits_stay_in_the_session_that_made_them_and_leave_the_callers_mask_alo
     wb.bench.paint("s1", KEY, 0, painted)
     painted[0, 0] = True  # the caller's array is still its own (the draft keeps a frozen copy)
     assert wb.bench.draft("s1", KEY).concept(0).mask.sum() == 9
+
+
+def test_set_decision_refuses_what_save_refuses_next_to_it_and_a_later_success_replaces_the_message(bench):
+    handlers, wb = bench
+    handlers.analyzer = SimpleNamespace(analyses_of=lambda key: [])  # nothing in memory: Save amends the review
+    who = _who()
+    table = handlers.open_review(KEY, who)[1]
+    before = table.copy()
+    save_says = "Concept 1 ('arm'): a new label is used only with 'relabel' (the decision is 'accept'): choose " \
+                "'relabel' or clear the label."
+    bad = table.copy()
+    bad.loc[1, ["decision", "new label"]] = ["accept", "melanoma"]
+    _refused(handlers, "save_review", lambda: wb.save(KEY, bad, "dr a", "", who), save_says)
+    _refused(handlers, "set_decision", lambda: wb.set_decision(table, "1", "accept", "melanoma", "", who), save_says)
+    assert table.equals(before)  # the screen's table is not touched by a refusal
+    _refused(handlers, "set_decision", lambda: wb.set_decision(table, None, "accept", "", "", who),
+             "Choose a concept first.")
+    _refused(handlers, "set_decision", lambda: wb.set_decision(table, "7", "accept", "", "", who),
+             "There is no concept #7 in this review.")
+    frame, status = wb.set_decision(table, "1", "Relabel", " melanoma ", "dark rim", who)
+    assert status == "Concept #1 ('arm'): relabel as 'melanoma'. Press Save to store the review."
+    assert frame.values.tolist() == [[0, "lesion", 0.9, "accept", "", ""], [1, "arm", 0.4, "relabel", "melanoma",
+                                                                           "dark rim"]]
+    assert wb.set_decision(frame, "0", "reject", "", "", who)[1] == "Concept #0 ('lesion'): reject. Press Save to " \
+                                                                    "store the review."
+    wb.save(KEY, frame, "dr a", "", who)
+    assert [(c.decision, c.label) for c in wb.bench.store.load(KEY).concepts] == [("accept", ""),
+                                                                                  ("relabel", "melanoma")]

@@ -21,9 +21,11 @@ from skinapp.ui.workbench_handlers import WorkbenchHandlers
 
 
 def add_workbench(wb: WorkbenchHandlers, agree: AgreementHandlers, error_text, review_key: Any, table: Any,
-                  reviewer: Any, note: Any, saved: Any, save_btn: Any, review_status: Any) -> None:
+                  reviewer: Any, note: Any, saved: Any, save_btn: Any, review_status: Any,
+                  verdict: tuple | None = None) -> None:
     """Lay out the workbench and agreement panel under the review table and wire their events and the Save button
-    (see the module docstring)."""
+    (see the module docstring). ``verdict``: (the "Set decision" button, concept #, decision, new label, comment),
+    wired to :meth:`WorkbenchHandlers.set_decision` (its refusal in ``review_status``)."""
     private = {"api_visibility": "private"}
     with gr.Accordion("Edit masks: click to refine, brush, add or delete concepts, undo (Save keeps the edits)",
                       open=True, elem_id="workbench"):
@@ -91,6 +93,11 @@ def add_workbench(wb: WorkbenchHandlers, agree: AgreementHandlers, error_text, r
     on_failure(redo.click(wb.redo, [review_key, concept], view, **private))
     on_failure(delete.click(wb.delete, [review_key, concept], view, **private))
     on_failure(add.click(wb.add, [review_key, box, phrase], view, **private))
+    if verdict is not None:
+        apply_btn, *verdict_inputs = verdict
+        setting = apply_btn.click(wb.set_decision, [table, *verdict_inputs], [table, review_status], **private,
+                                  queue=False)
+        failed(setting, "set_decision", [table, review_status], review_status)
     saving = save_btn.click(wb.save, [review_key, table, reviewer, note], [review_status, saved, table],
                             api_name="save_review")
     failed(saving, "save_review", [review_status, saved, table], review_status)

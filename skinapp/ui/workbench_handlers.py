@@ -17,15 +17,24 @@ from typing import Any
 import cv2
 import gradio as gr
 import numpy as np
+import pandas as pd
 
 from skinapp.review.agreement import agreement, merge_notes, summary_lines
 from skinapp.review.coco_import import import_coco
 from skinapp.review.export import rle_encode
-from skinapp.review.store import Review
+from skinapp.review.store import ConceptReview, Review
+from skinapp.review.validation import validate_concept_review
 from skinapp.review.workbench import Draft, Workbench
 from skinapp.ui.handlers import find_review
 from skinapp.ui.privacy import loggable
-from skinapp.ui.review_rows import cell_text, renamed_message, renamed_rows, row_index, table_rows
+from skinapp.ui.review_rows import (
+    REVIEW_COLUMNS,
+    cell_text,
+    renamed_message,
+    renamed_rows,
+    row_index,
+    table_rows,
+)
 from skinapp.wording import counted
 
 log = logging.getLogger(__name__)
@@ -232,6 +241,35 @@ class WorkbenchHandlers:
         except (ValueError, OSError) as exc:
             raise self._refuse("save_review", exc, request) from exc
         return self.handlers.saved_outputs(review)
+
+    def set_decision(self, table: Any, concept: Any, decision: Any, label: Any, comment: Any,
+                     request: gr.Request | None = None) -> tuple:
+        """The Review tab's "Set decision for this concept": the table with concept ``concept``'s decision, new label
+        and comment set, checked by the rule Save applies (:func:`~skinapp.review.validation.validate_concept_review`),
+        and a status line (which replaces a stale refusal). Outputs: table, review status.
+
+        Raises:
+            gr.Error: no concept chosen, no such row, a verdict Save would refuse; the table is left as it is.
+        """
+        try:
+            rows = table_rows(table)
+            if cell_text(concept).strip() == "":
+                raise ValueError("Choose a concept first.")
+            wanted = cell_text(concept).strip()
+            hit = [i for i, r in enumerate(rows) if wanted in (cell_text(r.get("#")), str(row_index(r)))]
+            if not hit:
+                raise ValueError(f"There is no concept #{wanted} in this review.")
+            row = rows[hit[0]]
+            checked = validate_concept_review(ConceptReview(row_index(row), cell_text(row.get("concept")), 0.0,
+                                                            (0.0, 0.0, 0.0, 0.0), cell_text(decision) or "pending",
+                                                            cell_text(label), cell_text(comment)))
+        except ValueError as exc:
+            raise self._refuse("set_decision", exc, request) from exc
+        frame = pd.DataFrame(rows, columns=REVIEW_COLUMNS)
+        frame.loc[hit[0], ["decision", "new label", "comment"]] = [checked.decision, checked.label, checked.comment]
+        verdict = checked.decision + (f" as {checked.label!r}" if checked.label else "")
+        return frame, (f"Concept #{checked.index} ({checked.phrase!r}): {verdict}. Press Save to store the "
+                       "review.")
 
     def import_coco(self, file: Any, reviewer: str, request: gr.Request | None = None) -> str:
         """Import a COCO file (e.g. from CVAT) as a new version of each photo it annotates; returns the status.
