@@ -102,7 +102,7 @@ def test_add_reads_four_numbers_and_one_phrase(bench):
     # the concept just added is the one selected, so the next click refines it
     assert concept.value == "2" and concept.choices[-1] == ("#2 mole (added)", "2")
     added = wb.bench.draft("s1", KEY).concept(2)
-    assert added.box == (0.0, 20.5, 15.0, 39.0) and (added.decision, added.score) == ("accept", 1.0)
+    assert added.box == (0.0, 20.5, 15.0, 39.0) and (added.decision, added.score) == ("pending", 1.0)
 
 
 def test_paint_takes_the_brush_layer_and_the_canvas_shows_the_mask(bench):
@@ -329,3 +329,31 @@ def test_set_decision_refuses_what_save_refuses_next_to_it_and_a_later_success_r
     wb.save(KEY, frame, "dr a", "", who)
     assert [(c.decision, c.label) for c in wb.bench.store.load(KEY).concepts] == [("accept", ""),
                                                                                   ("relabel", "melanoma")]
+
+
+def test_an_added_concept_gets_a_pending_row_in_the_review_table_and_is_saved_as_the_reviewer_decides(bench):
+    handlers, wb = bench
+    handlers.analyzer = SimpleNamespace(analyses_of=lambda key: [])
+    who = _who()
+    table = handlers.open_review(KEY, who)[1]
+    table, _ = wb.set_decision(table, "1", "relabel", "scar", "", who)
+    wb.add(KEY, "1, 1, 9, 9", "mole", who)
+    table = wb.table_of_draft(KEY, table, who)
+    assert table.values.tolist() == [[0, "lesion", 0.9, "accept", "", ""], [1, "arm", 0.4, "relabel", "scar", ""],
+                                     [2, "mole", 1.0, "pending", "", ""]]
+    status = wb.save(KEY, table, "dr a", "", who)[0]
+    assert ": 1 accept, 0 reject, 1 relabel, 1 pending; 1 edited by hand." in status
+    assert [(c.index, c.decision, c.provenance) for c in wb.bench.store.load(KEY).concepts] == [
+        (0, "accept", "model"), (1, "relabel", "model"), (2, "pending", "added")]
+    table, _ = wb.set_decision(table, "2", "accept", "", "", who)
+    assert ": 2 accept, 0 reject, 1 relabel, 0 pending; 1 edited by hand." in wb.save(KEY, table, "dr a", "", who)[0]
+    # a deleted concept leaves the table; Undo brings its row back with the draft's verdict
+    wb.delete(KEY, "0", who)
+    assert [r[0] for r in wb.table_of_draft(KEY, table, who).values.tolist()] == [1, 2]
+    wb.undo(KEY, "0", who)
+    assert wb.table_of_draft(KEY, table, who).equals(table)
+    assert wb.table_of_draft("nope", table, who) is table  # no photo key: the table as it was
+    # the API (no table): an added concept is saved pending unless the client decides
+    wb.bench.add("client", KEY, (30, 30, 40, 39), "scar")
+    assert wb.api_functions()["save_version"](KEY, "dr c", "", SimpleNamespace(session_hash="client"))
+    assert wb.bench.store.load(KEY).concepts[-1].decision == "pending"

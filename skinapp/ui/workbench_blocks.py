@@ -89,10 +89,12 @@ def add_workbench(wb: WorkbenchHandlers, agree: AgreementHandlers, error_text, r
                                                                     **private)
     concept.input(wb.show, [review_key, concept], view, **private)
     on_failure(image.select(wb.click, [review_key, concept, mode], view, **private))
-    on_failure(undo.click(wb.undo, [review_key, concept], view, **private))
-    on_failure(redo.click(wb.redo, [review_key, concept], view, **private))
-    on_failure(delete.click(wb.delete, [review_key, concept], view, **private))
-    on_failure(add.click(wb.add, [review_key, box, phrase], view, **private))
+    for edit in (undo.click(wb.undo, [review_key, concept], view, **private),
+                 redo.click(wb.redo, [review_key, concept], view, **private),
+                 delete.click(wb.delete, [review_key, concept], view, **private),
+                 add.click(wb.add, [review_key, box, phrase], view, **private)):
+        on_failure(edit)  # the table follows the draft's concepts (an added one as 'pending')
+        edit.success(wb.table_of_draft, [review_key, table], [table], **private, queue=False)
     if verdict is not None:
         apply_btn, *verdict_inputs = verdict
         setting = apply_btn.click(wb.set_decision, [table, *verdict_inputs], [table, review_status], **private,

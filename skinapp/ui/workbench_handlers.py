@@ -242,6 +242,21 @@ class WorkbenchHandlers:
             raise self._refuse("save_review", exc, request) from exc
         return self.handlers.saved_outputs(review)
 
+    def table_of_draft(self, photo_key: str, table: Any, request: gr.Request | None = None) -> pd.DataFrame:
+        """The review table after a workbench edit (add, delete, undo, redo): one row per concept of the session's
+        draft, in order; a concept already in the table keeps its row (the reviewer's decision), an added one gets
+        a row with the draft's verdict ('pending'), a deleted one loses its row. The table as given when the
+        photo has no draft."""
+        try:
+            key = _key(photo_key)
+            draft = self.bench.draft(_session(request), key)
+            rows = {(row_index(r), cell_text(r.get("concept"))): r for r in table_rows(table)}
+        except ValueError:
+            return table
+        return pd.DataFrame([rows.get((c.index, c.phrase)) or {
+            "#": c.index, "concept": c.phrase, "score": round(c.score, 3), "decision": c.decision,
+            "new label": c.label, "comment": c.comment} for c in draft.concepts], columns=REVIEW_COLUMNS)
+
     def set_decision(self, table: Any, concept: Any, decision: Any, label: Any, comment: Any,
                      request: gr.Request | None = None) -> tuple:
         """The Review tab's "Set decision for this concept": the table with concept ``concept``'s decision, new label
