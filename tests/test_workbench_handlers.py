@@ -31,6 +31,10 @@ from tests.asgi_guard import guard_get
 from tests.test_review_agreement import KEYS, store  # noqa: F401 (the hand-computed store fixture)
 
 KEY, TABLE = 6, 7  # Handlers.analyze outputs
+#: How the import status says where the reviewer names came from.
+BOX = ("The reviewer is the name in the Reviewer box (clear the box before an import to keep the names the file "
+       "records).")
+FILE = "The Reviewer box is empty: each version keeps the reviewer the file records."
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +177,8 @@ def test_import_coco_from_the_review_tab_saves_a_new_version_or_says_what_is_wro
     coco = export_coco(handlers.store, tmp_path / "coco")
     status = wb.import_coco(SimpleNamespace(name=str(coco)), "cvat team", request=_session("s1"))
     review = handlers.store.load(key)
-    assert status == f"Imported photo `{key[:12]}` as version 2 ({len(review.concepts)} concepts)."
+    assert status == (f"Imported photo `{key[:12]}` as version 2 ({len(review.concepts)} concepts), reviewer "
+                      f"'cvat team'. {BOX}")
     assert (review.revision, review.reviewer) == (2, "cvat team")
     assert {c.provenance for c in review.concepts} == {"imported"}
     foreign = tmp_path / "foreign.json"
@@ -195,8 +200,8 @@ def test_import_says_which_photos_it_skipped_for_having_no_annotations(app, tmp_
                         [ConceptReview(0, "lesion", 0.9, (0, 0, 8, 8), "accept")], reviewer="dr b")
     coco = export_coco(handlers.store, tmp_path / "coco")
     status = wb.import_coco(SimpleNamespace(name=str(coco)), "", request=_session("s1"))
-    assert status == (f"Imported photo `{other[:12]}` as version 2 (1 concept). Skipped 1 photo without "
-                      f"annotations (their reviews are unchanged): `{key[:12]}`.")
+    assert status == (f"Imported photo `{other[:12]}` as version 2 (1 concept), reviewer 'dr b'. {FILE} Skipped 1 "
+                      f"photo without annotations (their reviews are unchanged): `{key[:12]}`.")
     assert handlers.store.load(other).reviewer == "dr b" and handlers.store.load(key).revision == 1
 
 
@@ -226,5 +231,6 @@ def test_the_review_tab_imports_an_export_zip_into_another_store_with_its_photo(
     wb2 = WorkbenchHandlers(Workbench(analyzer, other.store), other)
     status = wb2.import_coco(SimpleNamespace(name=str(archive)), "", request=_session("s2"))
     review = other.store.load(key)
-    assert status == f"Imported photo `{key[:12]}` as version 1 ({len(review.concepts)} concepts)."
+    assert status == (f"Imported photo `{key[:12]}` as version 1 ({len(review.concepts)} concepts), reviewer "
+                      f"'dr a'. {FILE}")
     assert review.reviewer == "dr a" and np.array_equal(other.store.load_photo(key), handlers.store.load_photo(key))

@@ -357,3 +357,22 @@ def test_an_added_concept_gets_a_pending_row_in_the_review_table_and_is_saved_as
     wb.bench.add("client", KEY, (30, 30, 40, 39), "scar")
     assert wb.api_functions()["save_version"](KEY, "dr c", "", SimpleNamespace(session_hash="client"))
     assert wb.bench.store.load(KEY).concepts[-1].decision == "pending"
+
+
+def test_import_names_each_versions_reviewer_and_where_the_name_came_from(bench, tmp_path):
+    """Found by a new user: a name left in the Reviewer box by an earlier save was silently recorded as the
+    imported version's reviewer (and counted as that reviewer's latest version in the agreement)."""
+    from skinapp.review import export_coco
+
+    _, wb = bench
+    coco = SimpleNamespace(name=str(export_coco(wb.bench.store, tmp_path / "coco")))  # version 1: no reviewer
+    status = wb.import_coco(coco, "", _who())
+    assert status == (f"Imported photo `{KEY[:12]}` as version 2 (1 concept), no reviewer name. The Reviewer box "
+                      "is empty: each version keeps the reviewer the file records. A version without a reviewer "
+                      "name is left out of the agreement between reviewers.")
+    assert wb.bench.store.load(KEY).reviewer == ""
+    status = wb.import_coco(coco, "  Dr <b>B</b> ", _who())
+    assert status == (f"Imported photo `{KEY[:12]}` as version 3 (1 concept), reviewer 'Dr &lt;b&gt;B&lt;/b&gt;'. "
+                      "The reviewer is the name in the Reviewer box (clear the box before an import to keep the "
+                      "names the file records).")
+    assert wb.bench.store.load(KEY).reviewer == "Dr <b>B</b>"

@@ -9,6 +9,7 @@ with masks as COCO RLE (:func:`skinapp.review.export.rle_encode`).
 from __future__ import annotations
 
 import functools
+import html
 import logging
 import re
 from collections.abc import Callable
@@ -287,17 +288,29 @@ class WorkbenchHandlers:
                        "review.")
 
     def import_coco(self, file: Any, reviewer: str, request: gr.Request | None = None) -> str:
-        """Import a COCO file (e.g. from CVAT) as a new version of each photo it annotates; returns the status.
-        Everything is checked before anything is saved (:func:`skinapp.review.coco_import.import_coco`)."""
+        """Import a COCO file (e.g. from CVAT) as a new version of each photo it annotates; returns the status,
+        which names each version's reviewer and where the name came from (the Reviewer box ``reviewer``, else what
+        the file records). Everything is checked before anything is saved
+        (:func:`skinapp.review.coco_import.import_coco`)."""
         path = getattr(file, "name", file)
         if not path:
             raise self._refuse("import_coco", ValueError("Choose a COCO JSON file first."), request)
+        typed = (reviewer or "").strip()
         try:
-            done = import_coco(self.bench.store, path, reviewer=reviewer or "")
+            done = import_coco(self.bench.store, path, reviewer=typed)
         except (ValueError, OSError) as exc:
             raise self._refuse("import_coco", exc, request) from exc
-        status = "Imported " + "; ".join(f"photo `{r.image_key[:12]}` as version {r.revision} "
-                                         f"({counted(len(r.concepts), 'concept')})" for r in done.saved) + "."
+        status = "Imported " + "; ".join(
+            f"photo `{r.image_key[:12]}` as version {r.revision} ({counted(len(r.concepts), 'concept')}), "
+            + (f"reviewer '{html.escape(r.reviewer)}'" if r.reviewer else "no reviewer name")
+            for r in done.saved) + "."
+        if typed:
+            status += (" The reviewer is the name in the Reviewer box (clear the box before an import to keep the "
+                       "names the file records).")
+        else:
+            status += " The Reviewer box is empty: each version keeps the reviewer the file records."
+            if not all(r.reviewer for r in done.saved):
+                status += " A version without a reviewer name is left out of the agreement between reviewers."
         if done.skipped:
             status += (f" Skipped {counted(len(done.skipped), 'photo')} without annotations (their reviews are "
                        "unchanged): " + ", ".join(f"`{k[:12]}`" for k in done.skipped) + ".")
