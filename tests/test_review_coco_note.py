@@ -92,6 +92,7 @@ def test_the_command_and_the_review_tab_keep_the_note(tmp_path, capsys):
     handlers = WorkbenchHandlers.__new__(WorkbenchHandlers)  # only import_coco: no models, no app
     handlers.bench = SimpleNamespace(store=store)
     status = handlers.import_coco(SimpleNamespace(name=str(path)), "")
-    assert status == f"Imported photo `{key[:12]}` as version 3 (1 concept)."
+    assert status == (f"Imported photo `{key[:12]}` as version 3 (1 concept), reviewer 'dr z'. The Reviewer box is "
+                      "empty: each version keeps the reviewer the file records.")
     assert (store.load(key).reviewer, store.load(key).note) == ("dr z",
                                                                 "border unclear, see dermoscopy (imported from COCO)")
