@@ -234,3 +234,23 @@ def test_the_review_tab_imports_an_export_zip_into_another_store_with_its_photo(
     assert status == (f"Imported photo `{key[:12]}` as version 1 ({len(review.concepts)} concepts), reviewer "
                       f"'dr a'. {FILE}")
     assert review.reviewer == "dr a" and np.array_equal(other.store.load_photo(key), handlers.store.load_photo(key))
+
+
+def test_the_workbench_status_says_which_version_it_edits_after_reopen(app, tmp_path):
+    """Found by a new user: after Reopen the workbench kept the last click's status, and a reopened saved review
+    said "(analysis)": the workbench had opened the analysis in memory, not the saved version the table showed."""
+    handlers, wb, key, table = app
+    s1, s3 = _session("s1"), _session("s3")
+    handlers.analyze(str(tmp_path / "photo.png"), "lesion . arm . leg", 0.3, 0.25, request=s1)
+    n = len(table)
+    assert wb.start(key, s1)[2] == (f"Editing {n} concepts of photo `{key[:12]}` (from the analysis, not a saved "
+                                    "version).")
+    assert wb.click(key, "0", "positive", SimpleNamespace(index=[100, 90]), s1)[2].startswith("Concept #0: positive")
+    wb.save(key, table.assign(decision="reject"), "dr a", "", request=s1)
+    handlers.open_review(key, s1)
+    assert wb.reopen(key, s1)[2] == f"Editing {n} concepts of photo `{key[:12]}` (saved version 1)."
+    assert wb.bench.draft("s1", key).source == "revision 1" and not wb.bench.has_edits("s1", key)
+    # a session that reopens the saved review first (the analysis still in memory) edits the saved version
+    handlers.open_review(key, s3)
+    assert wb.start(key, s3)[2] == f"Editing {n} concepts of photo `{key[:12]}` (saved version 1)."
+    assert {c.decision for c in wb.bench.draft("s3", key).concepts} == {"reject"}

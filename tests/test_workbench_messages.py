@@ -15,7 +15,8 @@ from skinapp.review import ConceptReview, ReviewStore
 from skinapp.review.export import rle_decode
 from skinapp.review.workbench import Workbench
 from skinapp.ui import Handlers
-from skinapp.ui.workbench_handlers import OPACITY, SELECTED_COLOUR, WorkbenchHandlers, render
+from skinapp.ui.workbench_handlers import WorkbenchHandlers
+from skinapp.ui.workbench_view import OPACITY, SELECTED_COLOUR, render
 
 KEY = "e5" * 32
 H, W = 40, 60
@@ -58,7 +59,7 @@ def test_start_lists_the_concepts_and_says_where_the_draft_comes_from(bench):
         empty = wb.start(blank, _who())
         assert empty[0] is None and empty[1].choices == [] and empty[1].value is None and empty[2] == ""
     image, concept, status = wb.start(KEY.upper(), _who())
-    assert status == f"Editing 2 concepts of photo `{KEY[:12]}` (revision 1)."
+    assert status == f"Editing 2 concepts of photo `{KEY[:12]}` (saved version 1)."
     assert concept.choices == [("#0 lesion (model)", "0"), ("#1 arm (model)", "1")] and concept.value == "0"
     assert image.label == f"Photo {KEY[:12]}: click to refine concept #0"
     _, concept, status = wb.show(KEY, "1", _who())
@@ -376,3 +377,48 @@ def test_import_names_each_versions_reviewer_and_where_the_name_came_from(bench,
                       "The reviewer is the name in the Reviewer box (clear the box before an import to keep the "
                       "names the file records).")
     assert wb.bench.store.load(KEY).reviewer == "Dr <b>B</b>"
+
+
+def test_an_import_of_the_photo_on_screen_shows_it_and_save_never_silently_buries_a_newer_version(bench, tmp_path):
+    """Found by a new user: after importing a version of the photo open in the Review tab, the table, statuses and
+    workbench kept the old version and Save wrote a new version from the old table over the imported one."""
+    import time
+
+    from skinapp.review import export_coco
+
+    handlers, wb = bench
+    handlers.analyzer = SimpleNamespace(analyses_of=lambda key: [])
+    who, store = _who(), wb.bench.store
+    table = handlers.open_review(KEY, who)[1]
+    assert wb.start(KEY, who)[2] == f"Editing 2 concepts of photo `{KEY[:12]}` (saved version 1)."
+    wb.click(KEY, "0", "positive", SimpleNamespace(index=[25, 15]), who)
+    coco = SimpleNamespace(name=str(export_coco(store, tmp_path / "coco")))  # lesion accepted: 1 concept
+    # an import of another photo leaves the review on screen as it is; the saved list is refreshed
+    out = wb.import_and_show(coco, "dr b", "ab" * 32, who)
+    assert out[2:] == (gr.skip(),) * 5 and [v for _, v in out[1]["choices"]] == [KEY]
+    status, saved, shown, review_status, _, concept, wb_status = wb.import_and_show(coco, "dr b", KEY, who)
+    assert status.startswith(f"Imported photo `{KEY[:12]}` as version 3 (1 concept), reviewer 'dr b'.")
+    assert shown.values.tolist() == [[0, "lesion", 0.9, "accept", "", ""]]
+    assert review_status == (f"Showing version 3 of photo `{KEY[:12]}`, just imported: the table and the workbench "
+                             "show it (unsaved changes to the earlier version were dropped). Edit and press Save to "
+                             "amend it.")
+    assert wb_status == f"Editing 1 concept of photo `{KEY[:12]}` (saved version 3)." and concept.choices == [
+        ("#0 lesion (imported)", "0")]
+    assert saved.value == KEY and "rev 3" in saved.choices[0][0]
+    assert wb.bench.draft("s1", KEY).source == "revision 3" and not wb.bench.has_edits("s1", KEY)
+    # a version saved meanwhile elsewhere: Save is refused once, saying what the session missed; again: it saves
+    other = _who("s2")
+    handlers.open_review(KEY, other)  # session s2 shows version 3, with the old table of version 1 kept as `table`
+    store.save(KEY, store.load_photo(KEY), np.ones((1, H, W), bool),
+               [ConceptReview(0, "lesion", 0.9, (0, 0, W, H), "reject")], reviewer="dr c")  # version 4
+    newest = store.load(KEY)
+    _refused(handlers, "save_review", lambda: wb.save(KEY, shown, "dr a", "", who),
+             f"Photo {KEY[:12]} has a newer saved version than the one on screen: version 4, reviewer 'dr c', 1 "
+             f"concept, saved {time.strftime('%H:%M:%S', time.localtime(newest.updated_at))}. Nothing was saved. "
+             "Reopen it (Saved reviews, Reopen) to review it, or press Save again to save what is on screen as a new "
+             "version anyway.")
+    with pytest.raises(gr.Error, match="newer saved version"):
+        wb.save(KEY, table, "dr b", "", other)
+    assert store.load(KEY).revision == 4
+    assert wb.save(KEY, shown, "dr a", "", who)[0].startswith(f"Saved version 5 of photo `{KEY[:12]}`")
+    assert wb.save(KEY, shown, "dr a", "", who)[0].startswith("Saved version 6")  # its own saves are seen

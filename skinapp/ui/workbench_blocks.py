@@ -22,10 +22,11 @@ from skinapp.ui.workbench_handlers import WorkbenchHandlers
 
 def add_workbench(wb: WorkbenchHandlers, agree: AgreementHandlers, error_text, review_key: Any, table: Any,
                   reviewer: Any, note: Any, saved: Any, save_btn: Any, review_status: Any,
-                  verdict: tuple | None = None) -> None:
+                  verdict: tuple | None = None, reopen: Any = None) -> None:
     """Lay out the workbench and agreement panel under the review table and wire their events and the Save button
     (see the module docstring). ``verdict``: (the "Set decision" button, concept #, decision, new label, comment),
-    wired to :meth:`WorkbenchHandlers.set_decision` (its refusal in ``review_status``)."""
+    wired to :meth:`WorkbenchHandlers.set_decision` (its refusal in ``review_status``). ``reopen``: the Reopen
+    event, after which the workbench starts again from the reopened version (:meth:`WorkbenchHandlers.reopen`)."""
     private = {"api_visibility": "private"}
     with gr.Accordion("Edit masks: click to refine, brush, add or delete concepts, undo (Save keeps the edits)",
                       open=True, elem_id="workbench"):
@@ -85,6 +86,8 @@ def add_workbench(wb: WorkbenchHandlers, agree: AgreementHandlers, error_text, r
     def on_failure(event) -> None:
         failed(event, "workbench", view, status)
 
+    if reopen is not None:
+        on_failure(reopen.success(wb.reopen, [review_key], view, **private))
     review_key.change(wb.start, [review_key], view, **private).then(wb.version_choices, [review_key], [versions],
                                                                     **private)
     concept.input(wb.show, [review_key, concept], view, **private)
@@ -109,8 +112,9 @@ def add_workbench(wb: WorkbenchHandlers, agree: AgreementHandlers, error_text, r
                            ([agreement_file, agreement_status],
                             export.click(agree.export_csv, None, [agreement_file, agreement_status], **private))):
         failed(event, "agreement", outputs, agreement_status)
-    importing = import_btn.click(wb.import_coco, [coco_file, reviewer], [import_status], **private)
-    failed(importing, "import_coco", [import_status], import_status)
+    shown = [import_status, saved, table, review_status, *view]  # the photo on screen shows what was imported
+    importing = import_btn.click(wb.import_and_show, [coco_file, reviewer, review_key], shown, **private)
+    failed(importing, "import_coco", shown, import_status)
     importing.success(wb.version_choices, [review_key], [versions], **private)
     on_failure(open_version.click(wb.open_version, [review_key, versions], view, **private))
     load_brush.click(wb.brush_canvas, [review_key, concept], [editor], **private)
