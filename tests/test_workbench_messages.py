@@ -395,8 +395,10 @@ def test_an_import_of_the_photo_on_screen_shows_it_and_save_never_silently_burie
     coco = SimpleNamespace(name=str(export_coco(store, tmp_path / "coco")))  # lesion accepted: 1 concept
     # an import of another photo leaves the review on screen as it is; the saved list is refreshed
     out = wb.import_and_show(coco, "dr b", "ab" * 32, who)
-    assert out[2:] == (gr.skip(),) * 5 and [v for _, v in out[1]["choices"]] == [KEY]
-    status, saved, shown, review_status, _, concept, wb_status = wb.import_and_show(coco, "dr b", KEY, who)
+    assert out[2:] == (gr.skip(),) * 6 and [v for _, v in out[1]["choices"]] == [KEY]
+    status, saved, shown, review_status, photo, _, concept, wb_status = wb.import_and_show(coco, "dr b", KEY, who)
+    assert photo.label == f"Photo {KEY[:12]} (saved review, numbered concepts)" and [
+        a["label"] for a in photo.value["annotations"]] == ["#0 lesion (accept)"]
     assert status.startswith(f"Imported photo `{KEY[:12]}` as version 3 (1 concept), reviewer 'dr b'.")
     assert shown.values.tolist() == [[0, "lesion", 0.9, "accept", "", ""]]
     assert review_status == (f"Showing version 3 of photo `{KEY[:12]}`, just imported: the table and the workbench "

@@ -22,11 +22,12 @@ from skinapp.ui.workbench_handlers import WorkbenchHandlers
 
 def add_workbench(wb: WorkbenchHandlers, agree: AgreementHandlers, error_text, review_key: Any, table: Any,
                   reviewer: Any, note: Any, saved: Any, save_btn: Any, review_status: Any,
-                  verdict: tuple | None = None, reopen: Any = None) -> None:
+                  verdict: tuple | None = None, reopen: Any = None, review_image: Any = None) -> None:
     """Lay out the workbench and agreement panel under the review table and wire their events and the Save button
     (see the module docstring). ``verdict``: (the "Set decision" button, concept #, decision, new label, comment),
     wired to :meth:`WorkbenchHandlers.set_decision` (its refusal in ``review_status``). ``reopen``: the Reopen
-    event, after which the workbench starts again from the reopened version (:meth:`WorkbenchHandlers.reopen`)."""
+    event, after which the workbench starts again from the reopened version (:meth:`WorkbenchHandlers.reopen`).
+    ``review_image``: the review photo, which an import of the photo on screen updates."""
     private = {"api_visibility": "private"}
     with gr.Accordion("Edit masks: click to refine, brush, add or delete concepts, undo (Save keeps the edits)",
                       open=True, elem_id="workbench"):
@@ -112,7 +113,8 @@ def add_workbench(wb: WorkbenchHandlers, agree: AgreementHandlers, error_text, r
                            ([agreement_file, agreement_status],
                             export.click(agree.export_csv, None, [agreement_file, agreement_status], **private))):
         failed(event, "agreement", outputs, agreement_status)
-    shown = [import_status, saved, table, review_status, *view]  # the photo on screen shows what was imported
+    review_image = review_image if review_image is not None else gr.State()  # a sink until the caller passes it
+    shown = [import_status, saved, table, review_status, review_image, *view]  # the photo shows what was imported
     importing = import_btn.click(wb.import_and_show, [coco_file, reviewer, review_key], shown, **private)
     failed(importing, "import_coco", shown, import_status)
     importing.success(wb.version_choices, [review_key], [versions], **private)

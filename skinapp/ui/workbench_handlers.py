@@ -294,20 +294,20 @@ class WorkbenchHandlers:
 
     def import_and_show(self, file: Any, reviewer: str, photo_key: Any, request: gr.Request | None = None) -> tuple:
         """The Review tab's Import: :meth:`import_coco`, the saved-review list refreshed and, when the file gave the
-        photo on screen (``photo_key``) a new version, that version in the table, the review status and the
-        workbench (:meth:`reopen`). Outputs: import status, saved reviews, table, review status, image, concept,
-        workbench status (the last five skipped when the photo on screen is not in the file)."""
+        photo on screen (``photo_key``) a new version, that version in the table, the review status, the review photo
+        (as Reopen shows them) and the workbench (:meth:`reopen`). Outputs: import status, saved reviews, table,
+        review status, review photo, image, concept, workbench status (the last six skipped when the photo on
+        screen is not in the file)."""
         status, done = self._import(file, reviewer, request)
         key = str(photo_key or "").strip().lower()
         review = next((r for r in done.saved if r.image_key == key), None)
         if review is None:
-            return status, gr.update(choices=self.handlers.review_choices().choices), *[gr.skip()] * 5
-        self.screen.shown(request, key, f"revision {review.revision}", review.revision)
-        _, choices, table = self.handlers.saved_outputs(review)
+            return status, gr.update(choices=self.handlers.review_choices().choices), *[gr.skip()] * 6
+        _, table, _, _, photo, _ = self.handlers.open_review(key, request)  # also: the session now shows it
         shown = (f"Showing version {review.revision} of photo `{key[:12]}`, just imported: the table and the "
                  "workbench show it (unsaved changes to the earlier version were dropped). Edit and press Save to "
                  "amend it.")
-        return (status, choices, table, shown, *self.reopen(key, request))
+        return (status, self.handlers.review_choices(selected=key), table, shown, photo, *self.reopen(key, request))
 
     def _import(self, file: Any, reviewer: str, request: gr.Request | None) -> tuple[str, Any]:
         path = getattr(file, "name", file)
