@@ -89,6 +89,21 @@ def test_a_new_photo_is_never_dropped_nor_given_the_previous_photos_heatmaps(han
         assert earlier_work <= cancelled, (event, cancelled, earlier_work)
 
 
+def test_another_photo_empties_the_agreement_panel(handlers):
+    """The agreement between reviewers stayed on screen for the previous photo after a new one was analysed or
+    reopened (browser tryout): a change of the photo key empties it."""
+    from skinapp.ui.agreement_handlers import AGREEMENT_COLUMNS
+    from skinapp.ui.workbench_blocks import no_agreement
+
+    config = build_demo(handlers.analyzer, handlers.store).get_config_file()
+    ids = {b["props"].get("elem_id"): b["id"] for b in config["components"] if b.get("props", {}).get("elem_id")}
+    on_key = [d for d in config["dependencies"] if [ids["review-key"], "change"] in [list(t) for t in d["targets"]]]
+    assert any({ids["agreement-table"], ids["agreement-status"]} <= set(d["outputs"]) and not d["inputs"]
+               for d in on_key)
+    table, status = no_agreement()
+    assert list(table.columns) == AGREEMENT_COLUMNS and table.empty and status == ""
+
+
 def test_clip_info_does_not_call_the_offered_demo_model_refused(handlers):
     """The demo CLIP is offered (untrained, said so); it was listed as 'not offered: Phrase heatmaps come from
     an untrained demo CLIP model'. Refusals word themselves ('<name>: refused, ...')."""

@@ -93,6 +93,10 @@ def test_the_command_and_the_review_tab_keep_the_note(tmp_path, capsys):
     handlers = WorkbenchHandlers.__new__(WorkbenchHandlers)  # only import_coco: no models, no app
     handlers.bench = SimpleNamespace(store=store)
     status = handlers.import_coco(SimpleNamespace(name=str(path)), "dr y")  # another reviewer: a new version
-    assert status == f"Imported photo `{key[:12]}` as version 3 (1 concept)."
+    assert status == (f"Imported photo `{key[:12]}` as version 3 (1 concept), reviewer 'dr y'. The reviewer is the "
+                      "name in the Reviewer box (clear the box before an import to keep the names the file records).")
     assert (store.load(key).reviewer, store.load(key).note) == ("dr y",
                                                                 "border unclear, see dermoscopy (imported from COCO)")
+    # the same file again, same reviewer: the photo's latest version already says it all
+    assert handlers.import_coco(SimpleNamespace(name=str(path)), "dr y") == (
+        f"Nothing new: photo `{key[:12]}` unchanged, already version 3.")

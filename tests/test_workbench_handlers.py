@@ -31,6 +31,10 @@ from tests.asgi_guard import guard_get
 from tests.test_review_agreement import KEYS, store  # noqa: F401 (the hand-computed store fixture)
 
 KEY, TABLE = 6, 7  # Handlers.analyze outputs
+#: How the import status says where the reviewer names came from.
+BOX = ("The reviewer is the name in the Reviewer box (clear the box before an import to keep the names the file "
+       "records).")
+FILE = "The Reviewer box is empty: each version keeps the reviewer the file records."
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +177,8 @@ def test_import_coco_from_the_review_tab_saves_a_new_version_or_says_what_is_wro
     coco = export_coco(handlers.store, tmp_path / "coco")
     status = wb.import_coco(SimpleNamespace(name=str(coco)), "cvat team", request=_session("s1"))
     review = handlers.store.load(key)
-    assert status == f"Imported photo `{key[:12]}` as version 2 ({len(review.concepts)} concepts)."
+    assert status == (f"Imported photo `{key[:12]}` as version 2 ({len(review.concepts)} concepts), reviewer "
+                      f"'cvat team'. {BOX}")
     assert (review.revision, review.reviewer) == (2, "cvat team")
     assert {c.provenance for c in review.concepts} == {"imported"}
     foreign = tmp_path / "foreign.json"
@@ -195,8 +200,8 @@ def test_import_says_which_photos_it_skipped_for_having_no_annotations(app, tmp_
                         [ConceptReview(0, "lesion", 0.9, (0, 0, 8, 8), "accept")], reviewer="dr b")
     coco = export_coco(handlers.store, tmp_path / "coco")
     status = wb.import_coco(SimpleNamespace(name=str(coco)), "", request=_session("s1"))
-    assert status == (f"Imported photo `{other[:12]}` as version 2 (1 concept). Skipped 1 photo without "
-                      f"annotations (their reviews are unchanged): `{key[:12]}`.")
+    assert status == (f"Imported photo `{other[:12]}` as version 2 (1 concept), reviewer 'dr b'. {FILE} Skipped 1 "
+                      f"photo without annotations (their reviews are unchanged): `{key[:12]}`.")
     assert handlers.store.load(other).reviewer == "dr b" and handlers.store.load(key).revision == 1
 
 
@@ -226,5 +231,26 @@ def test_the_review_tab_imports_an_export_zip_into_another_store_with_its_photo(
     wb2 = WorkbenchHandlers(Workbench(analyzer, other.store), other)
     status = wb2.import_coco(SimpleNamespace(name=str(archive)), "", request=_session("s2"))
     review = other.store.load(key)
-    assert status == f"Imported photo `{key[:12]}` as version 1 ({len(review.concepts)} concepts)."
+    assert status == (f"Imported photo `{key[:12]}` as version 1 ({len(review.concepts)} concepts), reviewer "
+                      f"'dr a'. {FILE}")
     assert review.reviewer == "dr a" and np.array_equal(other.store.load_photo(key), handlers.store.load_photo(key))
+
+
+def test_the_workbench_status_says_which_version_it_edits_after_reopen(app, tmp_path):
+    """Found by a new user: after Reopen the workbench kept the last click's status, and a reopened saved review
+    said "(analysis)": the workbench had opened the analysis in memory, not the saved version the table showed."""
+    handlers, wb, key, table = app
+    s1, s3 = _session("s1"), _session("s3")
+    handlers.analyze(str(tmp_path / "photo.png"), "lesion . arm . leg", 0.3, 0.25, request=s1)
+    n = len(table)
+    assert wb.start(key, s1)[2] == (f"Editing {n} concepts of photo `{key[:12]}` (from the analysis, not a saved "
+                                    "version).")
+    assert wb.click(key, "0", "positive", SimpleNamespace(index=[100, 90]), s1)[2].startswith("Concept #0: positive")
+    wb.save(key, table.assign(decision="reject"), "dr a", "", request=s1)
+    handlers.open_review(key, s1)
+    assert wb.reopen(key, s1)[2] == f"Editing {n} concepts of photo `{key[:12]}` (saved version 1)."
+    assert wb.bench.draft("s1", key).source == "revision 1" and not wb.bench.has_edits("s1", key)
+    # a session that reopens the saved review first (the analysis still in memory) edits the saved version
+    handlers.open_review(key, s3)
+    assert wb.start(key, s3)[2] == f"Editing {n} concepts of photo `{key[:12]}` (saved version 1)."
+    assert {c.decision for c in wb.bench.draft("s3", key).concepts} == {"reject"}

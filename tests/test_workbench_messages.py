@@ -15,7 +15,8 @@ from skinapp.review import ConceptReview, ReviewStore
 from skinapp.review.export import rle_decode
 from skinapp.review.workbench import Workbench
 from skinapp.ui import Handlers
-from skinapp.ui.workbench_handlers import OPACITY, SELECTED_COLOUR, WorkbenchHandlers, render
+from skinapp.ui.workbench_handlers import WorkbenchHandlers
+from skinapp.ui.workbench_view import OPACITY, SELECTED_COLOUR, render
 
 KEY = "e5" * 32
 H, W = 40, 60
@@ -58,7 +59,7 @@ def test_start_lists_the_concepts_and_says_where_the_draft_comes_from(bench):
         empty = wb.start(blank, _who())
         assert empty[0] is None and empty[1].choices == [] and empty[1].value is None and empty[2] == ""
     image, concept, status = wb.start(KEY.upper(), _who())
-    assert status == f"Editing 2 concepts of photo `{KEY[:12]}` (revision 1)."
+    assert status == f"Editing 2 concepts of photo `{KEY[:12]}` (saved version 1)."
     assert concept.choices == [("#0 lesion (model)", "0"), ("#1 arm (model)", "1")] and concept.value == "0"
     assert image.label == f"Photo {KEY[:12]}: click to refine concept #0"
     _, concept, status = wb.show(KEY, "1", _who())
@@ -102,7 +103,7 @@ def test_add_reads_four_numbers_and_one_phrase(bench):
     # the concept just added is the one selected, so the next click refines it
     assert concept.value == "2" and concept.choices[-1] == ("#2 mole (added)", "2")
     added = wb.bench.draft("s1", KEY).concept(2)
-    assert added.box == (0.0, 20.5, 15.0, 39.0) and (added.decision, added.score) == ("accept", 1.0)
+    assert added.box == (0.0, 20.5, 15.0, 39.0) and (added.decision, added.score) == ("pending", 1.0)
 
 
 def test_paint_takes_the_brush_layer_and_the_canvas_shows_the_mask(bench):
@@ -301,3 +302,126 @@ def test_edits_stay_in_the_session_that_made_them_and_leave_the_callers_mask_alo
     wb.bench.paint("s1", KEY, 0, painted)
     painted[0, 0] = True  # the caller's array is still its own (the draft keeps a frozen copy)
     assert wb.bench.draft("s1", KEY).concept(0).mask.sum() == 9
+
+
+def test_set_decision_refuses_what_save_refuses_next_to_it_and_a_later_success_replaces_the_message(bench):
+    handlers, wb = bench
+    handlers.analyzer = SimpleNamespace(analyses_of=lambda key: [])  # nothing in memory: Save amends the review
+    who = _who()
+    table = handlers.open_review(KEY, who)[1]
+    before = table.copy()
+    save_says = "Concept 1 ('arm'): a new label is used only with 'relabel' (the decision is 'accept'): choose " \
+                "'relabel' or clear the label."
+    bad = table.copy()
+    bad.loc[1, ["decision", "new label"]] = ["accept", "melanoma"]
+    _refused(handlers, "save_review", lambda: wb.save(KEY, bad, "dr a", "", who), save_says)
+    _refused(handlers, "set_decision", lambda: wb.set_decision(table, "1", "accept", "melanoma", "", who), save_says)
+    assert table.equals(before)  # the screen's table is not touched by a refusal
+    _refused(handlers, "set_decision", lambda: wb.set_decision(table, None, "accept", "", "", who),
+             "Choose a concept first.")
+    _refused(handlers, "set_decision", lambda: wb.set_decision(table, "7", "accept", "", "", who),
+             "There is no concept #7 in this review.")
+    frame, status = wb.set_decision(table, "1", "Relabel", " melanoma ", "dark rim", who)
+    assert status == "Concept #1 ('arm'): relabel as 'melanoma'. Press Save to store the review."
+    assert frame.values.tolist() == [[0, "lesion", 0.9, "accept", "", ""], [1, "arm", 0.4, "relabel", "melanoma",
+                                                                           "dark rim"]]
+    assert wb.set_decision(frame, "0", "reject", "", "", who)[1] == "Concept #0 ('lesion'): reject. Press Save to " \
+                                                                    "store the review."
+    wb.save(KEY, frame, "dr a", "", who)
+    assert [(c.decision, c.label) for c in wb.bench.store.load(KEY).concepts] == [("accept", ""),
+                                                                                  ("relabel", "melanoma")]
+
+
+def test_an_added_concept_gets_a_pending_row_in_the_review_table_and_is_saved_as_the_reviewer_decides(bench):
+    handlers, wb = bench
+    handlers.analyzer = SimpleNamespace(analyses_of=lambda key: [])
+    who = _who()
+    table = handlers.open_review(KEY, who)[1]
+    table, _ = wb.set_decision(table, "1", "relabel", "scar", "", who)
+    wb.add(KEY, "1, 1, 9, 9", "mole", who)
+    table = wb.table_of_draft(KEY, table, who)
+    assert table.values.tolist() == [[0, "lesion", 0.9, "accept", "", ""], [1, "arm", 0.4, "relabel", "scar", ""],
+                                     [2, "mole", 1.0, "pending", "", ""]]
+    status = wb.save(KEY, table, "dr a", "", who)[0]
+    assert ": 1 accept, 0 reject, 1 relabel, 1 pending; 1 edited by hand." in status
+    assert [(c.index, c.decision, c.provenance) for c in wb.bench.store.load(KEY).concepts] == [
+        (0, "accept", "model"), (1, "relabel", "model"), (2, "pending", "added")]
+    table, _ = wb.set_decision(table, "2", "accept", "", "", who)
+    assert ": 2 accept, 0 reject, 1 relabel, 0 pending; 1 edited by hand." in wb.save(KEY, table, "dr a", "", who)[0]
+    # a deleted concept leaves the table; Undo brings its row back with the draft's verdict
+    wb.delete(KEY, "0", who)
+    assert [r[0] for r in wb.table_of_draft(KEY, table, who).values.tolist()] == [1, 2]
+    wb.undo(KEY, "0", who)
+    assert wb.table_of_draft(KEY, table, who).equals(table)
+    assert wb.table_of_draft("nope", table, who) is table  # no photo key: the table as it was
+    # the API (no table): an added concept is saved pending unless the client decides
+    wb.bench.add("client", KEY, (30, 30, 40, 39), "scar")
+    assert wb.api_functions()["save_version"](KEY, "dr c", "", SimpleNamespace(session_hash="client"))
+    assert wb.bench.store.load(KEY).concepts[-1].decision == "pending"
+
+
+def test_import_names_each_versions_reviewer_and_where_the_name_came_from(bench, tmp_path):
+    """Found by a new user: a name left in the Reviewer box by an earlier save was silently recorded as the
+    imported version's reviewer (and counted as that reviewer's latest version in the agreement)."""
+    from skinapp.review import export_coco
+
+    _, wb = bench
+    coco = SimpleNamespace(name=str(export_coco(wb.bench.store, tmp_path / "coco")))  # version 1: no reviewer
+    status = wb.import_coco(coco, "", _who())
+    assert status == (f"Imported photo `{KEY[:12]}` as version 2 (1 concept), no reviewer name. The Reviewer box "
+                      "is empty: each version keeps the reviewer the file records. A version without a reviewer "
+                      "name is left out of the agreement between reviewers.")
+    assert wb.bench.store.load(KEY).reviewer == ""
+    status = wb.import_coco(coco, "  Dr <b>B</b> ", _who())
+    assert status == (f"Imported photo `{KEY[:12]}` as version 3 (1 concept), reviewer 'Dr &lt;b&gt;B&lt;/b&gt;'. "
+                      "The reviewer is the name in the Reviewer box (clear the box before an import to keep the "
+                      "names the file records).")
+    assert wb.bench.store.load(KEY).reviewer == "Dr <b>B</b>"
+
+
+def test_an_import_of_the_photo_on_screen_shows_it_and_save_never_silently_buries_a_newer_version(bench, tmp_path):
+    """Found by a new user: after importing a version of the photo open in the Review tab, the table, statuses and
+    workbench kept the old version and Save wrote a new version from the old table over the imported one."""
+    import time
+
+    from skinapp.review import export_coco
+
+    handlers, wb = bench
+    handlers.analyzer = SimpleNamespace(analyses_of=lambda key: [])
+    who, store = _who(), wb.bench.store
+    table = handlers.open_review(KEY, who)[1]
+    assert wb.start(KEY, who)[2] == f"Editing 2 concepts of photo `{KEY[:12]}` (saved version 1)."
+    wb.click(KEY, "0", "positive", SimpleNamespace(index=[25, 15]), who)
+    coco = SimpleNamespace(name=str(export_coco(store, tmp_path / "coco")))  # lesion accepted: 1 concept
+    # an import of another photo leaves the review on screen as it is; the saved list is refreshed
+    out = wb.import_and_show(coco, "dr b", "ab" * 32, who)
+    assert out[2:] == (gr.skip(),) * 6 and [v for _, v in out[1]["choices"]] == [KEY]
+    # the same file by another reviewer is a new version (by the same one it would be 'unchanged')
+    status, saved, shown, review_status, photo, _, concept, wb_status = wb.import_and_show(coco, "dr d", KEY, who)
+    assert photo.label == f"Photo {KEY[:12]} (saved review, numbered concepts)" and [
+        a["label"] for a in photo.value["annotations"]] == ["#0 lesion (accept)"]
+    assert status.startswith(f"Imported photo `{KEY[:12]}` as version 3 (1 concept), reviewer 'dr d'.")
+    assert shown.values.tolist() == [[0, "lesion", 0.9, "accept", "", ""]]
+    assert review_status == (f"Showing version 3 of photo `{KEY[:12]}`, just imported: the table and the workbench "
+                             "show it (unsaved changes to the earlier version were dropped). Edit and press Save to "
+                             "amend it.")
+    assert wb_status == f"Editing 1 concept of photo `{KEY[:12]}` (saved version 3)." and concept.choices == [
+        ("#0 lesion (imported)", "0")]
+    assert saved.value == KEY and "rev 3" in saved.choices[0][0]
+    assert wb.bench.draft("s1", KEY).source == "revision 3" and not wb.bench.has_edits("s1", KEY)
+    # a version saved meanwhile elsewhere: Save is refused once, saying what the session missed; again: it saves
+    other = _who("s2")
+    handlers.open_review(KEY, other)  # session s2 shows version 3, with the old table of version 1 kept as `table`
+    store.save(KEY, store.load_photo(KEY), np.ones((1, H, W), bool),
+               [ConceptReview(0, "lesion", 0.9, (0, 0, W, H), "reject")], reviewer="dr c")  # version 4
+    newest = store.load(KEY)
+    _refused(handlers, "save_review", lambda: wb.save(KEY, shown, "dr a", "", who),
+             f"Photo {KEY[:12]} has a newer saved version than the one on screen: version 4, reviewer 'dr c', 1 "
+             f"concept, saved {time.strftime('%H:%M:%S', time.localtime(newest.updated_at))}. Nothing was saved. "
+             "Reopen it (Saved reviews, Reopen) to review it, or press Save again to save what is on screen as a new "
+             "version anyway.")
+    with pytest.raises(gr.Error, match="newer saved version"):
+        wb.save(KEY, table, "dr b", "", other)
+    assert store.load(KEY).revision == 4
+    assert wb.save(KEY, shown, "dr a", "", who)[0].startswith(f"Saved version 5 of photo `{KEY[:12]}`")
+    assert wb.save(KEY, shown, "dr a", "", who)[0].startswith("Saved version 6")  # its own saves are seen

@@ -271,7 +271,8 @@ class Workbench:
             return history.push(draft.with_concept(concept.edited("painted", mask, low_res=None)))
 
     def add(self, session: str, key: str, box, phrase: str) -> Draft:
-        """Add a missed concept from a box (x0, y0, x1, y1 pixels) and a phrase; SAM or GrabCut segments it."""
+        """Add a missed concept from a box (x0, y0, x1, y1 pixels) and a phrase; SAM or GrabCut segments it. Its
+        decision is 'pending': the reviewer decides, as for a detected concept."""
         try:  # the prompt rule every extractor applies, so an added concept reads like a detected one
             phrases = normalise_prompts(str(phrase or ""))
         except ValueError as exc:
@@ -290,7 +291,7 @@ class Workbench:
             result = self._segment(key, box, [], [], None)
             index = max((c.index for c in draft.concepts), default=-1) + 1
             concept = DraftConcept(index=index, phrase=phrase, score=1.0, box=box, mask=_frozen(result.mask),
-                                   provenance="added", low_res=result.low_res_logits, decision="accept")
+                                   provenance="added", low_res=result.low_res_logits)
             log.info("Added concept %d to %s (%s)", index, key[:12], result.method)
             return history.push(draft.with_concept(concept))
 

@@ -181,7 +181,11 @@ def build_demo(analyzer: Analyzer, store: ReviewStore, *, gpu: Callable[[Callabl
                     export_status = gr.Markdown()
             wb = WorkbenchHandlers(Workbench(analyzer, store), h)
             agree = AgreementHandlers(store, h._refuse, h.export_dir, h.export_owners)
-            add_workbench(wb, agree, h.error_text, review_key, table, reviewer, note, saved, save_btn, review_status)
+            reopened = [review_key, table, reviewer, note, review_image, review_status]
+            reopening = open_btn.click(h.open_review, [saved], reopened, api_name="open_review")
+            add_workbench(wb, agree, h.error_text, review_key, table, reviewer, note, saved, save_btn, review_status,
+                          verdict=(apply_btn, pick, decision, new_label, comment), reopen=reopening,
+                          review_image=review_image)
 
         model_events = {"concurrency_id": "models", "concurrency_limit": model_concurrency}
         # chained model steps: a new request while one runs is served when it ends, with the inputs then shown
@@ -245,13 +249,9 @@ def build_demo(analyzer: Analyzer, store: ReviewStore, *, gpu: Callable[[Callabl
             analyse_after(photo_examples.load_input_event.then, None)
 
         table.change(_concept_choices, [table], [pick], api_visibility="private", queue=False)
-        apply_btn.click(_apply_verdict, [table, pick, decision, new_label, comment], [table],
-                        api_visibility="private", queue=False)
         accept_all.click(_accept_all, [table], [table], api_visibility="private")
         refresh_btn.click(h.review_choices, None, [saved], api_name="list_reviews")
-        reopened = [review_key, table, reviewer, note, review_image, review_status]
-        on_failure(open_btn.click(h.open_review, [saved], reopened, api_name="open_review"), "open_review", reopened,
-                   review_status)
+        on_failure(reopening, "open_review", reopened, review_status)
         export = export_btn.click(h.export_reviews, None, [export_file, export_status], api_name="export_reviews")
         on_failure(export, "export_reviews", [export_file, export_status], export_status)
         demo.load(h.review_choices, None, [saved], api_visibility="private")
@@ -327,20 +327,6 @@ def _concept_choices(table) -> gr.Dropdown:
     rows = [] if table is None or "#" not in getattr(table, "columns", []) else table.to_dict("records")
     choices = [(f"#{r['#']} {r['concept']}", str(r["#"])) for r in rows if str(r.get("#", "")) != ""]
     return gr.Dropdown(choices=choices, value=choices[0][1] if choices else None)
-
-
-def _apply_verdict(table, concept, decision, label, comment):
-    """The table with one concept's decision / new label / comment set (the Review tab's editor)."""
-    frame = table.copy()
-    if concept in (None, "") or "#" not in frame:
-        raise gr.Error("Choose a concept first.", print_exception=False)
-    hit = frame["#"].astype(str) == str(concept)
-    if not hit.any():
-        raise gr.Error(f"There is no concept #{concept} in this review.", print_exception=False)
-    frame.loc[hit, "decision"] = decision or "pending"
-    frame.loc[hit, "new label"] = label or ""
-    frame.loc[hit, "comment"] = comment or ""
-    return frame
 
 
 def _accept_all(table):

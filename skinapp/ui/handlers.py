@@ -44,6 +44,7 @@ from skinapp.ui.review_rows import (
     rows_match,
     table_rows,
 )
+from skinapp.ui.review_sync import ScreenState
 from skinapp.wording import counted
 
 log = logging.getLogger(__name__)
@@ -129,6 +130,7 @@ class Handlers:
         self.export_dir = Path(export_dir) if export_dir else Path(tempfile.gettempdir()) / "skinapp-exports"
         self.export_owners = export_owners if export_owners is not None else {}
         self._errors: LRUCache[str] = LRUCache(1024)  # (session, action) -> the last error message shown
+        self.screen = ScreenState(store)  # what each session's Review tab shows (the workbench and Save read it)
 
     # -- errors -------------------------------------------------------------------------------
     def _refuse(self, action: str, exc: Exception, request: gr.Request | None) -> gr.Error:
@@ -179,6 +181,7 @@ class Handlers:
         except ValueError as exc:
             raise self._refuse("analyze", exc, request) from exc
         p, k = result.prediction, short_key(result.image_key)
+        self.screen.shown(request, result.image_key, "analysis")
         untrained = bool(result.banner)
         fig = cam_figure(p.cam, result.cam_rows, p.class_names, p.predicted_index, result.decisive_row,
                          untrained=untrained, photo=k)
@@ -377,6 +380,7 @@ class Handlers:
         except (ValueError, OSError) as exc:
             raise self._refuse("open_review", exc, request) from exc
         k = short_key(key)
+        self.screen.shown(request, key, f"revision {review.revision}", review.revision)
         status = f"Reopened review of photo `{k}` (revision {review.revision}); edit and press Save to amend it."
         return (key, self._review_frame(review), review.reviewer, review.note,
                 gr.AnnotatedImage(value=(photo, annotations), label=f"Photo {k} (saved review, numbered concepts)"),

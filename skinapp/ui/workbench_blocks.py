@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 import gradio as gr
+import pandas as pd
 
 from skinapp.ui.agreement_handlers import AGREEMENT_COLUMNS, AgreementHandlers
 from skinapp.ui.components import quiet_validation
@@ -21,9 +22,13 @@ from skinapp.ui.workbench_handlers import WorkbenchHandlers
 
 
 def add_workbench(wb: WorkbenchHandlers, agree: AgreementHandlers, error_text, review_key: Any, table: Any,
-                  reviewer: Any, note: Any, saved: Any, save_btn: Any, review_status: Any) -> None:
+                  reviewer: Any, note: Any, saved: Any, save_btn: Any, review_status: Any,
+                  verdict: tuple | None = None, reopen: Any = None, review_image: Any = None) -> None:
     """Lay out the workbench and agreement panel under the review table and wire their events and the Save button
-    (see the module docstring)."""
+    (see the module docstring). ``verdict``: (the "Set decision" button, concept #, decision, new label, comment),
+    wired to :meth:`WorkbenchHandlers.set_decision` (its refusal in ``review_status``). ``reopen``: the Reopen
+    event, after which the workbench starts again from the reopened version (:meth:`WorkbenchHandlers.reopen`).
+    ``review_image``: the review photo, which an import of the photo on screen updates."""
     private = {"api_visibility": "private"}
     with gr.Accordion("Edit masks: click to refine, brush, add or delete concepts, undo (Save keeps the edits)",
                       open=True, elem_id="workbench"):
@@ -83,14 +88,25 @@ def add_workbench(wb: WorkbenchHandlers, agree: AgreementHandlers, error_text, r
     def on_failure(event) -> None:
         failed(event, "workbench", view, status)
 
+    if reopen is not None:
+        on_failure(reopen.success(wb.reopen, [review_key], view, **private))
     review_key.change(wb.start, [review_key], view, **private).then(wb.version_choices, [review_key], [versions],
                                                                     **private)
+    # another photo (or none): the agreement shown was the previous photo's
+    review_key.change(no_agreement, None, [agreement_table, agreement_status], **private, queue=False)
     concept.input(wb.show, [review_key, concept], view, **private)
     on_failure(image.select(wb.click, [review_key, concept, mode], view, **private))
-    on_failure(undo.click(wb.undo, [review_key, concept], view, **private))
-    on_failure(redo.click(wb.redo, [review_key, concept], view, **private))
-    on_failure(delete.click(wb.delete, [review_key, concept], view, **private))
-    on_failure(add.click(wb.add, [review_key, box, phrase], view, **private))
+    for edit in (undo.click(wb.undo, [review_key, concept], view, **private),
+                 redo.click(wb.redo, [review_key, concept], view, **private),
+                 delete.click(wb.delete, [review_key, concept], view, **private),
+                 add.click(wb.add, [review_key, box, phrase], view, **private)):
+        on_failure(edit)  # the table follows the draft's concepts (an added one as 'pending')
+        edit.success(wb.table_of_draft, [review_key, table], [table], **private, queue=False)
+    if verdict is not None:
+        apply_btn, *verdict_inputs = verdict
+        setting = apply_btn.click(wb.set_decision, [table, *verdict_inputs], [table, review_status], **private,
+                                  queue=False)
+        failed(setting, "set_decision", [table, review_status], review_status)
     saving = save_btn.click(wb.save, [review_key, table, reviewer, note], [review_status, saved, table],
                             api_name="save_review")
     failed(saving, "save_review", [review_status, saved, table], review_status)
@@ -100,11 +116,18 @@ def add_workbench(wb: WorkbenchHandlers, agree: AgreementHandlers, error_text, r
                            ([agreement_file, agreement_status],
                             export.click(agree.export_csv, None, [agreement_file, agreement_status], **private))):
         failed(event, "agreement", outputs, agreement_status)
-    importing = import_btn.click(wb.import_coco, [coco_file, reviewer], [import_status], **private)
-    failed(importing, "import_coco", [import_status], import_status)
+    review_image = review_image if review_image is not None else gr.State()  # a sink until the caller passes it
+    shown = [import_status, saved, table, review_status, review_image, *view]  # the photo shows what was imported
+    importing = import_btn.click(wb.import_and_show, [coco_file, reviewer, review_key], shown, **private)
+    failed(importing, "import_coco", shown, import_status)
     importing.success(wb.version_choices, [review_key], [versions], **private)
     on_failure(open_version.click(wb.open_version, [review_key, versions], view, **private))
     load_brush.click(wb.brush_canvas, [review_key, concept], [editor], **private)
     on_failure(apply_brush.click(wb.paint, [review_key, concept, editor], view, **private))
     for name, fn in wb.api_functions().items():
         gr.api(fn, api_name=name)
+
+
+def no_agreement() -> tuple:
+    """The agreement panel emptied: a table with its columns and no rows, no status."""
+    return pd.DataFrame(columns=AGREEMENT_COLUMNS), ""

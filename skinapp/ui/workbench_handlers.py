@@ -9,31 +9,36 @@ with masks as COCO RLE (:func:`skinapp.review.export.rle_encode`).
 from __future__ import annotations
 
 import functools
+import html
 import logging
 import re
 from collections.abc import Callable
 from typing import Any
 
-import cv2
 import gradio as gr
 import numpy as np
+import pandas as pd
 
 from skinapp.review.agreement import agreement, merge_notes, summary_lines
 from skinapp.review.coco_import import import_coco
 from skinapp.review.export import rle_encode
-from skinapp.review.store import Review
+from skinapp.review.store import ConceptReview, Review
+from skinapp.review.validation import validate_concept_review
 from skinapp.review.workbench import Draft, Workbench
 from skinapp.ui.handlers import find_review
 from skinapp.ui.privacy import loggable
-from skinapp.ui.review_rows import cell_text, renamed_message, renamed_rows, row_index, table_rows
+from skinapp.ui.review_rows import (
+    REVIEW_COLUMNS,
+    cell_text,
+    renamed_message,
+    renamed_rows,
+    row_index,
+    table_rows,
+)
+from skinapp.ui.workbench_view import SELECTED_COLOUR, concept_json, render
 from skinapp.wording import counted
 
 log = logging.getLogger(__name__)
-
-#: Colour of the selected concept's mask (RGB) and its opacity.
-SELECTED_COLOUR = (0, 200, 255)
-OPACITY = 0.45
-
 
 def _session(request: gr.Request | None) -> str:
     return getattr(request, "session_hash", None) or "api"
@@ -61,32 +66,16 @@ def _api(fn: Callable) -> Callable:
     return call
 
 
-def render(pixels: np.ndarray, draft: Draft, selected: Any) -> np.ndarray:
-    """The photo with every concept's outline (white), the selected concept filled and outlined in colour, and its
-    clicks (green positive, red negative). uint8 [H, W, 3] at working size, so a click's (x, y) is a pixel."""
-    out = np.array(pixels, dtype=np.uint8, copy=True)
-    chosen = next((c for c in draft.concepts if str(c.index) == str(selected)), None)
-    for c in draft.concepts:
-        contours, _ = cv2.findContours(c.mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-        cv2.drawContours(out, contours, -1, (255, 255, 255), 1)
-    if chosen is not None:
-        fill = np.array(SELECTED_COLOUR, np.float32)
-        out[chosen.mask] = (out[chosen.mask] * (1 - OPACITY) + fill * OPACITY).astype(np.uint8)
-        contours, _ = cv2.findContours(chosen.mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-        cv2.drawContours(out, contours, -1, SELECTED_COLOUR, 2)
-        radius = max(3, round(max(out.shape[:2]) / 120))
-        for x, y, label in chosen.points:
-            cv2.circle(out, (int(x), int(y)), radius, (0, 200, 0) if label else (220, 0, 0), -1)
-            cv2.circle(out, (int(x), int(y)), radius, (255, 255, 255), 1)
-    return out
+def _revision(source: str) -> int | None:
+    """The revision a draft ``source`` names ("revision 3" -> 3), None for "analysis"."""
+    return int(source.split()[1]) if source.startswith("revision ") else None
 
 
-def concept_json(draft: Draft) -> dict[str, Any]:
-    """The draft as JSON: photo key, size and each concept with its RLE mask, box, provenance, clicks."""
-    return {"photo_key": draft.image_key, "height": draft.size[0], "width": draft.size[1], "source": draft.source,
-            "concepts": [{"index": c.index, "phrase": c.phrase, "box": list(c.box), "provenance": c.provenance,
-                          "decision": c.decision, "clicks": [list(p) for p in c.points], "mask": rle_encode(c.mask)}
-                         for c in draft.concepts]}
+def _editing(draft: Draft) -> str:
+    """The workbench status for a draft just opened: how many concepts, which photo, where it started."""
+    revision = _revision(draft.source)
+    source = f"saved version {revision}" if revision is not None else "from the analysis, not a saved version"
+    return f"Editing {counted(len(draft.concepts), 'concept')} of photo `{draft.image_key[:12]}` ({source})."
 
 
 class WorkbenchHandlers:
@@ -102,6 +91,7 @@ class WorkbenchHandlers:
         self.bench = bench
         self.handlers = handlers
         self._refuse = handlers._refuse
+        self.screen = handlers.screen
 
     def _view(self, key: str, draft: Draft, selected: Any, status: str) -> tuple:
         choices = [(f"#{c.index} {c.phrase} ({c.provenance})", str(c.index)) for c in draft.concepts]
@@ -126,9 +116,25 @@ class WorkbenchHandlers:
         """Show the photo's draft (started from its analysis or saved review). Outputs: image, concept, status."""
         if not str(photo_key or "").strip():
             return None, gr.Dropdown(choices=[], value=None), ""
-        return self._run("workbench", request, self.bench.draft, photo_key, None,
-                         lambda d: f"Editing {counted(len(d.concepts), 'concept')} of photo `{d.image_key[:12]}` "
-                                   f"({d.source}).")
+
+        def draft(session: str, key: str) -> Draft:  # the review the table shows: the analysis or a saved version
+            shown = self.screen.get(request, key)
+            history = self.bench.histories.get((session, key))
+            if shown is not None and (history is None or history.current.source != shown.source):
+                return self.bench.open(session, key, _revision(shown.source))
+            return self.bench.draft(session, key)
+        return self._run("workbench", request, draft, photo_key, None, _editing)
+
+    def reopen(self, photo_key: str, request: gr.Request | None = None) -> tuple:
+        """After Reopen (or an import of the photo shown): the workbench starts again from the photo's latest saved
+        version, as the table does; this session's unsaved edits of the photo are dropped. Outputs: image,
+        concept, status."""
+        def latest(session: str, key: str) -> Draft:
+            review = self.bench.store.load(key)
+            if review is None:
+                raise ValueError(f"There is no saved review of photo {key[:12]}.")
+            return self.bench.open(session, key, review.revision)
+        return self._run("workbench", request, latest, photo_key, None, _editing)
 
     def show(self, photo_key: str, concept: Any, request: gr.Request | None = None) -> tuple:
         return self._run("workbench", request, self.bench.draft, photo_key, concept, "")
@@ -228,27 +234,107 @@ class WorkbenchHandlers:
     def save(self, photo_key: str, table: Any, reviewer: str, note: str, request: gr.Request | None = None) -> tuple:
         """The Review tab's Save button (API ``/save_review``). Outputs: status, saved reviews, table."""
         try:
+            self.screen.check_save(request, _key(photo_key))  # never silently over a version this session missed
             review = self.save_review(_session(request), photo_key, table, reviewer, note)
         except (ValueError, OSError) as exc:
             raise self._refuse("save_review", exc, request) from exc
+        self.screen.saved(request, review.image_key, review.revision)
         return self.handlers.saved_outputs(review)
 
+    def table_of_draft(self, photo_key: str, table: Any, request: gr.Request | None = None) -> pd.DataFrame:
+        """The review table after a workbench edit (add, delete, undo, redo): one row per concept of the session's
+        draft, in order; a concept already in the table keeps its row (the reviewer's decision), an added one gets
+        a row with the draft's verdict ('pending'), a deleted one loses its row. The table as given when the
+        photo has no draft."""
+        try:
+            key = _key(photo_key)
+            draft = self.bench.draft(_session(request), key)
+            rows = {(row_index(r), cell_text(r.get("concept"))): r for r in table_rows(table)}
+        except ValueError:
+            return table
+        return pd.DataFrame([rows.get((c.index, c.phrase)) or {
+            "#": c.index, "concept": c.phrase, "score": round(c.score, 3), "decision": c.decision,
+            "new label": c.label, "comment": c.comment} for c in draft.concepts], columns=REVIEW_COLUMNS)
+
+    def set_decision(self, table: Any, concept: Any, decision: Any, label: Any, comment: Any,
+                     request: gr.Request | None = None) -> tuple:
+        """The Review tab's "Set decision for this concept": the table with concept ``concept``'s decision, new label
+        and comment set, checked by the rule Save applies (:func:`~skinapp.review.validation.validate_concept_review`),
+        and a status line (which replaces a stale refusal). Outputs: table, review status.
+
+        Raises:
+            gr.Error: no concept chosen, no such row, a verdict Save would refuse; the table is left as it is.
+        """
+        try:
+            rows = table_rows(table)
+            if cell_text(concept).strip() == "":
+                raise ValueError("Choose a concept first.")
+            wanted = cell_text(concept).strip()
+            hit = [i for i, r in enumerate(rows) if wanted in (cell_text(r.get("#")), str(row_index(r)))]
+            if not hit:
+                raise ValueError(f"There is no concept #{wanted} in this review.")
+            row = rows[hit[0]]
+            checked = validate_concept_review(ConceptReview(row_index(row), cell_text(row.get("concept")), 0.0,
+                                                            (0.0, 0.0, 0.0, 0.0), cell_text(decision) or "pending",
+                                                            cell_text(label), cell_text(comment)))
+        except ValueError as exc:
+            raise self._refuse("set_decision", exc, request) from exc
+        frame = pd.DataFrame(rows, columns=REVIEW_COLUMNS)
+        frame.loc[hit[0], ["decision", "new label", "comment"]] = [checked.decision, checked.label, checked.comment]
+        verdict = checked.decision + (f" as {checked.label!r}" if checked.label else "")
+        return frame, (f"Concept #{checked.index} ({checked.phrase!r}): {verdict}. Press Save to store the "
+                       "review.")
+
     def import_coco(self, file: Any, reviewer: str, request: gr.Request | None = None) -> str:
-        """Import a COCO file (e.g. from CVAT) as a new version of each photo it annotates; returns the status.
-        Everything is checked before anything is saved (:func:`skinapp.review.coco_import.import_coco`)."""
+        """Import a COCO file (e.g. from CVAT) as a new version of each photo it annotates; returns the status,
+        which names each version's reviewer and where the name came from (the Reviewer box ``reviewer``, else what
+        the file records). Everything is checked before anything is saved
+        (:func:`skinapp.review.coco_import.import_coco`)."""
+        return self._import(file, reviewer, request)[0]
+
+    def import_and_show(self, file: Any, reviewer: str, photo_key: Any, request: gr.Request | None = None) -> tuple:
+        """The Review tab's Import: :meth:`import_coco`, the saved-review list refreshed and, when the file gave the
+        photo on screen (``photo_key``) a new version, that version in the table, the review status, the review photo
+        (as Reopen shows them) and the workbench (:meth:`reopen`). Outputs: import status, saved reviews, table,
+        review status, review photo, image, concept, workbench status (the last six skipped when the photo on
+        screen is not in the file)."""
+        status, done = self._import(file, reviewer, request)
+        key = str(photo_key or "").strip().lower()
+        review = next((r for r in done.saved if r.image_key == key), None)
+        if review is None:
+            return status, gr.update(choices=self.handlers.review_choices().choices), *[gr.skip()] * 6
+        _, table, _, _, photo, _ = self.handlers.open_review(key, request)  # also: the session now shows it
+        shown = (f"Showing version {review.revision} of photo `{key[:12]}`, just imported: the table and the "
+                 "workbench show it (unsaved changes to the earlier version were dropped). Edit and press Save to "
+                 "amend it.")
+        return (status, self.handlers.review_choices(selected=key), table, shown, photo, *self.reopen(key, request))
+
+    def _import(self, file: Any, reviewer: str, request: gr.Request | None) -> tuple[str, Any]:
         path = getattr(file, "name", file)
         if not path:
             raise self._refuse("import_coco", ValueError("Choose a COCO JSON file first."), request)
+        typed = (reviewer or "").strip()
         try:
-            done = import_coco(self.bench.store, path, reviewer=reviewer or "")
+            done = import_coco(self.bench.store, path, reviewer=typed)
         except (ValueError, OSError) as exc:
             raise self._refuse("import_coco", exc, request) from exc
-        status = "Imported " + "; ".join(f"photo `{r.image_key[:12]}` as version {r.revision} "
-                                         f"({counted(len(r.concepts), 'concept')})" for r in done.saved) + "."
+        parts = [f"photo `{r.image_key[:12]}` as version {r.revision} ({counted(len(r.concepts), 'concept')}), "
+                 + (f"reviewer '{html.escape(r.reviewer)}'" if r.reviewer else "no reviewer name")
+                 for r in done.saved]
+        parts += [f"photo `{r.image_key[:12]}` unchanged, already version {r.revision}" for r in done.unchanged]
+        status = (("Imported " if done.saved else "Nothing new: ") + "; ".join(parts) + ".") if parts else \
+            "Nothing imported."
+        if done.saved and typed:
+            status += (" The reviewer is the name in the Reviewer box (clear the box before an import to keep the "
+                       "names the file records).")
+        elif done.saved:
+            status += " The Reviewer box is empty: each version keeps the reviewer the file records."
+            if not all(r.reviewer for r in done.saved):
+                status += " A version without a reviewer name is left out of the agreement between reviewers."
         if done.skipped:
             status += (f" Skipped {counted(len(done.skipped), 'photo')} without annotations (their reviews are "
                        "unchanged): " + ", ".join(f"`{k[:12]}`" for k in done.skipped) + ".")
-        return status
+        return status, done
 
     def version_choices(self, photo_key: str) -> gr.Dropdown:
         try:
