@@ -24,7 +24,7 @@ from skinapp import model_configs
 from skinapp.batch import CSV_PATH_COLUMNS, IMAGE_SUFFIXES, analyse_photos, collect_photos, shard, write_summaries
 from skinapp.batch_encode import CUDA_BATCH_SIZE, default_batch_size
 from skinapp.batch_setup import SetupMismatchError, check_setup, describe_setup, discard_outputs, write_setup
-from skinapp.cli_types import checked_number
+from skinapp.cli_types import positive_int
 from skinapp.concepts.prompts import normalise_prompts
 from skinapp.concepts.types import DEFAULT_PROMPTS
 from skinapp.models import SETUP_ERRORS
@@ -35,9 +35,6 @@ log = logging.getLogger("skinapp.analyze")
 
 
 #: argparse type: a whole number >= 1.
-_positive = checked_number(int, lambda n: n >= 1, "not a whole number: {text!r}", "must be at least 1; got {value}")
-
-
 def _prompts(text: str) -> str:
     """argparse type of --prompts: the text as typed, once :func:`normalise_prompts` finds phrases in it.
 
@@ -95,7 +92,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="a text file of diagnostic phrases, one per line: adds heatmaps/ and phrases.csv")
     parser.add_argument("--no-overlays", action="store_true", help="skip overlays/ (faster, less disk)")
     parser.add_argument("--device", default=None, help="cuda / cpu (default: cuda when present)")
-    parser.add_argument("--batch-size", type=_positive, default=None,
+    parser.add_argument("--batch-size", type=positive_int, default=None,
                         help=f"photos per image-encoder batch (default {CUDA_BATCH_SIZE} on CUDA, 1 on a CPU)")
     return parser.parse_args(argv)
 

@@ -10,9 +10,7 @@ import os
 import torch
 
 from skinapp.bench.run import run_benchmark, to_markdown, write_results
-from skinapp.cli_types import checked_number
-
-_threads = checked_number(int, lambda n: n >= 0, "not a whole number: {text!r}", "must be 0 or more; got {value}")
+from skinapp.cli_types import non_negative_int
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     ap.add_argument("--quick", action="store_true", help="tiny models, few repeats (CI-sized)")
     ap.add_argument("--out", default="bench_results", help="directory for the JSON and Markdown results")
-    ap.add_argument("--threads", type=_threads, default=os.environ.get("OMP_NUM_THREADS") or "2",
+    ap.add_argument("--threads", type=non_negative_int, default=os.environ.get("OMP_NUM_THREADS") or "2",
                     help="torch CPU threads (default: $OMP_NUM_THREADS, else 2; 0: torch's default)")
     ap.add_argument("--sam", default="vit_b", choices=["vit_b", "vit_l", "vit_h"], help="SAM variant (full form)")
     ap.add_argument("--compile", action="store_true",
