@@ -53,15 +53,16 @@ log = logging.getLogger(__name__)
 MASK_OPACITY = 0.5
 #: Characters of the photo key shown on screen.
 SHORT_KEY = 12
-#: Where the README explains how to get real weights (the banner's one pointer).
 #: Titles of the photo-derived panels before any photo is analysed; :meth:`Handlers.cleared` restores them, so a
 #: title naming the last photo never stays over the next one.
 BLANK_TITLES = {"concepts": "Concepts", "diagnosis": "Diagnosis", "decisive": "Decisive concept",
                 "review_image": "Photo with numbered concepts",
                 "gallery": "photo / Grad-CAM / Grad E-CLIP / MedGrad E-CLIP"}
+#: Where the README explains how to get real weights (the banner's one pointer).
 WEIGHTS_HELP = "README \u2192 Real weights (python -m skinapp.checkpoints download ...)"
 #: Added when the fusion classifier is untrained: no download brings it.
 TRAINING_HELP = "; the fusion classifier is trained, not downloaded: README \u2192 Training"
+
 
 def find_review(store: ReviewStore, key: Any) -> str:
     """The full key of the saved review ``key`` names: the full key, or a unique prefix of 8+ hex characters (the

@@ -22,8 +22,8 @@ from skinapp.ui.workbench_handlers import WorkbenchHandlers
 
 
 def add_workbench(wb: WorkbenchHandlers, agree: AgreementHandlers, error_text, review_key: Any, table: Any,
-                  reviewer: Any, note: Any, saved: Any, save_btn: Any, review_status: Any,
-                  verdict: tuple | None = None, reopen: Any = None, review_image: Any = None) -> None:
+                  reviewer: Any, note: Any, saved: Any, save_btn: Any, review_status: Any, verdict: tuple,
+                  reopen: Any, review_image: Any) -> None:
     """Lay out the workbench and agreement panel under the review table and wire their events and the Save button
     (see the module docstring). ``verdict``: (the "Set decision" button, concept #, decision, new label, comment),
     wired to :meth:`WorkbenchHandlers.set_decision` (its refusal in ``review_status``). ``reopen``: the Reopen
@@ -88,8 +88,7 @@ def add_workbench(wb: WorkbenchHandlers, agree: AgreementHandlers, error_text, r
     def on_failure(event) -> None:
         failed(event, "workbench", view, status)
 
-    if reopen is not None:
-        on_failure(reopen.success(wb.reopen, [review_key], view, **private))
+    on_failure(reopen.success(wb.reopen, [review_key], view, **private))
     review_key.change(wb.start, [review_key], view, **private).then(wb.version_choices, [review_key], [versions],
                                                                     **private)
     # another photo (or none): the agreement shown was the previous photo's
@@ -102,11 +101,10 @@ def add_workbench(wb: WorkbenchHandlers, agree: AgreementHandlers, error_text, r
                  add.click(wb.add, [review_key, box, phrase], view, **private)):
         on_failure(edit)  # the table follows the draft's concepts (an added one as 'pending')
         edit.success(wb.table_of_draft, [review_key, table], [table], **private, queue=False)
-    if verdict is not None:
-        apply_btn, *verdict_inputs = verdict
-        setting = apply_btn.click(wb.set_decision, [table, *verdict_inputs], [table, review_status], **private,
-                                  queue=False)
-        failed(setting, "set_decision", [table, review_status], review_status)
+    apply_btn, *verdict_inputs = verdict
+    setting = apply_btn.click(wb.set_decision, [table, *verdict_inputs], [table, review_status], **private,
+                              queue=False)
+    failed(setting, "set_decision", [table, review_status], review_status)
     saving = save_btn.click(wb.save, [review_key, table, reviewer, note], [review_status, saved, table],
                             api_name="save_review")
     failed(saving, "save_review", [review_status, saved, table], review_status)
@@ -116,7 +114,6 @@ def add_workbench(wb: WorkbenchHandlers, agree: AgreementHandlers, error_text, r
                            ([agreement_file, agreement_status],
                             export.click(agree.export_csv, None, [agreement_file, agreement_status], **private))):
         failed(event, "agreement", outputs, agreement_status)
-    review_image = review_image if review_image is not None else gr.State()  # a sink until the caller passes it
     shown = [import_status, saved, table, review_status, review_image, *view]  # the photo shows what was imported
     importing = import_btn.click(wb.import_and_show, [coco_file, reviewer, review_key], shown, **private)
     failed(importing, "import_coco", shown, import_status)

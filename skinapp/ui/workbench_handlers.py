@@ -40,6 +40,7 @@ from skinapp.wording import counted
 
 log = logging.getLogger(__name__)
 
+
 def _session(request: gr.Request | None) -> str:
     return getattr(request, "session_hash", None) or "api"
 
