@@ -166,11 +166,7 @@ def test_a_split_leaving_a_class_out_of_the_test_part_is_refused(tmp_path, capsy
     ("--top-k", "-1", "must be at least 1"), ("--variant", "cross_attention,resnet", "variant: unknown 'resnet'"),
 ])
 def test_fusion_numbers_are_checked_by_argparse(option, value, words, capsys):
-    with pytest.raises(SystemExit) as exit_:
-        train_fusion.parse_args(["--data", "folder:/x", option, value])
-    assert exit_.value.code == 2
-    err = capsys.readouterr().err
-    assert f"argument {option}: " in err and words in err
+    _assert_usage_error(train_fusion.parse_args, ["--data", "folder:/x"], option, value, words, capsys)
 
 
 @pytest.mark.parametrize("option, value, words", [
@@ -180,8 +176,13 @@ def test_fusion_numbers_are_checked_by_argparse(option, value, words, capsys):
     ("--match-batch-size", "0", "at least 1"),
 ])
 def test_clip_numbers_are_checked_by_argparse(option, value, words, capsys):
+    _assert_usage_error(train_clip.parse_args, ["--out", "o"], option, value, words, capsys)
+
+
+def _assert_usage_error(parse, required: list[str], option: str, value: str, words: str, capsys) -> None:
+    """``parse(required + [option, value])`` is argparse's usage error (exit 2) naming the option, with ``words``."""
     with pytest.raises(SystemExit) as exit_:
-        train_clip.parse_args(["--out", "o", option, value])
+        parse([*required, option, value])
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert f"argument {option}: " in err and words in err
