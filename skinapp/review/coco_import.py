@@ -68,7 +68,7 @@ class CocoImport:
     unchanged: list[Review] = dataclasses.field(default_factory=list)
 
     def lines(self, quote: str = "") -> list[str]:
-        """One line per photo, for the command and the Review tab: saved ("<key>: version N, k concepts"), then
+        """One line per photo, as the command prints them: saved ("<key>: version N, k concepts"), then
         unchanged ("<key>: unchanged, already version N"), then skipped ("<key>: skipped, no annotations"); the
         key is its first 12 characters, between ``quote`` (e.g. a backtick for Markdown)."""
         def shown(key: str) -> str:
